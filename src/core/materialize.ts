@@ -1,0 +1,136 @@
+/**
+ * From-scratch materialization: a set of ops (and fork proofs) in, entity views and op statuses
+ * out. The result depends only on the set, never on the order ops are given in: entity ops are
+ * applied in causal order (Kahn's algorithm over `base`), HQ ops are folded into an Authority
+ * first, and ops whose base has not arrived wait (causal buffering).
+ */
+import { hash } from 'node:crypto';
+import { AuthorityBuilder, exclusionOf, type Authority } from './authority.ts';
+import { encodeCanonical } from './cbor.ts';
+import { applyEntityOp, clockOf, emptyEntity, type CausalClock, type EntityState } from './entity.ts';
+import type { DeviceId } from './keys.ts';
+import { isEntityOp, type EntityOp, type Op, type OpId } from './op.ts';
+import { statusOf, type OpStatus } from './status.ts';
+import type { ResolutionConfig } from './strategies.ts';
+import { conflictOps, viewOf, type EntityView } from './view.ts';
+
+export const entityKey = (domain: string, entity: string): string => `${domain}/${entity}`;
+
+export interface EntityResult {
+  readonly state: EntityState;
+  /** Causal clock of every applied op. */
+  readonly clocks: ReadonlyMap<OpId, CausalClock>;
+  /** Ops not applied because a base op is missing (causally buffered). */
+  readonly waiting: readonly OpId[];
+  /** Ops never applied because a base op belongs to another entity. */
+  readonly badBase: readonly OpId[];
+}
+
+/**
+ * Applies one entity's ops in causal order. `otherEntityOps` tells whether an id names a known op
+ * of another entity (making the op invalid rather than waiting).
+ */
+export function materializeEntity(domain: string, entity: string, ops: Iterable<EntityOp>, authority: Authority, isOtherEntityOp: (id: OpId) => boolean = () => false): EntityResult {
+  const byId = new Map<OpId, EntityOp>();
+  for (const op of ops) byId.set(op.id, op);
+  const missing = new Map<OpId, number>();
+  const dependents = new Map<OpId, OpId[]>();
+  const badBase: OpId[] = [];
+  const ready: OpId[] = [];
+  for (const op of byId.values()) {
+    let count = 0;
+    for (const b of op.base) {
+      if (byId.has(b)) {
+        count++;
+        const list = dependents.get(b);
+        if (list === undefined) dependents.set(b, [op.id]);
+        else list.push(op.id);
+      } else {
+        count = Number.POSITIVE_INFINITY;
+        if (isOtherEntityOp(b)) badBase.push(op.id);
+      }
+    }
+    missing.set(op.id, count);
+    if (count === 0) ready.push(op.id);
+  }
+  ready.sort();
+  let state = emptyEntity(domain, entity);
+  const clocks = new Map<OpId, CausalClock>();
+  for (let i = 0; i < ready.length; i++) {
+    const op = byId.get(ready[i]!)!;
+    const clock = clockOf(op, op.base.map((b) => clocks.get(b)!));
+    clocks.set(op.id, clock);
+    state = applyEntityOp(state, op, clock, exclusionOf(op, authority) === null);
+    for (const d of dependents.get(op.id) ?? []) {
+      const left = missing.get(d)! - 1;
+      missing.set(d, left);
+      if (left === 0) ready.push(d);
+    }
+  }
+  const waiting = [...byId.keys()].filter((id) => !clocks.has(id) && !badBase.includes(id)).sort();
+  return { state, clocks, waiting, badBase: badBase.sort() };
+}
+
+export interface Materialized {
+  readonly entities: ReadonlyMap<string, { readonly state: EntityState; readonly view: EntityView }>;
+  readonly statuses: ReadonlyMap<OpId, OpStatus>;
+  readonly waiting: readonly OpId[];
+  readonly authority: Authority;
+}
+
+export interface ForkPoint {
+  readonly device: DeviceId;
+  readonly seq: number;
+}
+
+export function materialize(ops: Iterable<Op>, config: ResolutionConfig, forks: Iterable<ForkPoint> = []): Materialized {
+  const authority = new AuthorityBuilder(config.hqDevice);
+  const all = new Map<OpId, Op>();
+  for (const op of ops) all.set(op.id, op);
+  for (const fork of forks) authority.addFork(fork.device, fork.seq);
+  const groups = new Map<string, EntityOp[]>();
+  for (const op of all.values()) {
+    if (!isEntityOp(op)) {
+      authority.addHqOp(op);
+      continue;
+    }
+    const key = entityKey(op.domain, op.entity);
+    const group = groups.get(key);
+    if (group === undefined) groups.set(key, [op]);
+    else group.push(op);
+  }
+  const entities = new Map<string, { state: EntityState; view: EntityView }>();
+  const statuses = new Map<OpId, OpStatus>();
+  const waiting: OpId[] = [];
+  for (const key of [...groups.keys()].sort()) {
+    const group = groups.get(key)!;
+    const { domain, entity } = group[0]!;
+    const result = materializeEntity(domain, entity, group, authority, (id) => all.has(id));
+    const view = viewOf(result.state, config);
+    entities.set(key, { state: result.state, view });
+    const inConflict = new Set(conflictOps(view));
+    const bad = new Set(result.badBase);
+    for (const op of group) {
+      if (!result.clocks.has(op.id) && !bad.has(op.id)) continue;
+      statuses.set(op.id, statusOf(op, authority, config.hqDevice, inConflict.has(op.id), bad.has(op.id)));
+    }
+    waiting.push(...result.waiting);
+  }
+  for (const op of all.values()) if (!isEntityOp(op)) statuses.set(op.id, statusOf(op, authority, config.hqDevice, false));
+  return { entities, statuses, waiting: waiting.sort(), authority };
+}
+
+/** One entity's contribution to the state hash (visible entities and open conflicts only). */
+export const viewDigestBytes = (view: EntityView): Uint8Array =>
+  encodeCanonical([view.domain, view.entity, view.exists, view.fields, view.conflict?.id ?? null]);
+
+export const isVisible = (view: EntityView): boolean => view.exists || view.conflict !== null;
+
+/**
+ * SHA-256 (hex) over the digests of every visible entity, in (domain, entity) order: two nodes
+ * with the same hash show the same data. Store implementations stream the same bytes.
+ */
+export function stateHash(views: Iterable<EntityView>): string {
+  const sorted = [...views].filter(isVisible).sort((a, b) => (a.domain !== b.domain ? (a.domain < b.domain ? -1 : 1) : a.entity < b.entity ? -1 : a.entity > b.entity ? 1 : 0));
+  return hash('sha256', Buffer.concat(sorted.map(viewDigestBytes)), 'hex');
+}

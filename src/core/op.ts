@@ -1,0 +1,341 @@
+/**
+ * Operations: the one unit of change. The byte format is specified in docs/protocol.md.
+ *
+ *   op       := cbor [ body: bstr, sig: bstr(64) ]           (the "envelope")
+ *   body     := canonical CBOR map (see BODY_KEYS)
+ *   sig      := Ed25519(device key, "fieldmesh/op/1\n" || body)
+ *   op id    := SHA-256(op)   -- the whole envelope, signature included
+ *   prev     := op id of the same device's op seq-1 (null for seq 1)
+ */
+import { hash } from 'node:crypto';
+import { encodeInto } from 'cborg';
+import { decodeCanonical, encodeCanonical } from './cbor.ts';
+import { decodeError, InvalidInputError, RuleViolationError, tooLargeError } from './errors.ts';
+import type { Hlc } from './hlc.ts';
+import { isDeviceId, verifySignature, withContext, type DeviceId, type DeviceSigner } from './keys.ts';
+import { LIMITS } from './limits.ts';
+import { checkFields, type Fields } from './value.ts';
+
+export const OP_FORMAT_VERSION = 1;
+const OP_SIGNING_CONTEXT = new TextEncoder().encode('fieldmesh/op/1\n');
+
+/** Hex of the SHA-256 of an op's envelope bytes. */
+export type OpId = string;
+
+export const DATA_OP_TYPES = ['create', 'update', 'delete'] as const;
+export const OP_TYPES = [...DATA_OP_TYPES, 'resolve', 'receipt', 'revoke'] as const;
+export type DataOpType = (typeof DATA_OP_TYPES)[number];
+export type OpType = (typeof OP_TYPES)[number];
+
+interface Header {
+  readonly v: typeof OP_FORMAT_VERSION;
+  readonly team: string;
+  readonly device: DeviceId;
+  readonly seq: number;
+  readonly prev: OpId | null;
+  readonly hlc: Hlc;
+  readonly user: string;
+}
+
+interface EntityTarget {
+  readonly domain: string;
+  readonly entity: string;
+  /** The entity's head op ids its author had applied when writing (sorted), like Automerge's deps. */
+  readonly base: readonly OpId[];
+}
+
+export interface DataBody extends Header, EntityTarget {
+  readonly type: DataOpType;
+  /** For `delete`, always empty. */
+  readonly fields: Fields;
+}
+
+export interface ResolveBody extends Header, EntityTarget {
+  readonly type: 'resolve';
+  /** The id of the conflict this closes. */
+  readonly conflict: OpId;
+  /** Whether the entity exists after the resolution (false: the resolution is a delete). */
+  readonly exists: boolean;
+  /** The chosen values of the conflicting fields (empty when exists is false). */
+  readonly fields: Fields;
+}
+
+export interface Verdict {
+  readonly op: OpId;
+  readonly accepted: boolean;
+  /** Machine-readable reason code, '' when accepted. */
+  readonly reason: string;
+  /** Human-readable detail, '' when accepted. */
+  readonly detail: string;
+}
+
+/** HQ's signed verdicts on ops it received. Only valid from the team's HQ device. */
+export interface ReceiptBody extends Header {
+  readonly type: 'receipt';
+  readonly verdicts: readonly Verdict[];
+}
+
+/** HQ's revocation of a device: its ops with seq > afterSeq are refused everywhere. */
+export interface RevokeBody extends Header {
+  readonly type: 'revoke';
+  readonly target: DeviceId;
+  readonly afterSeq: number;
+  readonly reason: string;
+}
+
+export type OpBody = DataBody | ResolveBody | ReceiptBody | RevokeBody;
+export type EntityOpBody = DataBody | ResolveBody;
+
+/** A signed op as stored and sent: its body, its id and its exact bytes. */
+export type Op<B extends OpBody = OpBody> = B & { readonly id: OpId; readonly bytes: Uint8Array };
+export type EntityOp = Op<EntityOpBody>;
+
+export const isEntityOp = (op: Op): op is EntityOp => op.type !== 'receipt' && op.type !== 'revoke';
+
+const TEAM = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+const DOMAIN = /^[a-z][a-z0-9_-]*$/;
+const ENTITY = /^[A-Za-z0-9][A-Za-z0-9._:-]*$/;
+// eslint-disable-next-line no-control-regex
+const PRINTABLE = /^[^\u0000-\u001f\u007f]+$/;
+
+/** Type codes on the wire (position 1 of the body array). */
+const TYPE_CODES: Record<OpType, number> = { create: 1, update: 2, delete: 3, resolve: 4, receipt: 5, revoke: 6 };
+const TYPE_BY_CODE = new Map(Object.entries(TYPE_CODES).map(([type, code]) => [code, type as OpType]));
+/** Body array length per type: 9 header items, then the type's own. */
+const HEADER_ITEMS = 9;
+const BODY_LENGTH: Record<OpType, number> = { create: 13, update: 13, delete: 13, resolve: 15, receipt: 10, revoke: 12 };
+
+export const opIdOf = (bytes: Uint8Array): OpId => hash('sha256', bytes, 'hex');
+export const opIdToBytes = (id: OpId): Uint8Array => Buffer.from(id, 'hex');
+const opIdFromBytes = (bytes: Uint8Array): OpId => Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('hex');
+
+function bad(field: string, rule: string, found?: unknown): never {
+  throw new InvalidInputError('BAD_OP_FIELD', `op field '${field}' ${rule}`, { field, found });
+}
+
+function checkName(field: string, value: unknown, pattern: RegExp, maxChars: number): asserts value is string {
+  if (typeof value !== 'string' || value.length === 0 || value.length > maxChars || !pattern.test(value)) {
+    bad(field, `must match ${pattern} and be 1..${maxChars} chars`, typeof value === 'string' ? value.slice(0, 80) : typeof value);
+  }
+}
+
+function checkUint(field: string, value: unknown, min: number): asserts value is number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min) bad(field, `must be an integer >= ${min}`, value);
+}
+
+function checkOpIdList(field: string, ids: readonly OpId[], max: number): void {
+  if (ids.length > max) bad(field, `holds more than ${max} ids`, ids.length);
+  for (let i = 1; i < ids.length; i++) {
+    if (ids[i - 1]! >= ids[i]!) bad(field, 'must be sorted ascending without duplicates');
+  }
+}
+
+/**
+ * Checks an op body's shape and every rule that needs no other op:
+ * version, team/domain/entity/user names, seq >= 1, prev null exactly at seq 1, HLC bounds,
+ * sorted duplicate-free base, field names and values, delete without fields, resolve to a
+ * non-existing entity without fields, verdicts and revocation targets well-formed.
+ */
+export function checkBody(body: OpBody): void {
+  if (body.v !== OP_FORMAT_VERSION) bad('v', `must be ${OP_FORMAT_VERSION}`, body.v);
+  checkName('team', body.team, TEAM, LIMITS.maxTeamChars);
+  if (!isDeviceId(body.device)) bad('device', 'must be an Ed25519 PeerId', body.device);
+  checkUint('seq', body.seq, 1);
+  if ((body.seq === 1) !== (body.prev === null)) bad('prev', 'must be null exactly when seq is 1', body.prev);
+  checkUint('hlc.wallMs', body.hlc.wallMs, 0);
+  checkUint('hlc.counter', body.hlc.counter, 0);
+  if (body.hlc.wallMs > LIMITS.maxHlcWallMs || body.hlc.counter > LIMITS.maxHlcCounter) bad('hlc', 'is out of range', body.hlc);
+  checkName('user', body.user, PRINTABLE, LIMITS.maxUserChars);
+  if (!(OP_TYPES as readonly string[]).includes(body.type)) bad('type', `must be one of ${OP_TYPES.join('|')}`, body.type);
+  switch (body.type) {
+    case 'receipt':
+      if (body.verdicts.length === 0 || body.verdicts.length > LIMITS.maxVerdictsPerReceipt) bad('verdicts', `must hold 1..${LIMITS.maxVerdictsPerReceipt} verdicts`, body.verdicts.length);
+      for (const v of body.verdicts) {
+        if (v.accepted !== (v.reason === '')) bad('verdicts', 'must give a reason exactly when rejecting');
+        if (v.reason.length > LIMITS.maxReasonChars || v.detail.length > LIMITS.maxReasonChars) bad('verdicts', `reason and detail are limited to ${LIMITS.maxReasonChars} chars`);
+      }
+      return;
+    case 'revoke':
+      if (!isDeviceId(body.target)) bad('target', 'must be an Ed25519 PeerId', body.target);
+      checkUint('afterSeq', body.afterSeq, 0);
+      if (body.reason.length > LIMITS.maxReasonChars) bad('reason', `is limited to ${LIMITS.maxReasonChars} chars`);
+      return;
+    default:
+      checkName('domain', body.domain, DOMAIN, LIMITS.maxDomainChars);
+      checkName('entity', body.entity, ENTITY, LIMITS.maxEntityChars);
+      checkOpIdList('base', body.base, LIMITS.maxBaseOps);
+      checkFields(body.fields, 'op');
+      if (body.type === 'delete' && Object.keys(body.fields).length > 0) bad('fields', 'must be empty for delete');
+      if (body.type === 'resolve' && !body.exists && Object.keys(body.fields).length > 0) bad('fields', 'must be empty when a resolution deletes');
+  }
+}
+
+/** body := [v, type, team, device, seq, prev, wallMs, counter, user, ...per type] (docs/protocol.md) */
+function toCbor(body: OpBody): unknown[] {
+  const out: unknown[] = [
+    body.v,
+    TYPE_CODES[body.type],
+    body.team,
+    body.device,
+    body.seq,
+    body.prev === null ? null : opIdToBytes(body.prev),
+    body.hlc.wallMs,
+    body.hlc.counter,
+    body.user,
+  ];
+  switch (body.type) {
+    case 'receipt':
+      out.push(body.verdicts.map((v) => [opIdToBytes(v.op), v.accepted, v.reason, v.detail]));
+      break;
+    case 'revoke':
+      out.push(body.target, body.afterSeq, body.reason);
+      break;
+    default:
+      out.push(body.domain, body.entity, body.base.map(opIdToBytes), body.fields);
+      if (body.type === 'resolve') out.push(opIdToBytes(body.conflict), body.exists);
+  }
+  return out;
+}
+
+function idFrom(field: string, value: unknown): OpId {
+  if (!(value instanceof Uint8Array) || value.length !== 32) bad(field, 'must be a 32-byte hash');
+  return opIdFromBytes(value);
+}
+
+function str(field: string, value: unknown): string {
+  if (typeof value !== 'string') bad(field, 'must be a text string');
+  return value;
+}
+
+function num(field: string, value: unknown): number {
+  if (typeof value !== 'number') bad(field, 'must be a number');
+  return value;
+}
+
+function fromCbor(raw: unknown): OpBody {
+  if (!Array.isArray(raw) || raw.length < HEADER_ITEMS) throw decodeError('op body', `must be an array of at least ${HEADER_ITEMS} items`);
+  const type = TYPE_BY_CODE.get(raw[1] as number);
+  if (type === undefined) bad('type', `must be a type code 1..${TYPE_BY_CODE.size}`, raw[1]);
+  if (raw.length !== BODY_LENGTH[type]) bad('body', `of a ${type} op must have ${BODY_LENGTH[type]} items`, raw.length);
+  const header = {
+    v: raw[0] as typeof OP_FORMAT_VERSION,
+    team: str('team', raw[2]),
+    device: str('device', raw[3]),
+    seq: num('seq', raw[4]),
+    prev: raw[5] === null ? null : idFrom('prev', raw[5]),
+    hlc: { wallMs: num('hlc.wallMs', raw[6]), counter: num('hlc.counter', raw[7]) },
+    user: str('user', raw[8]),
+  };
+  switch (type) {
+    case 'receipt': {
+      if (!Array.isArray(raw[9])) bad('verdicts', 'must be an array');
+      const verdicts = raw[9].map((v: unknown): Verdict => {
+        if (!Array.isArray(v) || v.length !== 4 || typeof v[1] !== 'boolean') bad('verdicts', 'each must be [op, accepted, reason, detail]');
+        return { op: idFrom('verdicts.op', v[0]), accepted: v[1], reason: str('verdicts.reason', v[2]), detail: str('verdicts.detail', v[3]) };
+      });
+      return { ...header, type, verdicts };
+    }
+    case 'revoke':
+      return { ...header, type, target: str('target', raw[9]), afterSeq: num('afterSeq', raw[10]), reason: str('reason', raw[11]) };
+    default: {
+      if (!Array.isArray(raw[11])) bad('base', 'must be an array');
+      const target = {
+        domain: str('domain', raw[9]),
+        entity: str('entity', raw[10]),
+        base: raw[11].map((b: unknown) => idFrom('base', b)),
+        fields: raw[12] as Fields,
+      };
+      if (type === 'resolve') {
+        if (typeof raw[14] !== 'boolean') bad('exists', 'must be a boolean');
+        return { ...header, ...target, type, conflict: idFrom('conflict', raw[13]), exists: raw[14] };
+      }
+      return { ...header, ...target, type };
+    }
+  }
+}
+
+/** The exact bytes the signature covers. */
+export const signingBytes = (body: Uint8Array): Uint8Array => withContext(OP_SIGNING_CONTEXT, body);
+
+/** CBOR head of a byte string of `length` bytes (major type 2, shortest form). */
+function bytesHead(length: number): number[] {
+  if (length < 24) return [0x40 | length];
+  if (length < 0x100) return [0x58, length];
+  if (length < 0x10000) return [0x59, length >> 8, length & 0xff];
+  return [0x5a, (length >>> 24) & 0xff, (length >>> 16) & 0xff, (length >> 8) & 0xff, length & 0xff];
+}
+
+/** envelope := [body: bstr, sig: bstr(64)]; the same bytes cborg would write, without its token pass. */
+function envelope(body: Uint8Array, sig: Uint8Array): Uint8Array {
+  const head = [0x82, ...bytesHead(body.length)];
+  const out = new Uint8Array(head.length + body.length + 2 + sig.length);
+  out.set(head);
+  out.set(body, head.length);
+  out.set([0x58, 0x40], head.length + body.length);
+  out.set(sig, head.length + body.length + 2);
+  return out;
+}
+
+// Encoding straight after the signing context saves a copy per op on the hot path.
+const scratch = new Uint8Array(OP_SIGNING_CONTEXT.length + LIMITS.maxOpBytes);
+scratch.set(OP_SIGNING_CONTEXT);
+
+/** Validates, encodes and signs a body. Throws InvalidInputError on any rule of checkBody. */
+export function signOp<B extends OpBody>(body: B, signer: DeviceSigner): Op<B> {
+  if (body.device !== signer.device) bad('device', 'must be the signer', body.device);
+  checkBody(body);
+  let written: number;
+  try {
+    written = encodeInto(toCbor(body), scratch.subarray(OP_SIGNING_CONTEXT.length)).written;
+  } catch (err) {
+    // encodeInto fails when the scratch buffer is too small: measure the real size to say so.
+    const size = encodeCanonical(toCbor(body)).length;
+    if (size > LIMITS.maxOpBytes) throw tooLargeError('op body', LIMITS.maxOpBytes, size);
+    throw err;
+  }
+  const message = scratch.subarray(0, OP_SIGNING_CONTEXT.length + written);
+  const bytes = envelope(message.slice(OP_SIGNING_CONTEXT.length), signer.sign(message));
+  if (bytes.length > LIMITS.maxOpBytes) throw tooLargeError('op', LIMITS.maxOpBytes, bytes.length);
+  return { ...body, id: opIdOf(bytes), bytes };
+}
+
+export interface ParsedOp {
+  readonly op: Op;
+  readonly bodyBytes: Uint8Array;
+  readonly sig: Uint8Array;
+}
+
+/**
+ * Decodes an envelope and its body, refusing non-canonical, oversized, unknown or missing
+ * fields, without checking the signature (see decodeOp, and verifyRange for chained ranges).
+ */
+export function parseOp(bytes: Uint8Array, maxOpBytes: number = LIMITS.maxOpBytes): ParsedOp {
+  if (!(bytes instanceof Uint8Array)) throw decodeError('op', 'not bytes');
+  if (bytes.length > maxOpBytes) throw tooLargeError('op', maxOpBytes, bytes.length);
+  const envelope = decodeCanonical(bytes, 'op envelope');
+  if (!Array.isArray(envelope) || envelope.length !== 2 || !(envelope[0] instanceof Uint8Array) || !(envelope[1] instanceof Uint8Array)) {
+    throw decodeError('op envelope', 'must be [body: bytes, sig: bytes]');
+  }
+  const [bodyBytes, sig] = envelope as [Uint8Array, Uint8Array];
+  if (sig.length !== 64) throw decodeError('op envelope', `signature must be 64 bytes, got ${sig.length}`);
+  const body = fromCbor(decodeCanonical(bodyBytes, 'op body'));
+  checkBody(body);
+  return { op: { ...body, id: opIdOf(bytes), bytes }, bodyBytes, sig };
+}
+
+export function checkSignature(parsed: ParsedOp): void {
+  if (!verifySignature(parsed.op.device, signingBytes(parsed.bodyBytes), parsed.sig)) {
+    throw new RuleViolationError('BAD_SIGNATURE', `op ${parsed.op.device}#${parsed.op.seq} has an invalid signature`, {
+      device: parsed.op.device,
+      seq: parsed.op.seq,
+    });
+  }
+}
+
+/** Decodes one op and verifies its signature: the full check for an op travelling alone. */
+export function decodeOp(bytes: Uint8Array, maxOpBytes?: number): Op {
+  const parsed = parseOp(bytes, maxOpBytes);
+  checkSignature(parsed);
+  return parsed.op;
+}
+

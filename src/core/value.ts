@@ -1,0 +1,60 @@
+/**
+ * Field values: what an op may carry. JSON-like plus byte strings; no undefined, no NaN or
+ * infinities, integers only within the safe range, bounded depth.
+ */
+import { InvalidInputError } from './errors.ts';
+import { LIMITS } from './limits.ts';
+
+export type Value = null | boolean | number | string | Uint8Array | readonly Value[] | { readonly [key: string]: Value };
+export type Fields = { readonly [field: string]: Value };
+
+const FIELD_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+export function checkFieldName(name: string): void {
+  if (!FIELD_NAME.test(name) || name.length > LIMITS.maxFieldNameChars) {
+    throw new InvalidInputError('BAD_FIELD_NAME', `field name ${JSON.stringify(name.slice(0, 80))} must match ${FIELD_NAME} and be at most ${LIMITS.maxFieldNameChars} chars`, { field: name });
+  }
+}
+
+export function checkValue(value: unknown, path: string, depth = 0): asserts value is Value {
+  if (depth > LIMITS.maxValueDepth) {
+    throw new InvalidInputError('VALUE_TOO_DEEP', `${path} nests deeper than ${LIMITS.maxValueDepth}`, { path });
+  }
+  if (value === null || typeof value === 'boolean' || typeof value === 'string' || value instanceof Uint8Array) return;
+  if (typeof value === 'number') {
+    if (!Number.isFinite(value)) throw new InvalidInputError('BAD_VALUE', `${path} is not a finite number`, { path });
+    if (Number.isInteger(value) && !Number.isSafeInteger(value)) {
+      throw new InvalidInputError('BAD_VALUE', `${path} is an integer beyond 2^53`, { path });
+    }
+    return;
+  }
+  if (Array.isArray(value)) {
+    value.forEach((item, i) => checkValue(item, `${path}[${i}]`, depth + 1));
+    return;
+  }
+  if (typeof value === 'object' && Object.getPrototypeOf(value) === Object.prototype) {
+    for (const [key, item] of Object.entries(value)) checkValue(item, `${path}.${key}`, depth + 1);
+    return;
+  }
+  throw new InvalidInputError('BAD_VALUE', `${path} is not serializable (${describe(value)})`, { path });
+}
+
+export function checkFields(fields: unknown, what: string): asserts fields is Fields {
+  if (typeof fields !== 'object' || fields === null || Array.isArray(fields) || Object.getPrototypeOf(fields) !== Object.prototype) {
+    throw new InvalidInputError('BAD_FIELDS', `${what}: fields must be a plain object`);
+  }
+  const names = Object.keys(fields);
+  if (names.length > LIMITS.maxFieldsPerOp) {
+    throw new InvalidInputError('TOO_MANY_FIELDS', `${what}: ${names.length} fields, over the limit of ${LIMITS.maxFieldsPerOp}`, { limit: LIMITS.maxFieldsPerOp, found: names.length });
+  }
+  for (const name of names) {
+    checkFieldName(name);
+    checkValue((fields as Record<string, unknown>)[name], name);
+  }
+}
+
+function describe(value: unknown): string {
+  if (value === undefined) return 'undefined';
+  if (typeof value === 'object') return (value as object).constructor?.name ?? 'object';
+  return typeof value;
+}
