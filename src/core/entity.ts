@@ -4,7 +4,9 @@
  *
  * - Each op gets a clock: the pointwise max of its base ops' clocks plus its own (device, seq).
  *   Op c is in the causal past of op n exactly when clock(n)[c.device] >= c.seq.
- * - `heads` are the maximal ops (what a new local op names as its base).
+ * - `heads` are the maximal ops (what a new local op names as its base): the ops no other op's
+ *   base names. They follow `base` rather than clocks, since a forked device has two ops at one
+ *   seq that a clock cannot tell apart (for unforked logs the two agree).
  * - A register per field holds the maximal writes to that field, where a delete counts as a write
  *   of "absent" to every field. Superseded writes drop out; concurrent writes stay side by side for
  *   the domain's strategy to resolve (see strategies.ts). Ops that do not write (rejected by HQ,
@@ -76,7 +78,7 @@ export const isDeletion = (op: EntityOp): boolean => op.type === 'delete' || (op
  */
 export function applyEntityOp(state: EntityState, op: EntityOp, clock: CausalClock, writes: boolean): EntityState {
   const ref: OpRef = { op: op.id, device: op.device, seq: op.seq };
-  const heads = insertMaximal(state.heads, ref, clock);
+  const heads = [...state.heads.filter((h) => !op.base.includes(h.op)), ref].sort(byOp);
   if (!writes) return { ...state, heads };
   const write = (deleted: boolean, value: Value): Write => ({ ...ref, hlc: op.hlc, user: op.user, deleted, value });
   const registers: Record<string, readonly Write[]> = { ...state.registers };
@@ -91,7 +93,10 @@ export function applyEntityOp(state: EntityState, op: EntityOp, clock: CausalClo
   }
   const values: [string, Value][] = [[EXISTS, true], ...Object.entries(op.fields)];
   for (const [field, value] of values) {
-    registers[field] = insertMaximal(registers[field] ?? state.deletes, write(false, value), clock);
+    // Own registers only: a field named like an Object.prototype member ('constructor', 'toString')
+    // must not pick up the inherited function as its register.
+    const current = Object.hasOwn(registers, field) ? registers[field]! : state.deletes;
+    registers[field] = insertMaximal(current, write(false, value), clock);
   }
   return { ...state, heads, registers };
 }

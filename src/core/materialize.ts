@@ -22,9 +22,41 @@ export interface EntityResult {
   readonly clocks: ReadonlyMap<OpId, CausalClock>;
   /** Ops not applied because a base op is missing (causally buffered). */
   readonly waiting: readonly OpId[];
-  /** Ops never applied because a base op belongs to another entity. */
+  /** Ops never applied because their base is invalid (see `baseOmitsOwnOp` and BAD_BASE). */
   readonly badBase: readonly OpId[];
 }
+
+/**
+ * For each op, the seq of its author's latest earlier op on the same entity (0 if none).
+ * Devices write their log in seq order, so by the time an op arrives its author's earlier ops
+ * have arrived too: the store can compute this on arrival, and it depends only on the set.
+ */
+export function previousOwnSeqs(ops: Iterable<EntityOp>): Map<OpId, number> {
+  const byDevice = new Map<string, EntityOp[]>();
+  for (const op of ops) {
+    const list = byDevice.get(op.device);
+    if (list === undefined) byDevice.set(op.device, [op]);
+    else list.push(op);
+  }
+  const out = new Map<OpId, number>();
+  for (const list of byDevice.values()) {
+    const seqs = [...new Set(list.map((o) => o.seq))].sort((a, b) => a - b);
+    for (const op of list) {
+      const i = seqs.indexOf(op.seq);
+      out.set(op.id, i > 0 ? seqs[i - 1]! : 0);
+    }
+  }
+  return out;
+}
+
+/**
+ * Causal clocks assume a device's ops on one entity form a chain through `base` (every honest
+ * author has applied its own earlier ops). An op whose base leaves out its author's previous op
+ * on the entity breaks that assumption, and with it order-independence: it is never applied
+ * (status failed, BAD_BASE), on every node alike.
+ */
+export const baseOmitsOwnOp = (op: EntityOp, baseClocks: readonly CausalClock[], previousOwnSeq: number): boolean =>
+  previousOwnSeq > 0 && !baseClocks.some((c) => (c[op.device] ?? 0) >= previousOwnSeq);
 
 /**
  * Applies one entity's ops in causal order. `otherEntityOps` tells whether an id names a known op
@@ -39,6 +71,7 @@ export function materializeEntity(domain: string, entity: string, ops: Iterable<
   const ready: OpId[] = [];
   for (const op of byId.values()) {
     let count = 0;
+    let bad = false;
     for (const b of op.base) {
       if (byId.has(b)) {
         count++;
@@ -47,18 +80,26 @@ export function materializeEntity(domain: string, entity: string, ops: Iterable<
         else list.push(op.id);
       } else {
         count = Number.POSITIVE_INFINITY;
-        if (isOtherEntityOp(b)) badBase.push(op.id);
+        if (isOtherEntityOp(b)) bad = true;
       }
     }
+    // Once per op, however many of its base ops belong to other entities.
+    if (bad) badBase.push(op.id);
     missing.set(op.id, count);
     if (count === 0) ready.push(op.id);
   }
   ready.sort();
+  const previousOwn = previousOwnSeqs(byId.values());
   let state = emptyEntity(domain, entity);
   const clocks = new Map<OpId, CausalClock>();
   for (let i = 0; i < ready.length; i++) {
     const op = byId.get(ready[i]!)!;
-    const clock = clockOf(op, op.base.map((b) => clocks.get(b)!));
+    const baseClocks = op.base.map((b) => clocks.get(b)!);
+    if (baseOmitsOwnOp(op, baseClocks, previousOwn.get(op.id)!)) {
+      badBase.push(op.id);
+      continue;
+    }
+    const clock = clockOf(op, baseClocks);
     clocks.set(op.id, clock);
     state = applyEntityOp(state, op, clock, exclusionOf(op, authority) === null);
     for (const d of dependents.get(op.id) ?? []) {
@@ -67,7 +108,8 @@ export function materializeEntity(domain: string, entity: string, ops: Iterable<
       if (left === 0) ready.push(d);
     }
   }
-  const waiting = [...byId.keys()].filter((id) => !clocks.has(id) && !badBase.includes(id)).sort();
+  const bad = new Set(badBase);
+  const waiting = [...byId.keys()].filter((id) => !clocks.has(id) && !bad.has(id)).sort();
   return { state, clocks, waiting, badBase: badBase.sort() };
 }
 
@@ -110,8 +152,8 @@ export function materialize(ops: Iterable<Op>, config: ResolutionConfig, forks: 
     entities.set(key, { state: result.state, view });
     const inConflict = new Set(conflictOps(view));
     const bad = new Set(result.badBase);
+    // Waiting ops have a status too: HQ may already have answered for them.
     for (const op of group) {
-      if (!result.clocks.has(op.id) && !bad.has(op.id)) continue;
       statuses.set(op.id, statusOf(op, authority, config.hqDevice, inConflict.has(op.id), bad.has(op.id)));
     }
     waiting.push(...result.waiting);

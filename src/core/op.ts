@@ -10,6 +10,7 @@
 import { hash } from 'node:crypto';
 import { encodeInto } from 'cborg';
 import { decodeCanonical, encodeCanonical } from './cbor.ts';
+import { DECLINED, decodeFast, encodeFastInto } from './fast-cbor.ts';
 import { decodeError, InvalidInputError, RuleViolationError, tooLargeError } from './errors.ts';
 import type { Hlc } from './hlc.ts';
 import { isDeviceId, verifySignature, withContext, type DeviceId, type DeviceSigner } from './keys.ts';
@@ -97,6 +98,15 @@ const DOMAIN = /^[a-z][a-z0-9_-]*$/;
 const ENTITY = /^[A-Za-z0-9][A-Za-z0-9._:-]*$/;
 // eslint-disable-next-line no-control-regex
 const PRINTABLE = /^[^\u0000-\u001f\u007f]+$/;
+/** An op id as opIdOf writes it (/^[0-9a-f]{64}$/); anything else would encode to other bytes than it names. */
+function isOpIdHex(id: string): boolean {
+  if (id.length !== 64) return false;
+  for (let i = 0; i < 64; i++) {
+    const c = id.charCodeAt(i);
+    if (!((c >= 0x30 && c <= 0x39) || (c >= 0x61 && c <= 0x66))) return false;
+  }
+  return true;
+}
 
 /** Type codes on the wire (position 1 of the body array). */
 const TYPE_CODES: Record<OpType, number> = { create: 1, update: 2, delete: 3, resolve: 4, receipt: 5, revoke: 6 };
@@ -123,8 +133,15 @@ function checkUint(field: string, value: unknown, min: number): asserts value is
   if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min) bad(field, `must be an integer >= ${min}`, value);
 }
 
+// Without this, signOp would sign an id like 'abc' (or upper-case hex) into bytes that no node,
+// the author included, decodes back to the same op.
+function checkOpId(field: string, id: unknown): void {
+  if (typeof id !== 'string' || !isOpIdHex(id)) bad(field, 'must be an op id (64 lower-case hex digits)', typeof id === 'string' ? id.slice(0, 80) : typeof id);
+}
+
 function checkOpIdList(field: string, ids: readonly OpId[], max: number): void {
   if (ids.length > max) bad(field, `holds more than ${max} ids`, ids.length);
+  for (const id of ids) checkOpId(field, id);
   for (let i = 1; i < ids.length; i++) {
     if (ids[i - 1]! >= ids[i]!) bad(field, 'must be sorted ascending without duplicates');
   }
@@ -132,9 +149,9 @@ function checkOpIdList(field: string, ids: readonly OpId[], max: number): void {
 
 /**
  * Checks an op body's shape and every rule that needs no other op:
- * version, team/domain/entity/user names, seq >= 1, prev null exactly at seq 1, HLC bounds,
- * sorted duplicate-free base, field names and values, delete without fields, resolve to a
- * non-existing entity without fields, verdicts and revocation targets well-formed.
+ * version, team/domain/entity/user names, seq >= 1, prev null exactly at seq 1, op ids in
+ * canonical hex, HLC bounds, sorted duplicate-free base, field names and values, delete without
+ * fields, resolve to a non-existing entity without fields, verdicts and revocation targets well-formed.
  */
 export function checkBody(body: OpBody): void {
   if (body.v !== OP_FORMAT_VERSION) bad('v', `must be ${OP_FORMAT_VERSION}`, body.v);
@@ -142,6 +159,7 @@ export function checkBody(body: OpBody): void {
   if (!isDeviceId(body.device)) bad('device', 'must be an Ed25519 PeerId', body.device);
   checkUint('seq', body.seq, 1);
   if ((body.seq === 1) !== (body.prev === null)) bad('prev', 'must be null exactly when seq is 1', body.prev);
+  if (body.prev !== null) checkOpId('prev', body.prev);
   checkUint('hlc.wallMs', body.hlc.wallMs, 0);
   checkUint('hlc.counter', body.hlc.counter, 0);
   if (body.hlc.wallMs > LIMITS.maxHlcWallMs || body.hlc.counter > LIMITS.maxHlcCounter) bad('hlc', 'is out of range', body.hlc);
@@ -151,6 +169,7 @@ export function checkBody(body: OpBody): void {
     case 'receipt':
       if (body.verdicts.length === 0 || body.verdicts.length > LIMITS.maxVerdictsPerReceipt) bad('verdicts', `must hold 1..${LIMITS.maxVerdictsPerReceipt} verdicts`, body.verdicts.length);
       for (const v of body.verdicts) {
+        checkOpId('verdicts.op', v.op);
         if (v.accepted !== (v.reason === '')) bad('verdicts', 'must give a reason exactly when rejecting');
         if (v.reason.length > LIMITS.maxReasonChars || v.detail.length > LIMITS.maxReasonChars) bad('verdicts', `reason and detail are limited to ${LIMITS.maxReasonChars} chars`);
       }
@@ -166,7 +185,10 @@ export function checkBody(body: OpBody): void {
       checkOpIdList('base', body.base, LIMITS.maxBaseOps);
       checkFields(body.fields, 'op');
       if (body.type === 'delete' && Object.keys(body.fields).length > 0) bad('fields', 'must be empty for delete');
-      if (body.type === 'resolve' && !body.exists && Object.keys(body.fields).length > 0) bad('fields', 'must be empty when a resolution deletes');
+      if (body.type === 'resolve') {
+        checkOpId('conflict', body.conflict);
+        if (!body.exists && Object.keys(body.fields).length > 0) bad('fields', 'must be empty when a resolution deletes');
+      }
   }
 }
 
@@ -212,20 +234,21 @@ function num(field: string, value: unknown): number {
   return value;
 }
 
-function fromCbor(raw: unknown): OpBody {
+/** The op of a decoded body (`bytes`: its whole envelope, giving the op's id and bytes). */
+function fromCbor(raw: unknown, bytes: Uint8Array): Op {
   if (!Array.isArray(raw) || raw.length < HEADER_ITEMS) throw decodeError('op body', `must be an array of at least ${HEADER_ITEMS} items`);
   const type = TYPE_BY_CODE.get(raw[1] as number);
   if (type === undefined) bad('type', `must be a type code 1..${TYPE_BY_CODE.size}`, raw[1]);
   if (raw.length !== BODY_LENGTH[type]) bad('body', `of a ${type} op must have ${BODY_LENGTH[type]} items`, raw.length);
-  const header = {
-    v: raw[0] as typeof OP_FORMAT_VERSION,
-    team: str('team', raw[2]),
-    device: str('device', raw[3]),
-    seq: num('seq', raw[4]),
-    prev: raw[5] === null ? null : idFrom('prev', raw[5]),
-    hlc: { wallMs: num('hlc.wallMs', raw[6]), counter: num('hlc.counter', raw[7]) },
-    user: str('user', raw[8]),
-  };
+  // Plain locals and one object literal per type (no spreads: this runs per op received), checking
+  // fields in the same order as ever and listing keys in the same order: body, then id and bytes.
+  const version = raw[0] as typeof OP_FORMAT_VERSION;
+  const team = str('team', raw[2]);
+  const device = str('device', raw[3]);
+  const seq = num('seq', raw[4]);
+  const prev = raw[5] === null ? null : idFrom('prev', raw[5]);
+  const hlc = { wallMs: num('hlc.wallMs', raw[6]), counter: num('hlc.counter', raw[7]) };
+  const user = str('user', raw[8]);
   switch (type) {
     case 'receipt': {
       if (!Array.isArray(raw[9])) bad('verdicts', 'must be an array');
@@ -233,23 +256,21 @@ function fromCbor(raw: unknown): OpBody {
         if (!Array.isArray(v) || v.length !== 4 || typeof v[1] !== 'boolean') bad('verdicts', 'each must be [op, accepted, reason, detail]');
         return { op: idFrom('verdicts.op', v[0]), accepted: v[1], reason: str('verdicts.reason', v[2]), detail: str('verdicts.detail', v[3]) };
       });
-      return { ...header, type, verdicts };
+      return { v: version, team, device, seq, prev, hlc, user, type, verdicts, id: opIdOf(bytes), bytes };
     }
     case 'revoke':
-      return { ...header, type, target: str('target', raw[9]), afterSeq: num('afterSeq', raw[10]), reason: str('reason', raw[11]) };
+      return { v: version, team, device, seq, prev, hlc, user, type, target: str('target', raw[9]), afterSeq: num('afterSeq', raw[10]), reason: str('reason', raw[11]), id: opIdOf(bytes), bytes };
     default: {
       if (!Array.isArray(raw[11])) bad('base', 'must be an array');
-      const target = {
-        domain: str('domain', raw[9]),
-        entity: str('entity', raw[10]),
-        base: raw[11].map((b: unknown) => idFrom('base', b)),
-        fields: raw[12] as Fields,
-      };
+      const domain = str('domain', raw[9]);
+      const entity = str('entity', raw[10]);
+      const base = raw[11].map((b: unknown) => idFrom('base', b));
+      const fields = raw[12] as Fields;
       if (type === 'resolve') {
         if (typeof raw[14] !== 'boolean') bad('exists', 'must be a boolean');
-        return { ...header, ...target, type, conflict: idFrom('conflict', raw[13]), exists: raw[14] };
+        return { v: version, team, device, seq, prev, hlc, user, domain, entity, base, fields, type, conflict: idFrom('conflict', raw[13]), exists: raw[14], id: opIdOf(bytes), bytes };
       }
-      return { ...header, ...target, type };
+      return { v: version, team, device, seq, prev, hlc, user, domain, entity, base, fields, type, id: opIdOf(bytes), bytes };
     }
   }
 }
@@ -257,23 +278,40 @@ function fromCbor(raw: unknown): OpBody {
 /** The exact bytes the signature covers. */
 export const signingBytes = (body: Uint8Array): Uint8Array => withContext(OP_SIGNING_CONTEXT, body);
 
-/** CBOR head of a byte string of `length` bytes (major type 2, shortest form). */
-function bytesHead(length: number): number[] {
-  if (length < 24) return [0x40 | length];
-  if (length < 0x100) return [0x58, length];
-  if (length < 0x10000) return [0x59, length >> 8, length & 0xff];
-  return [0x5a, (length >>> 24) & 0xff, (length >>> 16) & 0xff, (length >> 8) & 0xff, length & 0xff];
-}
-
 /** envelope := [body: bstr, sig: bstr(64)]; the same bytes cborg would write, without its token pass. */
 function envelope(body: Uint8Array, sig: Uint8Array): Uint8Array {
-  const head = [0x82, ...bytesHead(body.length)];
-  const out = new Uint8Array(head.length + body.length + 2 + sig.length);
-  out.set(head);
-  out.set(body, head.length);
-  out.set([0x58, 0x40], head.length + body.length);
-  out.set(sig, head.length + body.length + 2);
+  const n = body.length;
+  // 0x82, then the body's byte string head in shortest form (major type 2).
+  const head = n < 24 ? 2 : n < 0x100 ? 3 : n < 0x10000 ? 4 : 6;
+  const out = new Uint8Array(head + n + 2 + sig.length);
+  out[0] = 0x82;
+  if (n < 24) {
+    out[1] = 0x40 | n;
+  } else if (n < 0x100) {
+    out[1] = 0x58;
+    out[2] = n;
+  } else if (n < 0x10000) {
+    out[1] = 0x59;
+    out[2] = n >> 8;
+    out[3] = n & 0xff;
+  } else {
+    out[1] = 0x5a;
+    out[2] = (n >>> 24) & 0xff;
+    out[3] = (n >>> 16) & 0xff;
+    out[4] = (n >> 8) & 0xff;
+    out[5] = n & 0xff;
+  }
+  out.set(body, head);
+  out[head + n] = 0x58;
+  out[head + n + 1] = 0x40;
+  out.set(sig, head + n + 2);
   return out;
+}
+
+/** decodeCanonical, through the fast reader when it can vouch for the bytes. */
+function decodeCanonicalFast(bytes: Uint8Array, what: string): unknown {
+  const value = decodeFast(bytes);
+  return value === DECLINED ? decodeCanonical(bytes, what) : value;
 }
 
 // Encoding straight after the signing context saves a copy per op on the hot path.
@@ -284,14 +322,17 @@ scratch.set(OP_SIGNING_CONTEXT);
 export function signOp<B extends OpBody>(body: B, signer: DeviceSigner): Op<B> {
   if (body.device !== signer.device) bad('device', 'must be the signer', body.device);
   checkBody(body);
-  let written: number;
-  try {
-    written = encodeInto(toCbor(body), scratch.subarray(OP_SIGNING_CONTEXT.length)).written;
-  } catch (err) {
-    // encodeInto fails when the scratch buffer is too small: measure the real size to say so.
-    const size = encodeCanonical(toCbor(body)).length;
-    if (size > LIMITS.maxOpBytes) throw tooLargeError('op body', LIMITS.maxOpBytes, size);
-    throw err;
+  const cbor = toCbor(body);
+  let written = encodeFastInto(cbor, scratch, OP_SIGNING_CONTEXT.length) - OP_SIGNING_CONTEXT.length;
+  if (written < 0) {
+    try {
+      written = encodeInto(cbor, scratch.subarray(OP_SIGNING_CONTEXT.length)).written;
+    } catch (err) {
+      // encodeInto fails when the scratch buffer is too small: measure the real size to say so.
+      const size = encodeCanonical(cbor).length;
+      if (size > LIMITS.maxOpBytes) throw tooLargeError('op body', LIMITS.maxOpBytes, size);
+      throw err;
+    }
   }
   const message = scratch.subarray(0, OP_SIGNING_CONTEXT.length + written);
   const bytes = envelope(message.slice(OP_SIGNING_CONTEXT.length), signer.sign(message));
@@ -312,19 +353,30 @@ export interface ParsedOp {
 export function parseOp(bytes: Uint8Array, maxOpBytes: number = LIMITS.maxOpBytes): ParsedOp {
   if (!(bytes instanceof Uint8Array)) throw decodeError('op', 'not bytes');
   if (bytes.length > maxOpBytes) throw tooLargeError('op', maxOpBytes, bytes.length);
-  const envelope = decodeCanonical(bytes, 'op envelope');
+  const envelope = decodeCanonicalFast(bytes, 'op envelope');
   if (!Array.isArray(envelope) || envelope.length !== 2 || !(envelope[0] instanceof Uint8Array) || !(envelope[1] instanceof Uint8Array)) {
     throw decodeError('op envelope', 'must be [body: bytes, sig: bytes]');
   }
   const [bodyBytes, sig] = envelope as [Uint8Array, Uint8Array];
   if (sig.length !== 64) throw decodeError('op envelope', `signature must be 64 bytes, got ${sig.length}`);
-  const body = fromCbor(decodeCanonical(bodyBytes, 'op body'));
-  checkBody(body);
-  return { op: { ...body, id: opIdOf(bytes), bytes }, bodyBytes, sig };
+  // The op is built with its id and bytes at once (rather than spread from a body afterwards).
+  const op = fromCbor(decodeCanonicalFast(bodyBytes, 'op body'), bytes);
+  checkBody(op);
+  return { op, bodyBytes, sig };
+}
+
+// The signed message of an op being verified, assembled in place rather than allocated per op.
+const verifyScratch = new Uint8Array(OP_SIGNING_CONTEXT.length + LIMITS.maxOpBytes);
+verifyScratch.set(OP_SIGNING_CONTEXT);
+
+function signedMessage(body: Uint8Array): Uint8Array {
+  if (body.length > LIMITS.maxOpBytes) return signingBytes(body);
+  verifyScratch.set(body, OP_SIGNING_CONTEXT.length);
+  return verifyScratch.subarray(0, OP_SIGNING_CONTEXT.length + body.length);
 }
 
 export function checkSignature(parsed: ParsedOp): void {
-  if (!verifySignature(parsed.op.device, signingBytes(parsed.bodyBytes), parsed.sig)) {
+  if (!verifySignature(parsed.op.device, signedMessage(parsed.bodyBytes), parsed.sig)) {
     throw new RuleViolationError('BAD_SIGNATURE', `op ${parsed.op.device}#${parsed.op.seq} has an invalid signature`, {
       device: parsed.op.device,
       seq: parsed.op.seq,

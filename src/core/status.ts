@@ -25,7 +25,7 @@ export function statusOf(op: Pick<Op, 'id' | 'device' | 'seq'>, authority: Autho
     const reason = excluded.reason === 'REJECTED' ? `REJECTED:${excluded.code}` : excluded.reason;
     return { status: 'failed', reason, detail: excluded.detail };
   }
-  if (badBase) return { status: 'failed', reason: 'BAD_BASE', detail: 'base names an op of another entity' };
+  if (badBase) return { status: 'failed', reason: 'BAD_BASE', detail: "base names an op of another entity or omits its author's earlier op on this entity" };
   if (inConflict) return { status: 'conflict' };
   if (op.device === hqDevice || authority.verdicts.get(op.id)?.accepted === true) return { status: 'synced' };
   return { status: 'pending' };

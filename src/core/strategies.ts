@@ -39,7 +39,8 @@ export interface ResolutionConfig {
 }
 
 export function policyOf(config: ResolutionConfig, domain: string): DomainPolicy {
-  const entry = config.domains?.[domain];
+  // Own entries only: a domain named 'constructor' must not read Object.prototype.constructor.
+  const entry = config.domains !== undefined && Object.hasOwn(config.domains, domain) ? config.domains[domain] : undefined;
   if (entry === undefined) return { strategy: 'merge' };
   const policy = typeof entry === 'string' ? { strategy: entry } : entry;
   if (!(STRATEGIES as readonly string[]).includes(policy.strategy)) {
@@ -87,7 +88,8 @@ export function resolveRegister(candidates: readonly Write[], policy: DomainPoli
   const live = pool.filter((c) => !c.deleted).sort(byStamp);
   if (live.length === 0) return ABSENT;
   if (live.length === 1) return { deleted: false, value: live[0]!.value };
-  const mergeFn = policy.merge?.[field];
+  // Own entries only, as in policyOf: a field named 'toString' has no merge function.
+  const mergeFn = policy.merge !== undefined && Object.hasOwn(policy.merge, field) ? policy.merge[field] : undefined;
   if (mergeFn !== undefined) return { deleted: false, value: mergeFn(live.map((c) => c.value)) };
   return { deleted: false, value: live[live.length - 1]!.value };
 }

@@ -11,8 +11,10 @@ export type Fields = { readonly [field: string]: Value };
 const FIELD_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
 export function checkFieldName(name: string): void {
-  if (!FIELD_NAME.test(name) || name.length > LIMITS.maxFieldNameChars) {
-    throw new InvalidInputError('BAD_FIELD_NAME', `field name ${JSON.stringify(name.slice(0, 80))} must match ${FIELD_NAME} and be at most ${LIMITS.maxFieldNameChars} chars`, { field: name });
+  // '__proto__' is the one name a plain object cannot hold by assignment (it sets the prototype),
+  // so the materializer could not keep a register or a view field under it.
+  if (!FIELD_NAME.test(name) || name.length > LIMITS.maxFieldNameChars || name === '__proto__') {
+    throw new InvalidInputError('BAD_FIELD_NAME', `field name ${JSON.stringify(name.slice(0, 80))} must match ${FIELD_NAME}, not be __proto__, and be at most ${LIMITS.maxFieldNameChars} chars`, { field: name });
   }
 }
 

@@ -1,0 +1,404 @@
+/**
+ * FieldNode: what applications embed. One device, one data dir: capture changes offline
+ * (mutate), read the materialized state (get, query), watch it change (subscribe), and track
+ * every op through pending, synced, failed and conflict.
+ */
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { authorOp, type OpDraft } from '../core/author.ts';
+import { EMPTY_TIP, type LogTip } from '../core/chain.ts';
+import { InvalidInputError } from '../core/errors.ts';
+import type { Hlc } from '../core/hlc.ts';
+import type { DeviceId } from '../core/keys.ts';
+import { viewDigestBytes, isVisible } from '../core/materialize.ts';
+import { DATA_OP_TYPES, decodeOp, type DataOpType, type Op, type OpId } from '../core/op.ts';
+import type { OpStatus, StatusName } from '../core/status.ts';
+import { policyOf, type DomainPolicy, type ResolutionConfig, type Strategy } from '../core/strategies.ts';
+import { checkFields, type Fields, type Value } from '../core/value.ts';
+import { viewOf, type Conflict, type EntityView } from '../core/view.ts';
+import type { EntityState } from '../core/entity.ts';
+import type { OpMeta } from '../store/apply.ts';
+import { ingest, type IngestResult } from '../store/ingest.ts';
+import { entityKeyOf, split, under, logKey } from '../store/keys.ts';
+import { Store, type StoreLimits } from '../store/store.ts';
+import { TABLES } from '../store/tables.ts';
+import { verifyStore, type VerifyReport } from '../store/verify.ts';
+import { createHash } from 'node:crypto';
+import { loadOrCreateDeviceKey, type DeviceKey } from './device-key.ts';
+import { badChoice, conflictNotFound, entityExists, entityNotFound, unknownDomain } from './errors.ts';
+import { Subscription } from './subscription.ts';
+
+export type Role = 'field' | 'gateway' | 'server';
+
+export interface FieldNodeOptions {
+  /** Directory holding the device key and the database; created if missing. */
+  readonly dataDir: string;
+  readonly team: string;
+  /** The team's HQ device id. Omit on HQ itself (role `server`): HQ's own key is the root. */
+  readonly hqDevice?: DeviceId;
+  readonly user: string;
+  /** @default 'field' */
+  readonly role?: Role;
+  /** Declared domains and their conflict strategies. Must be the same on every node of the team. */
+  readonly domains: Readonly<Record<string, DomainPolicy | Strategy>>;
+  /** Physical clock in ms. @default Date.now */
+  readonly now?: () => number;
+  /** How far ahead of our clock a remote HLC may be before it is flagged. @default 300000 (5 min) */
+  readonly maxDriftMs?: number;
+  /** Events a subscriber may fall behind before its subscription fails. @default 10000 */
+  readonly maxSubscriberBacklog?: number;
+  readonly storeLimits?: Partial<StoreLimits>;
+}
+
+export interface MutationInput {
+  readonly type: DataOpType;
+  readonly domain: string;
+  readonly entity: string;
+  /** Field values (create/update); omitted or empty for delete. */
+  readonly fields?: Fields;
+}
+
+export interface MutationResult {
+  readonly op: Op;
+  readonly id: OpId;
+  readonly status: StatusName;
+}
+
+export interface OpSummary {
+  readonly id: OpId;
+  readonly device: DeviceId;
+  readonly seq: number;
+  readonly type: Op['type'];
+  readonly user: string;
+  readonly hlc: Hlc;
+  readonly domain: string | null;
+  readonly entity: string | null;
+  readonly status: StatusName;
+  readonly reason?: string;
+  readonly detail?: string;
+  /** True while the op waits for a base op it has not received. */
+  readonly waiting: boolean;
+}
+
+export interface OpFilter {
+  readonly type?: Op['type'];
+  readonly domain?: string;
+  readonly entity?: string;
+  readonly device?: DeviceId;
+  readonly status?: StatusName;
+  /** @default 1000 */
+  readonly limit?: number;
+}
+
+export interface QueryOptions {
+  /** Field equality filter. */
+  readonly where?: Readonly<Record<string, Value>>;
+  /** @default 1000 */
+  readonly limit?: number;
+}
+
+export type NodeEvent =
+  | { readonly kind: 'entity'; readonly view: EntityView }
+  | { readonly kind: 'status'; readonly op: OpId; readonly device: DeviceId; readonly seq: number; readonly status: OpStatus };
+
+export interface SubscribeFilter {
+  readonly kinds?: readonly NodeEvent['kind'][];
+  readonly domain?: string;
+  readonly entity?: string;
+  readonly device?: DeviceId;
+}
+
+export interface DeviceStatus {
+  readonly device: DeviceId;
+  readonly lastSeq: number;
+  readonly counts: Readonly<Record<StatusName, number>>;
+}
+
+export type Resolution = { readonly fields: Fields } | { readonly delete: true };
+
+const ZERO_COUNTS = (): Record<StatusName, number> => ({ pending: 0, synced: 0, failed: 0, conflict: 0 });
+
+export class FieldNode {
+  readonly device: DeviceId;
+  readonly team: string;
+  readonly user: string;
+  readonly role: Role;
+  readonly dataDir: string;
+  readonly resolution: ResolutionConfig;
+  private readonly store: Store;
+  private readonly key: DeviceKey;
+  private readonly now: () => number;
+  private readonly maxDriftMs: number;
+  private readonly maxBacklog: number;
+  private readonly subscriptions = new Map<(e: NodeEvent) => void, Subscription<NodeEvent>>();
+
+  private constructor(options: FieldNodeOptions, key: DeviceKey, store: Store, resolution: ResolutionConfig) {
+    this.device = key.signer.device;
+    this.team = options.team;
+    this.user = options.user;
+    this.role = options.role ?? 'field';
+    this.dataDir = options.dataDir;
+    this.key = key;
+    this.store = store;
+    this.resolution = resolution;
+    this.now = options.now ?? Date.now;
+    this.maxDriftMs = options.maxDriftMs ?? 300_000;
+    this.maxBacklog = options.maxSubscriberBacklog ?? 10_000;
+    const forward = (event: NodeEvent) => {
+      for (const listener of this.subscriptions.keys()) listener(event);
+    };
+    store.events.on('status', forward);
+    store.events.on('entity', forward);
+  }
+
+  static async open(options: FieldNodeOptions): Promise<FieldNode> {
+    await mkdir(options.dataDir, { recursive: true, mode: 0o700 });
+    const { key } = await loadOrCreateDeviceKey(options.dataDir);
+    const role = options.role ?? 'field';
+    const hqDevice = role === 'server' ? key.signer.device : options.hqDevice;
+    if (hqDevice === undefined) throw new InvalidInputError('NO_HQ', 'hqDevice is required for field and gateway nodes');
+    const resolution: ResolutionConfig = { hqDevice, domains: options.domains };
+    for (const domain of Object.keys(options.domains)) policyOf(resolution, domain);
+    const store = await Store.open({
+      dir: join(options.dataDir, 'db'),
+      identity: { team: options.team, device: key.signer.device, hqDevice },
+      resolution,
+      limits: options.storeLimits,
+    });
+    return new FieldNode(options, key, store, resolution);
+  }
+
+  /** The libp2p private key (for the network layer). */
+  get privateKey() {
+    return this.key.privateKey;
+  }
+
+  get hqDevice(): DeviceId {
+    return this.resolution.hqDevice;
+  }
+
+  private checkDomain(domain: string): void {
+    if (this.resolution.domains?.[domain] === undefined) throw unknownDomain(domain, Object.keys(this.resolution.domains ?? {}));
+  }
+
+  /** Records a change. Resolves once the signed op is durable, with its status (pending until HQ answers). */
+  async mutate(input: MutationInput): Promise<MutationResult> {
+    if (!(DATA_OP_TYPES as readonly string[]).includes(input.type)) {
+      throw new InvalidInputError('BAD_OP_TYPE', `mutation type must be one of ${DATA_OP_TYPES.join('|')}`, { found: input.type });
+    }
+    this.checkDomain(input.domain);
+    const fields = input.fields ?? {};
+    checkFields(fields, `${input.domain}/${input.entity}`);
+    if (input.type === 'delete' && Object.keys(fields).length > 0) throw new InvalidInputError('BAD_FIELDS', 'delete takes no fields');
+    return this.author(input.domain, input.entity, (view) => {
+      if (input.type === 'create' && view.exists) throw entityExists(input.domain, input.entity);
+      if (input.type !== 'create' && !view.exists) throw entityNotFound(input.domain, input.entity);
+      return { type: input.type, domain: input.domain, entity: input.entity, base: [...view.heads], fields };
+    });
+  }
+
+  /** Closes an open manual conflict with the chosen values (or by deleting the entity). */
+  async resolve(conflictId: OpId, choice: Resolution): Promise<MutationResult> {
+    const conflict = (await this.conflicts()).find((c) => c.id === conflictId);
+    if (conflict === undefined) throw conflictNotFound(conflictId);
+    const deleting = 'delete' in choice;
+    const fields = deleting ? {} : choice.fields;
+    checkFields(fields, `resolution of ${conflictId}`);
+    if (!deleting) {
+      const missing = conflict.fields.map((f) => f.field).filter((f) => f !== '$exists' && !(f in fields));
+      if (missing.length > 0) throw badChoice(conflictId, missing);
+    }
+    return this.author(conflict.domain, conflict.entity, (view) => {
+      if (view.conflict?.id !== conflictId) throw conflictNotFound(conflictId);
+      return { type: 'resolve', domain: conflict.domain, entity: conflict.entity, base: [...view.heads], conflict: conflictId, exists: !deleting, fields };
+    });
+  }
+
+  private async author(domain: string, entity: string, draftFor: (view: EntityView) => OpDraft): Promise<MutationResult> {
+    return this.store.write(async (ctx) => {
+      const view = viewOf(await ctx.entityState(domain, entity), this.resolution);
+      const draft = draftFor(view);
+      const tip = (await ctx.txn.get<LogTip>(TABLES.tip, this.device)) ?? EMPTY_TIP;
+      const { op, state } = authorOp({ signer: this.key.signer, team: this.team, user: this.user }, { tip, clock: ctx.clock }, this.now(), draft);
+      ctx.clock = state.clock;
+      await ctx.addOp(op);
+      const meta = await ctx.txn.get<OpMeta>(TABLES.op, op.id);
+      return { op, id: op.id, status: meta!.status.status };
+    });
+  }
+
+  /** Ingests ops from elsewhere (a peer, a bundle). All or nothing: an invalid op stores nothing. */
+  ingest(encoded: readonly Uint8Array[]): Promise<IngestResult> {
+    return this.store.write((ctx) => ingest(ctx, encoded, { team: this.team, nowMs: this.now(), maxDriftMs: this.maxDriftMs }));
+  }
+
+  /** The entity as this node sees it, or null if it does not exist (and has no open conflict). */
+  async get(domain: string, entity: string): Promise<EntityView | null> {
+    const state = await this.store.reader().get<EntityState>(TABLES.entity, entityKeyOf(domain, entity));
+    if (state === undefined) return null;
+    const view = viewOf(state, this.resolution);
+    return isVisible(view) ? view : null;
+  }
+
+  /** Existing entities of a domain in entity-id order, optionally filtered by field equality. */
+  async query(domain: string, options: QueryOptions = {}): Promise<EntityView[]> {
+    const limit = options.limit ?? 1000;
+    const where = Object.entries(options.where ?? {});
+    const out: EntityView[] = [];
+    for await (const [, state] of this.store.scan<EntityState>(TABLES.entity, under(domain))) {
+      const view = viewOf(state, this.resolution);
+      if (!isVisible(view)) continue;
+      if (where.every(([f, v]) => JSON.stringify(view.fields[f]) === JSON.stringify(v))) out.push(view);
+      if (out.length >= limit) break;
+    }
+    return out;
+  }
+
+  /** Ops matching every given filter, in (device, seq) order within the index used. */
+  async ops(filter: OpFilter = {}): Promise<OpSummary[]> {
+    const limit = filter.limit ?? 1000;
+    const out: OpSummary[] = [];
+    const reader = this.store.reader();
+    const consider = async (id: OpId) => {
+      const meta = await reader.get<OpMeta>(TABLES.op, id);
+      if (meta === undefined) return;
+      if (filter.type !== undefined && meta.type !== filter.type) return;
+      if (filter.domain !== undefined && meta.domain !== filter.domain) return;
+      if (filter.entity !== undefined && meta.entity !== filter.entity) return;
+      if (filter.device !== undefined && meta.device !== filter.device) return;
+      if (filter.status !== undefined && meta.status.status !== filter.status) return;
+      out.push(summary(id, meta));
+    };
+    if (filter.status !== undefined) {
+      const range = filter.device !== undefined ? under(filter.status, filter.device) : under(filter.status);
+      for await (const [, id] of this.store.scan<OpId>(TABLES.status, range)) {
+        await consider(id);
+        if (out.length >= limit) break;
+      }
+    } else if (filter.domain !== undefined) {
+      const range = filter.entity !== undefined ? under(filter.domain, filter.entity) : under(filter.domain);
+      for await (const [, id] of this.store.scan<OpId>(TABLES.byEntity, range)) {
+        await consider(id);
+        if (out.length >= limit) break;
+      }
+    } else {
+      const range = filter.device !== undefined ? under(filter.device) : undefined;
+      for await (const [key] of this.store.scan<Uint8Array>(TABLES.log, range)) {
+        const [device, seq] = split(key) as [string, string];
+        const id = await this.store.opIdAt(device, Number.parseInt(seq, 16));
+        if (id !== undefined) await consider(id);
+        if (out.length >= limit) break;
+      }
+    }
+    return out;
+  }
+
+  /** A device's ops HQ has not acknowledged yet, in seq order (default: this device). */
+  queue(device: DeviceId = this.device, limit = 1000): Promise<OpSummary[]> {
+    return this.ops({ device, status: 'pending', limit });
+  }
+
+  /** The ops of one entity, in (device, seq) order. */
+  history(domain: string, entity: string, limit = 1000): Promise<OpSummary[]> {
+    return this.ops({ domain, entity, limit });
+  }
+
+  /** Op counts per status, over every device or one. */
+  async counts(device?: DeviceId): Promise<Record<StatusName, number>> {
+    const out = ZERO_COUNTS();
+    for await (const [key, n] of this.store.scan<number>(TABLES.count, device === undefined ? undefined : under(device))) {
+      out[split(key)[1] as StatusName] += n;
+    }
+    return out;
+  }
+
+  /** Per device: its last seq and its ops per status. */
+  async devices(): Promise<DeviceStatus[]> {
+    const byDevice = new Map<DeviceId, Record<StatusName, number>>();
+    for await (const [key, n] of this.store.scan<number>(TABLES.count)) {
+      const [device, status] = split(key) as [DeviceId, StatusName];
+      const counts = byDevice.get(device) ?? ZERO_COUNTS();
+      counts[status] += n;
+      byDevice.set(device, counts);
+    }
+    return [...byDevice].map(([device, counts]) => ({ device, lastSeq: this.store.tipOf(device).seq, counts }));
+  }
+
+  async conflicts(): Promise<Conflict[]> {
+    const out: Conflict[] = [];
+    const reader = this.store.reader();
+    for await (const [key] of this.store.scan<OpId>(TABLES.conflict)) {
+      const state = await reader.get<EntityState>(TABLES.entity, key);
+      const conflict = state === undefined ? null : viewOf(state, this.resolution).conflict;
+      if (conflict !== null) out.push(conflict);
+    }
+    return out;
+  }
+
+  /** The signed op with this id, or undefined. */
+  async op(id: OpId): Promise<Op | undefined> {
+    const meta = await this.store.reader().get<OpMeta>(TABLES.op, id);
+    if (meta === undefined) return undefined;
+    const bytes = await this.store.reader().getRaw(TABLES.log, logKey(meta.device, meta.seq));
+    return bytes === undefined ? undefined : decodeOp(bytes);
+  }
+
+  /** Highest contiguous seq held per device. */
+  versionVector() {
+    return this.store.versionVector();
+  }
+
+  /** The same hash as core's stateHash over the same ops: equal hashes, equal data. */
+  async stateHash(): Promise<string> {
+    const hash = createHash('sha256');
+    for await (const [, state] of this.store.scan<EntityState>(TABLES.entity)) {
+      const view = viewOf(state, this.resolution);
+      if (isVisible(view)) hash.update(viewDigestBytes(view));
+    }
+    return hash.digest('hex');
+  }
+
+  /** Re-checks every chain and signature in the data dir. */
+  verify(onProgress?: (ops: number) => void): Promise<VerifyReport> {
+    return verifyStore(this.store, onProgress);
+  }
+
+  /** Entity and status changes as they become durable. Close the subscription (or break the loop) to stop. */
+  subscribe(filter: SubscribeFilter = {}): Subscription<NodeEvent> {
+    const listener = (event: NodeEvent) => {
+      if (filter.kinds !== undefined && !filter.kinds.includes(event.kind)) return;
+      if (event.kind === 'entity') {
+        if (filter.domain !== undefined && event.view.domain !== filter.domain) return;
+        if (filter.entity !== undefined && event.view.entity !== filter.entity) return;
+      } else if (filter.device !== undefined && event.device !== filter.device) return;
+      subscription.push(event);
+    };
+    const subscription = new Subscription<NodeEvent>(this.maxBacklog, () => this.subscriptions.delete(listener));
+    this.subscriptions.set(listener, subscription);
+    return subscription;
+  }
+
+  /** Flushes queued writes and releases the data dir. */
+  async close(): Promise<void> {
+    this.store.events.removeAllListeners();
+    for (const subscription of [...this.subscriptions.values()]) subscription.close();
+    await this.store.close();
+  }
+}
+
+function summary(id: OpId, meta: OpMeta): OpSummary {
+  return {
+    id,
+    device: meta.device,
+    seq: meta.seq,
+    type: meta.type,
+    user: meta.user,
+    hlc: { wallMs: meta.wallMs, counter: meta.counter },
+    domain: meta.domain,
+    entity: meta.entity,
+    status: meta.status.status,
+    ...(meta.status.reason !== undefined ? { reason: meta.status.reason, detail: meta.status.detail } : {}),
+    waiting: meta.clock === null && !meta.badBase && meta.domain !== null,
+  };
+}
+

@@ -1,0 +1,66 @@
+/**
+ * An async-iterable view of node events with a bounded buffer: a consumer that falls more than
+ * `maxBuffered` events behind gets an error rather than unbounded memory growth.
+ */
+import { FieldmeshError } from '../core/errors.ts';
+
+export class SubscriptionOverflowError extends FieldmeshError {}
+
+export class Subscription<T> implements AsyncIterableIterator<T> {
+  private readonly buffer: T[] = [];
+  private waiter: ((r: IteratorResult<T>) => void) | null = null;
+  private failure: Error | null = null;
+  private ended = false;
+  private readonly maxBuffered: number;
+  private readonly onClose: () => void;
+
+  constructor(maxBuffered: number, onClose: () => void) {
+    this.maxBuffered = maxBuffered;
+    this.onClose = onClose;
+  }
+
+  push(event: T): void {
+    if (this.ended) return;
+    if (this.waiter !== null) {
+      const w = this.waiter;
+      this.waiter = null;
+      w({ value: event, done: false });
+      return;
+    }
+    if (this.buffer.length >= this.maxBuffered) {
+      this.failure = new SubscriptionOverflowError('SUBSCRIPTION_OVERFLOW', `subscriber fell ${this.maxBuffered} events behind`, { maxBuffered: this.maxBuffered });
+      this.close();
+      return;
+    }
+    this.buffer.push(event);
+  }
+
+  next(): Promise<IteratorResult<T>> {
+    if (this.buffer.length > 0) return Promise.resolve({ value: this.buffer.shift()!, done: false });
+    if (this.failure !== null) return Promise.reject(this.failure);
+    if (this.ended) return Promise.resolve({ value: undefined, done: true });
+    return new Promise((resolve) => {
+      this.waiter = resolve;
+    });
+  }
+
+  return(): Promise<IteratorResult<T>> {
+    this.close();
+    return Promise.resolve({ value: undefined, done: true });
+  }
+
+  close(): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.onClose();
+    if (this.waiter !== null) {
+      const w = this.waiter;
+      this.waiter = null;
+      w({ value: undefined, done: true });
+    }
+  }
+
+  [Symbol.asyncIterator](): this {
+    return this;
+  }
+}

@@ -1,0 +1,333 @@
+/**
+ * Applying ops to the store inside one transaction: the incremental twin of core/materialize.
+ * For every op it writes the log entry, the op's metadata, its entity's new causal state and its
+ * status rows, and it wakes ops that were waiting for it. When HQ's word or a fork proof changes
+ * which ops count, the affected entities are rebuilt from their ops with core/materializeEntity.
+ * The result equals materializing the same ops from scratch (a property test checks it).
+ */
+import type { Authority, VerdictRecord } from '../core/authority.ts';
+import { exclusionOf } from '../core/authority.ts';
+import { applyEntityOp, clockOf, emptyEntity, type CausalClock, type EntityState } from '../core/entity.ts';
+import type { DeviceId } from '../core/keys.ts';
+import type { LogTip } from '../core/chain.ts';
+import { HLC_ZERO, type Hlc } from '../core/hlc.ts';
+import { baseOmitsOwnOp, materializeEntity } from '../core/materialize.ts';
+import { isEntityOp, parseOp, type EntityOp, type Op, type OpId } from '../core/op.ts';
+import { statusOf, type OpStatus } from '../core/status.ts';
+import { policyOf, type ResolutionConfig } from '../core/strategies.ts';
+import { conflictOps, viewOf, type EntityView } from '../core/view.ts';
+import { byEntityKey, countKey, entityKeyOf, logKey, statusKey, under, waitingKey, split } from './keys.ts';
+import { TABLES } from './tables.ts';
+import type { Txn } from './txn.ts';
+
+/** What the store keeps per op besides its bytes. */
+export interface OpMeta {
+  readonly device: DeviceId;
+  readonly seq: number;
+  readonly type: Op['type'];
+  readonly user: string;
+  readonly wallMs: number;
+  readonly counter: number;
+  readonly domain: string | null;
+  readonly entity: string | null;
+  /** Causal clock once applied; null while waiting for its base (or never, with a bad base). */
+  readonly clock: CausalClock | null;
+  readonly badBase: boolean;
+  /** How many base ops it still waits for (0 once applied). */
+  readonly waitingOn: number;
+  /** Seq of its author's previous op on the same entity (0 if none): its base must cover it. */
+  readonly previousOwnSeq: number;
+  readonly status: OpStatus;
+}
+
+export type StoreEvent =
+  | { readonly kind: 'entity'; readonly view: EntityView }
+  | { readonly kind: 'status'; readonly op: OpId; readonly device: DeviceId; readonly seq: number; readonly status: OpStatus };
+
+export class ApplyContext {
+  readonly txn: Txn;
+  readonly resolution: ResolutionConfig;
+  readonly revokedAfter: Map<DeviceId, number>;
+  readonly forkedAt: Map<DeviceId, number>;
+  /** Entities changed by this transaction, with their view before it. */
+  readonly touched = new Map<string, EntityState | null>();
+  readonly statusEvents = new Map<OpId, StoreEvent & { kind: 'status' }>();
+  private readonly rebuild = new Set<string>();
+  /** Waiting rows committed before this transaction, and the change this transaction makes. */
+  private readonly waitingCommitted: number;
+  waitingDelta = 0;
+  /** This device's HLC as the transaction advances it. */
+  clock: Hlc = HLC_ZERO;
+  /** Log tips this transaction moved. */
+  readonly tips = new Map<DeviceId, LogTip>();
+  private readonly afterViews: EntityView[] = [];
+
+  constructor(txn: Txn, resolution: ResolutionConfig, revokedAfter: ReadonlyMap<DeviceId, number>, forkedAt: ReadonlyMap<DeviceId, number>, waitingCommitted: number, orphanVerdictsCommitted: number) {
+    this.txn = txn;
+    this.orphanVerdictsCommitted = orphanVerdictsCommitted;
+    this.waitingCommitted = waitingCommitted;
+    this.resolution = resolution;
+    this.revokedAfter = new Map(revokedAfter);
+    this.forkedAt = new Map(forkedAt);
+  }
+
+  /** Only manual domains have conflicts: others skip computing views on the hot path. */
+  manual(domain: string): boolean {
+    return policyOf(this.resolution, domain).strategy === 'manual';
+  }
+
+  get hqDevice(): DeviceId {
+    return this.resolution.hqDevice;
+  }
+
+  /** Verdicts received for ops not held yet: while zero, a new op cannot have one. */
+  private readonly orphanVerdictsCommitted: number;
+  orphanVerdictsDelta = 0;
+
+  async authorityFor(ids: readonly OpId[], isNew = false): Promise<Authority> {
+    const verdicts = new Map<OpId, VerdictRecord>();
+    if (isNew && this.orphanVerdictsCommitted + this.orphanVerdictsDelta === 0) return { verdicts, revokedAfter: this.revokedAfter, forkedAt: this.forkedAt };
+    for (const id of ids) {
+      const v = await this.txn.get<VerdictRecord>(TABLES.verdict, id);
+      if (v !== undefined) verdicts.set(id, v);
+    }
+    return { verdicts, revokedAfter: this.revokedAfter, forkedAt: this.forkedAt };
+  }
+
+  async entityState(domain: string, entity: string): Promise<EntityState> {
+    return (await this.txn.get<EntityState>(TABLES.entity, entityKeyOf(domain, entity))) ?? emptyEntity(domain, entity);
+  }
+
+  private async touch(domain: string, entity: string): Promise<void> {
+    const key = entityKeyOf(domain, entity);
+    if (this.touched.has(key)) return;
+    this.touched.set(key, (await this.txn.get<EntityState>(TABLES.entity, key)) ?? null);
+  }
+
+  /** Stores one op that extends its device's log (the caller checked chain and signature). */
+  async addOp(op: Op): Promise<void> {
+    if (this.orphanVerdictsCommitted + this.orphanVerdictsDelta > 0 && (await this.txn.get(TABLES.verdict, op.id)) !== undefined) this.orphanVerdictsDelta--;
+    this.txn.putRaw(TABLES.log, logKey(op.device, op.seq), op.bytes);
+    const tip = { seq: op.seq, id: op.id };
+    this.txn.put(TABLES.tip, op.device, tip);
+    this.tips.set(op.device, tip);
+    if (!isEntityOp(op)) {
+      await this.putNewMeta(op, this.metaOf(op, null, false, 0));
+      if (op.device === this.hqDevice) await this.recordHqOp(op);
+      await this.wake(op.id); // an entity op naming it as base learns its base is bad
+      return;
+    }
+    this.txn.put(TABLES.byEntity, byEntityKey(op.domain, op.entity, op.device, op.seq), op.id);
+    // Logs arrive in seq order, so the latest op of this device on the entity so far is its previous one.
+    const ownKey = byEntityKey(op.domain, op.entity, op.device, 0);
+    const previousOwnSeq = (await this.txn.get<number>(TABLES.ownLast, ownKey)) ?? 0;
+    this.txn.put(TABLES.ownLast, ownKey, op.seq);
+    await this.tryApply(op, true, previousOwnSeq);
+  }
+
+  private metaOf(op: Op, clock: CausalClock | null, badBase: boolean, waitingOn: number, previousOwnSeq = 0): Omit<OpMeta, 'status'> {
+    const target = isEntityOp(op) ? { domain: op.domain, entity: op.entity } : { domain: null, entity: null };
+    return { device: op.device, seq: op.seq, type: op.type, user: op.user, wallMs: op.hlc.wallMs, counter: op.hlc.counter, ...target, clock, badBase, waitingOn, previousOwnSeq };
+  }
+
+  /** Metadata of an op just added, with its status (an op that is new has no rows to replace). */
+  private async putNewMeta(op: Op, meta: Omit<OpMeta, 'status'>, inConflict = false): Promise<void> {
+    const status = statusOf(op, await this.authorityFor([op.id], true), this.hqDevice, inConflict, meta.badBase);
+    await this.putMeta(op.id, meta, status, null);
+  }
+
+  /** Writes op metadata, keeping the status index and counters in step. */
+  private async putMeta(id: OpId, meta: Omit<OpMeta, 'status'>, status: OpStatus | null, known?: OpMeta | null): Promise<void> {
+    const old = known === null ? undefined : (known ?? (await this.txn.get<OpMeta>(TABLES.op, id)));
+    const next: OpStatus = status ?? old?.status ?? { status: 'pending' };
+    if (old !== undefined && old.status.status !== next.status) {
+      this.txn.del(TABLES.status, statusKey(old.status.status, old.device, old.seq));
+      await this.bump(old.device, old.status.status, -1);
+    }
+    if (old === undefined || old.status.status !== next.status) {
+      this.txn.put(TABLES.status, statusKey(next.status, meta.device, meta.seq), id);
+      await this.bump(meta.device, next.status, +1);
+    }
+    if (old === undefined || old.status.status !== next.status || old.status.reason !== next.reason) {
+      this.statusEvents.set(id, { kind: 'status', op: id, device: meta.device, seq: meta.seq, status: next });
+    }
+    this.txn.put(TABLES.op, id, { ...meta, status: next });
+  }
+
+  private async bump(device: DeviceId, status: string, delta: number): Promise<void> {
+    const key = countKey(device, status);
+    const count = ((await this.txn.get<number>(TABLES.count, key)) ?? 0) + delta;
+    if (count === 0) this.txn.del(TABLES.count, key);
+    else this.txn.put(TABLES.count, key, count);
+  }
+
+  /** Applies the op if its whole base is here, else parks it; then wakes what waited for it. */
+  private async tryApply(op: EntityOp, fresh: boolean, previousOwnSeq: number): Promise<void> {
+    const baseClocks: CausalClock[] = [];
+    const missing: OpId[] = [];
+    let badBase = false;
+    for (const b of op.base) {
+      const meta = await this.txn.get<OpMeta>(TABLES.op, b);
+      if (meta === undefined) missing.push(b);
+      else if (meta.domain !== op.domain || meta.entity !== op.entity) badBase = true;
+      else if (meta.clock === null) missing.push(b);
+      else baseClocks.push(meta.clock);
+    }
+    if (!badBase && missing.length === 0) badBase = baseOmitsOwnOp(op, baseClocks, previousOwnSeq);
+    if (badBase || missing.length > 0) {
+      if (!badBase) {
+        for (const m of missing) this.txn.put(TABLES.waiting, waitingKey(m, op.id), '');
+        this.waitingDelta += missing.length;
+      }
+      const meta = this.metaOf(op, null, badBase, badBase ? 0 : missing.length, previousOwnSeq);
+      if (!fresh) {
+        await this.putMeta(op.id, meta, null);
+        await this.refreshStatus(op.id);
+      } else await this.putNewMeta(op, meta);
+      return;
+    }
+    await this.touch(op.domain, op.entity);
+    const clock = clockOf(op, baseClocks);
+    const existing = fresh ? undefined : await this.txn.get<OpMeta>(TABLES.op, op.id); // it waited for its base
+    const authority = await this.authorityFor([op.id], existing === undefined);
+    const state = applyEntityOp(await this.entityState(op.domain, op.entity), op, clock, exclusionOf(op, authority) === null);
+    this.txn.put(TABLES.entity, entityKeyOf(op.domain, op.entity), state);
+    const inConflict = this.manual(op.domain) && conflictOps(viewOf(state, this.resolution)).includes(op.id);
+    const meta = this.metaOf(op, clock, false, 0, previousOwnSeq);
+    if (existing === undefined) await this.putNewMeta(op, meta, inConflict);
+    else await this.putMeta(op.id, meta, statusOf(op, authority, this.hqDevice, inConflict, false), existing);
+    await this.wake(op.id);
+  }
+
+  /** Ops parked on `id` lose one missing base each; those with none left apply now. */
+  private async wake(id: OpId): Promise<void> {
+    if (this.waitingCommitted + this.waitingDelta === 0) return;
+    for (const key of await this.txn.keys(TABLES.waiting, under(id))) {
+      this.txn.del(TABLES.waiting, key);
+      this.waitingDelta--;
+      const waiter = split(key)[1]!;
+      const meta = await this.txn.get<OpMeta>(TABLES.op, waiter);
+      if (meta === undefined || meta.clock !== null || meta.badBase) continue;
+      const waitingOn = meta.waitingOn - 1;
+      this.txn.put(TABLES.op, waiter, { ...meta, waitingOn });
+      if (waitingOn > 0) continue;
+      const op = await this.loadOp(meta.device, meta.seq);
+      if (isEntityOp(op)) await this.tryApply(op, false, meta.previousOwnSeq);
+    }
+  }
+
+  async loadOp(device: DeviceId, seq: number): Promise<Op> {
+    const bytes = await this.txn.getRaw(TABLES.log, logKey(device, seq));
+    if (bytes === undefined) throw new Error(`log entry ${device}#${seq} missing`);
+    return parseOp(bytes).op;
+  }
+
+  /** Recomputes one op's status from HQ's word, proofs, its entity's conflict and its base. */
+  async refreshStatus(id: OpId): Promise<void> {
+    const meta = await this.txn.get<OpMeta>(TABLES.op, id);
+    if (meta === undefined) return;
+    let inConflict = false;
+    if (meta.domain !== null && meta.entity !== null && meta.clock !== null && this.manual(meta.domain)) {
+      const state = await this.entityState(meta.domain, meta.entity);
+      inConflict = conflictOps(viewOf(state, this.resolution)).includes(id);
+    }
+    const status = statusOf({ id, device: meta.device, seq: meta.seq }, await this.authorityFor([id]), this.hqDevice, inConflict, meta.badBase);
+    await this.putMeta(id, meta, status);
+  }
+
+  /** HQ receipts and revocations: record them and rebuild what they change. */
+  private async recordHqOp(op: Op): Promise<void> {
+    if (op.type === 'receipt') {
+      for (const v of op.verdicts) {
+        const known = await this.txn.get<VerdictRecord>(TABLES.verdict, v.op);
+        if (known !== undefined && known.hqSeq >= op.seq) continue;
+        this.txn.put(TABLES.verdict, v.op, { accepted: v.accepted, reason: v.reason, detail: v.detail, hqSeq: op.seq });
+        const meta = await this.txn.get<OpMeta>(TABLES.op, v.op);
+        if (meta === undefined) {
+          if (known === undefined) this.orphanVerdictsDelta++;
+          continue;
+        }
+        const flips = known === undefined ? !v.accepted : known.accepted !== v.accepted;
+        if (flips && meta.domain !== null && meta.entity !== null) this.rebuild.add(entityKeyOf(meta.domain, meta.entity));
+        else await this.refreshStatus(v.op);
+      }
+    } else if (op.type === 'revoke') {
+      const known = this.revokedAfter.get(op.target);
+      if (known !== undefined && known <= op.afterSeq) return;
+      this.revokedAfter.set(op.target, op.afterSeq);
+      this.txn.put(TABLES.revoked, op.target, op.afterSeq);
+      await this.markDevice(op.target, op.afterSeq + 1);
+    }
+  }
+
+  /** A fork proof: exclude the device's ops from `seq` on. */
+  async recordFork(device: DeviceId, seq: number, proof: unknown): Promise<boolean> {
+    const known = this.forkedAt.get(device);
+    if (known !== undefined && known <= seq) return false;
+    this.forkedAt.set(device, seq);
+    this.txn.put(TABLES.fork, device, proof);
+    await this.markDevice(device, seq);
+    return true;
+  }
+
+  /** Schedules a rebuild of every entity the device wrote from `fromSeq` on, and refreshes statuses. */
+  private async markDevice(device: DeviceId, fromSeq: number): Promise<void> {
+    const tip = await this.txn.get<{ seq: number }>(TABLES.tip, device);
+    for (let seq = fromSeq; seq <= (tip?.seq ?? 0); seq++) {
+      const op = await this.loadOp(device, seq);
+      if (isEntityOp(op)) this.rebuild.add(entityKeyOf(op.domain, op.entity));
+      else await this.refreshStatus(op.id);
+    }
+  }
+
+  /** Rebuilds scheduled entities from their ops; call once before committing. */
+  async finish(): Promise<void> {
+    for (const key of [...this.rebuild].sort()) {
+      const [domain, entity] = split(key) as [string, string];
+      await this.touch(domain, entity);
+      const ops: EntityOp[] = [];
+      for (const k of await this.txn.keys(TABLES.byEntity, under(domain, entity))) {
+        const parts = split(k);
+        const op = await this.loadOp(parts[2]!, Number.parseInt(parts[3]!, 16));
+        if (isEntityOp(op)) ops.push(op);
+      }
+      // Base ops outside the entity that we hold make their dependents invalid rather than waiting.
+      const inEntity = new Set(ops.map((o) => o.id));
+      const elsewhere = new Set<OpId>();
+      for (const b of new Set(ops.flatMap((o) => o.base))) {
+        if (!inEntity.has(b) && (await this.txn.get(TABLES.op, b)) !== undefined) elsewhere.add(b);
+      }
+      const result = materializeEntity(domain, entity, ops, await this.authorityFor(ops.map((o) => o.id)), (id) => elsewhere.has(id));
+      this.txn.put(TABLES.entity, key, result.state);
+      const bad = new Set(result.badBase);
+      for (const op of ops) {
+        const meta = await this.txn.get<OpMeta>(TABLES.op, op.id);
+        await this.putMeta(op.id, { ...meta!, clock: result.clocks.get(op.id) ?? null, badBase: bad.has(op.id) }, null);
+        await this.refreshStatus(op.id);
+      }
+    }
+    this.rebuild.clear();
+    await this.refreshConflictStatuses();
+  }
+
+  /** Views of the entities this transaction changed (after finish). */
+  changedViews(): readonly EntityView[] {
+    return this.afterViews;
+  }
+
+  /** Ops that entered or left an open conflict change status; events get the new views. */
+  private async refreshConflictStatuses(): Promise<void> {
+    for (const [key, beforeState] of this.touched) {
+      const [domain, entity] = split(key) as [string, string];
+      const after = viewOf(await this.entityState(domain, entity), this.resolution);
+      this.afterViews.push(after);
+      if (!this.manual(domain)) continue;
+      const before = beforeState === null ? null : viewOf(beforeState, this.resolution);
+      if (after.conflict !== null) this.txn.put(TABLES.conflict, key, after.conflict.id);
+      else if (before?.conflict != null) this.txn.del(TABLES.conflict, key);
+      const was = new Set(before === null ? [] : conflictOps(before));
+      const now = new Set(conflictOps(after));
+      for (const id of new Set([...was, ...now])) if (was.has(id) !== now.has(id)) await this.refreshStatus(id);
+    }
+  }
+}

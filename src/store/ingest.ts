@@ -1,0 +1,108 @@
+/**
+ * Ingesting ops that came from elsewhere (a peer, a bundle): everything is checked before
+ * anything is written, so a bad batch stores nothing.
+ *
+ * Rules, in order, per device run (consecutive ops of one device):
+ *  - every op decodes canonically and belongs to this team (WRONG_TEAM);
+ *  - an op at a seq we hold is a duplicate when its id matches; a different, validly signed op
+ *    there is a fork: the proof is kept, the device flagged, and its later ops refused;
+ *  - ops past a fork point or a revocation are refused (not stored, not an error);
+ *  - the rest extends our tip without gaps (SEQ_GAP, PREV_MISMATCH) and the run's last op carries
+ *    a valid signature (BAD_SIGNATURE): one signature verifies the whole chained run.
+ */
+import { checkExtends, forkProofOf, type LogTip } from '../core/chain.ts';
+import { InvalidInputError } from '../core/errors.ts';
+import { hlcReceive } from '../core/hlc.ts';
+import { checkSignature, parseOp, type Op, type ParsedOp } from '../core/op.ts';
+import type { DeviceId } from '../core/keys.ts';
+import type { ApplyContext } from './apply.ts';
+import { logKey } from './keys.ts';
+import { TABLES } from './tables.ts';
+
+export interface IngestResult {
+  readonly added: number;
+  readonly duplicates: number;
+  /** Ops refused because their device forked or was revoked before them. */
+  readonly refused: number;
+  readonly forks: readonly { device: DeviceId; seq: number }[];
+  /** Ops whose HLC was more than maxDriftMs ahead of our clock (kept, flagged). */
+  readonly skewed: readonly { device: DeviceId; seq: number; aheadMs: number }[];
+}
+
+export interface IngestOptions {
+  readonly team: string;
+  readonly nowMs: number;
+  readonly maxDriftMs: number;
+  readonly maxOpBytes?: number;
+}
+
+export async function ingest(ctx: ApplyContext, encoded: readonly Uint8Array[], options: IngestOptions): Promise<IngestResult> {
+  const parsed = encoded.map((bytes) => parseOp(bytes, options.maxOpBytes));
+  for (const p of parsed) {
+    if (p.op.team !== options.team) {
+      throw new InvalidInputError('WRONG_TEAM', `op ${p.op.device}#${p.op.seq} is of team ${p.op.team}, not ${options.team}`, { expected: options.team, found: p.op.team });
+    }
+  }
+  // Validate every run before writing anything.
+  const accepted: Op[] = [];
+  const forks: { device: DeviceId; seq: number; proof: unknown }[] = [];
+  let duplicates = 0;
+  let refused = 0;
+  const tips = new Map<DeviceId, LogTip>();
+  const tipOf = async (device: DeviceId): Promise<LogTip> =>
+    tips.get(device) ?? (await ctx.txn.get<LogTip>(TABLES.tip, device)) ?? { seq: 0, id: null };
+  let run: ParsedOp[] = [];
+  const closeRun = async () => {
+    if (run.length === 0) return;
+    const device = run[0]!.op.device;
+    let tip = await tipOf(device);
+    const fresh: ParsedOp[] = [];
+    let forkedAt = ctx.forkedAt.get(device) ?? Number.POSITIVE_INFINITY;
+    const revokedAfter = ctx.revokedAfter.get(device) ?? Number.POSITIVE_INFINITY;
+    for (const p of run) {
+      if (p.op.seq >= forkedAt || p.op.seq > revokedAfter) {
+        refused++;
+        continue;
+      }
+      if (p.op.seq <= tip.seq) {
+        const held = await ctx.txn.getRaw(TABLES.log, logKey(device, p.op.seq));
+        const heldOp = held === undefined ? undefined : parseOp(held).op;
+        if (heldOp === undefined || heldOp.id === p.op.id) {
+          duplicates++;
+          continue;
+        }
+        checkSignature(p); // a fork proof must hold two genuine signatures
+        const proof = forkProofOf(heldOp, p.op)!;
+        forks.push({ device, seq: p.op.seq, proof });
+        forkedAt = p.op.seq;
+        refused++;
+        continue;
+      }
+      checkExtends(tip, p.op);
+      fresh.push(p);
+      tip = { seq: p.op.seq, id: p.op.id };
+    }
+    if (fresh.length > 0) checkSignature(fresh[fresh.length - 1]!);
+    for (const p of fresh) accepted.push(p.op);
+    tips.set(device, tip);
+    run = [];
+  };
+  for (const p of parsed) {
+    if (run.length > 0 && run[0]!.op.device !== p.op.device) await closeRun();
+    run.push(p);
+  }
+  await closeRun();
+
+  const skewed: { device: DeviceId; seq: number; aheadMs: number }[] = [];
+  for (const op of accepted) {
+    const received = hlcReceive(ctx.clock, op.hlc, options.nowMs, options.maxDriftMs);
+    ctx.clock = received.clock;
+    if (received.driftFlagged) {
+      skewed.push({ device: op.device, seq: op.seq, aheadMs: received.aheadMs });
+      ctx.txn.put(TABLES.skew, op.device, { seq: op.seq, aheadMs: received.aheadMs, atMs: options.nowMs });
+    }
+    await ctx.addOp(op);
+  }
+  for (const fork of forks) await ctx.recordFork(fork.device, fork.seq, fork.proof);
+  return { added: accepted.length, duplicates, refused, forks: forks.map(({ device, seq }) => ({ device, seq })), skewed };
+}

@@ -1,0 +1,374 @@
+/**
+ * The LevelDB store: every log of the team, and everything derived from them, in one data dir.
+ * All writes go through one queue; the jobs waiting in it when a batch starts share one atomic,
+ * synced LevelDB batch (group commit), and each job's promise resolves only after that batch is
+ * durable. Reads see committed data only.
+ */
+import { EventEmitter } from 'node:events';
+import { mkdir, readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Level } from 'level';
+import type { LogTip } from '../core/chain.ts';
+import { HLC_ZERO, type Hlc } from '../core/hlc.ts';
+import type { DeviceId } from '../core/keys.ts';
+import { opIdOf, parseOp, type OpId } from '../core/op.ts';
+import type { ResolutionConfig } from '../core/strategies.ts';
+import type { VersionVector } from '../core/version-vector.ts';
+import { ApplyContext, type StoreEvent } from './apply.ts';
+import { StoreClosedError, StoreCorruptError, StoreLockedError, StoreMismatchError } from './errors.ts';
+import { logKey } from './keys.ts';
+import { TABLES, tableKey } from './tables.ts';
+import { Lru, scan, Txn, type Db } from './txn.ts';
+
+/** Version of the on-disk layout of primary data (logs, fork proofs, settings). */
+export const STORAGE_FORMAT = 1;
+/** Version of the derived tables; a change rebuilds them from the logs on open. */
+export const DERIVED_FORMAT = 1;
+/** Migrations of primary data: MIGRATIONS[n] upgrades format n to n + 1. */
+const MIGRATIONS: Record<number, (db: Db) => Promise<void>> = {};
+const DERIVED_TABLES = [TABLES.op, TABLES.entity, TABLES.byEntity, TABLES.status, TABLES.count, TABLES.waiting, TABLES.verdict, TABLES.revoked, TABLES.conflict, TABLES.ownLast];
+
+export interface StoreIdentity {
+  readonly team: string;
+  readonly device: DeviceId;
+  readonly hqDevice: DeviceId;
+}
+
+export interface StoreLimits {
+  /** Most jobs (mutations, ingests) sharing one synced batch. @default 1024 */
+  readonly maxJobsPerBatch: number;
+  /** Decoded rows kept in memory. @default 20000 */
+  readonly cacheEntries: number;
+  /** Ops per batch when rebuilding derived tables. @default 2000 */
+  readonly rebuildBatchOps: number;
+}
+
+export const DEFAULT_STORE_LIMITS: StoreLimits = { maxJobsPerBatch: 1024, cacheEntries: 20_000, rebuildBatchOps: 2000 };
+
+export interface OpenStoreOptions {
+  readonly dir: string;
+  readonly identity: StoreIdentity;
+  readonly resolution: ResolutionConfig;
+  readonly limits?: Partial<StoreLimits>;
+}
+
+/** In-memory state as of the newest batch built (durable or not yet). */
+interface HeadState {
+  readonly tips: ReadonlyMap<DeviceId, LogTip>;
+  readonly clock: Hlc;
+  readonly revokedAfter: ReadonlyMap<DeviceId, number>;
+  readonly forkedAt: ReadonlyMap<DeviceId, number>;
+  readonly waitingCount: number;
+  readonly orphanVerdicts: number;
+}
+
+interface Built {
+  readonly jobs: Job[];
+  readonly txn: Txn;
+  readonly ctx: ApplyContext;
+  readonly done: [Job, unknown][];
+  failure: unknown;
+  write: Promise<void> | null;
+}
+
+type Job = { run: (ctx: ApplyContext) => Promise<unknown>; resolve: (v: unknown) => void; reject: (e: unknown) => void };
+
+export class Store {
+  readonly dir: string;
+  readonly identity: StoreIdentity;
+  readonly resolution: ResolutionConfig;
+  readonly limits: StoreLimits;
+  /** 'entity' and 'status' events, emitted after the batch holding them is durable. */
+  readonly events = new EventEmitter();
+  /** Whether open() rebuilt the derived tables. */
+  rebuilt = false;
+  private readonly db: Db;
+  private readonly cache: Lru;
+  private readonly tips = new Map<DeviceId, LogTip>();
+  private revokedAfter = new Map<DeviceId, number>();
+  private forkedAt = new Map<DeviceId, number>();
+  private waitingCount = 0;
+  private orphanVerdicts = 0;
+  private clockState: Hlc = HLC_ZERO;
+  private head: HeadState = { tips: new Map(), clock: HLC_ZERO, revokedAfter: new Map(), forkedAt: new Map(), waitingCount: 0, orphanVerdicts: 0 };
+  private queue: Job[] = [];
+  private flushing: Promise<void> | null = null;
+  private closed = false;
+
+  private constructor(dir: string, db: Db, options: OpenStoreOptions) {
+    this.dir = dir;
+    this.db = db;
+    this.identity = options.identity;
+    this.resolution = options.resolution;
+    this.limits = { ...DEFAULT_STORE_LIMITS, ...options.limits };
+    this.cache = new Lru(this.limits.cacheEntries);
+    this.events.setMaxListeners(1000);
+  }
+
+  static async open(options: OpenStoreOptions): Promise<Store> {
+    const dir = options.dir;
+    await mkdir(dir, { recursive: true });
+    const existing = await readdir(dir);
+    if (existing.length > 0 && !existing.includes('CURRENT')) {
+      throw new StoreCorruptError('STORE_FOREIGN', `${dir} is not a fieldmesh data dir (it holds files but no LevelDB database)`, { path: dir });
+    }
+    const db: Db = new Level<string, Uint8Array>(dir, { keyEncoding: 'utf8', valueEncoding: 'view' });
+    try {
+      await db.open();
+    } catch (err) {
+      const cause = (err as { cause?: { code?: string; message?: string } }).cause;
+      if ((err as { code?: string }).code === 'LEVEL_LOCKED' || cause?.code === 'LEVEL_LOCKED') {
+        throw new StoreLockedError('STORE_LOCKED', `data dir ${dir} is already open (in this or another process)`, { path: dir });
+      }
+      throw new StoreCorruptError('STORE_CORRUPT', `data dir ${dir} cannot be opened: ${cause?.message ?? (err as Error).message}`, { path: dir });
+    }
+    const store = new Store(dir, db, options);
+    try {
+      await store.load();
+    } catch (err) {
+      await db.close();
+      throw err;
+    }
+    return store;
+  }
+
+  private async meta<T>(name: string): Promise<T | undefined> {
+    return new Txn(this.db, this.dir, this.cache).get<T>(TABLES.meta, name);
+  }
+
+  private async load(): Promise<void> {
+    const format = await this.meta<number>('format');
+    const reader = new Txn(this.db, this.dir, this.cache);
+    if (format === undefined) {
+      for await (const _ of this.db.keys({ limit: 1 })) {
+        throw new StoreCorruptError('STORE_FOREIGN', `${this.dir} holds a LevelDB database that is not a fieldmesh store (no format record)`, { path: this.dir });
+      }
+      const init = new Txn(this.db, this.dir, this.cache);
+      init.put(TABLES.meta, 'format', STORAGE_FORMAT);
+      init.put(TABLES.meta, 'derived', DERIVED_FORMAT);
+      for (const [k, v] of Object.entries(this.identity)) init.put(TABLES.meta, k, v);
+      await init.commit();
+      return;
+    }
+    if (format > STORAGE_FORMAT) {
+      throw new StoreMismatchError('STORE_NEWER', `data dir ${this.dir} has storage format ${format}, newer than this fieldmesh (${STORAGE_FORMAT})`, { path: this.dir, found: format });
+    }
+    for (const [k, expected] of Object.entries(this.identity)) {
+      const found = await reader.get<string>(TABLES.meta, k);
+      if (found !== expected) {
+        throw new StoreMismatchError('STORE_IDENTITY', `data dir ${this.dir} belongs to ${k} ${found}, not ${expected}`, { path: this.dir, field: k, expected, found });
+      }
+    }
+    for (let f = format; f < STORAGE_FORMAT; f++) await MIGRATIONS[f]!(this.db);
+    for await (const [device, tip] of scan<LogTip>(this.db, this.dir, TABLES.tip)) this.tips.set(device, tip);
+    for await (const [device, proof] of scan<{ seq: number }>(this.db, this.dir, TABLES.fork)) this.forkedAt.set(device, proof.seq);
+    for await (const [device, after] of scan<number>(this.db, this.dir, TABLES.revoked)) this.revokedAfter.set(device, after);
+    this.waitingCount = (await reader.get<number>(TABLES.meta, 'waiting')) ?? 0;
+    this.orphanVerdicts = (await reader.get<number>(TABLES.meta, 'orphanVerdicts')) ?? 0;
+    this.clockState = (await reader.get<Hlc>(TABLES.meta, 'hlc')) ?? HLC_ZERO;
+    const derived = await reader.get<number>(TABLES.meta, 'derived');
+    this.head = this.committed();
+    if (derived !== DERIVED_FORMAT || format !== STORAGE_FORMAT) await this.rebuildDerived();
+  }
+
+  /** Drops every derived table and replays all logs through the same apply path as live ops. */
+  async rebuildDerived(): Promise<void> {
+    for (const table of DERIVED_TABLES) {
+      await this.db.clear({ gte: tableKey(table, ''), lt: tableKey(table, '\uffff') });
+    }
+    await this.db.del(tableKey(TABLES.meta, 'waiting'));
+    await this.db.del(tableKey(TABLES.meta, 'orphanVerdicts'));
+    this.cache.clear();
+    this.revokedAfter = new Map();
+    this.waitingCount = 0;
+    this.orphanVerdicts = 0;
+    this.clockState = (await new Txn(this.db, this.dir, this.cache).get<Hlc>(TABLES.meta, 'hlc')) ?? HLC_ZERO;
+    const devices: DeviceId[] = [];
+    for await (const [device] of scan(this.db, this.dir, TABLES.tip)) devices.push(device);
+    await this.db.clear({ gte: tableKey(TABLES.tip, ''), lt: tableKey(TABLES.tip, '\uffff') });
+    this.tips.clear();
+    this.head = this.committed();
+    for (const device of devices) {
+      let chunk: Uint8Array[] = [];
+      const flush = async () => {
+        const ops = chunk.map((b) => parseOp(b).op);
+        chunk = [];
+        await this.write(async (ctx) => {
+          for (const op of ops) await ctx.addOp(op);
+        });
+      };
+      for await (const [, bytes] of scan<Uint8Array>(this.db, this.dir, TABLES.log, { gte: logKey(device, 0).slice(0, -12), lt: logKey(device, 0).slice(0, -12) + '\uffff' })) {
+        chunk.push(bytes);
+        if (chunk.length >= this.limits.rebuildBatchOps) await flush();
+      }
+      if (chunk.length > 0) await flush();
+    }
+    await this.write(async (ctx) => ctx.txn.put(TABLES.meta, 'derived', DERIVED_FORMAT));
+    this.rebuilt = true;
+  }
+
+  get clock(): Hlc {
+    return this.clockState;
+  }
+
+  tipOf(device: DeviceId): LogTip {
+    return this.tips.get(device) ?? { seq: 0, id: null };
+  }
+
+  versionVector(): VersionVector {
+    const out: Record<DeviceId, number> = {};
+    for (const device of [...this.tips.keys()].sort()) out[device] = this.tips.get(device)!.seq;
+    return out;
+  }
+
+  get forks(): ReadonlyMap<DeviceId, number> {
+    return this.forkedAt;
+  }
+
+  get revocations(): ReadonlyMap<DeviceId, number> {
+    return this.revokedAfter;
+  }
+
+  /** A reader over committed data. */
+  reader(): Txn {
+    return new Txn(this.db, this.dir, this.cache);
+  }
+
+  scan<T>(table: (typeof TABLES)[keyof typeof TABLES], range?: { gte: string; lt: string }, options?: { limit?: number; reverse?: boolean }) {
+    return scan<T>(this.db, this.dir, table, range, options);
+  }
+
+  /**
+   * Runs `run` inside the next group-committed batch and resolves with its result once the
+   * batch is durable. A job that throws before writing fails alone; one that throws after
+   * writing fails its whole batch (nothing of the batch is written).
+   */
+  write<T>(run: (ctx: ApplyContext) => Promise<T>): Promise<T> {
+    if (this.closed) return Promise.reject(new StoreClosedError('STORE_CLOSED', `store ${this.dir} is closed`));
+    return new Promise<T>((resolve, reject) => {
+      this.queue.push({ run, resolve: resolve as (v: unknown) => void, reject });
+      this.flushing ??= this.flushLoop().finally(() => {
+        this.flushing = null;
+      });
+    });
+  }
+
+  /**
+   * Builds batch after batch from the queue. While one batch's synced write is under way, the
+   * next is built on top of it (reading through its writes), so CPU work and disk flushes overlap.
+   * A batch is resolved only after its own write completed; if a write fails, the batch built on
+   * top of it fails too.
+   */
+  private async flushLoop(): Promise<void> {
+    let inflight: Built | null = null;
+    while (this.queue.length > 0 || inflight !== null) {
+      const next: Built | null = this.queue.length > 0 ? await this.build(inflight) : null;
+      if (inflight !== null) {
+        const ok = await this.settle(inflight);
+        if (!ok && next !== null) {
+          this.fail(next.done, next.jobs, new StoreClosedError('BATCH_ABORTED', 'an earlier batch failed to write; retry'));
+          this.head = this.committed();
+          inflight = null;
+          continue;
+        }
+        if (next !== null) next.txn.parent = null;
+      }
+      inflight = next;
+      if (inflight !== null && inflight.failure === null) inflight.write = inflight.txn.commit();
+    }
+  }
+
+  /** Runs the next jobs on a new transaction (on top of `parent`, if its write is under way). */
+  private async build(parent: Built | null): Promise<Built> {
+    const jobs = this.queue.splice(0, this.limits.maxJobsPerBatch);
+    const txn = new Txn(this.db, this.dir, this.cache, parent?.txn ?? null);
+    const h = this.head;
+    const ctx = new ApplyContext(txn, this.resolution, h.revokedAfter, h.forkedAt, h.waitingCount, h.orphanVerdicts);
+    ctx.clock = h.clock;
+    const built: Built = { jobs, txn, ctx, done: [], failure: null, write: null };
+    for (const job of jobs) {
+      const mark = txn.size;
+      try {
+        built.done.push([job, await job.run(ctx)]);
+      } catch (err) {
+        if (txn.size !== mark) {
+          built.failure = err;
+          break;
+        }
+        job.reject(err);
+      }
+    }
+    if (built.failure === null) {
+      try {
+        await ctx.finish();
+        if (ctx.waitingDelta !== 0) txn.put(TABLES.meta, 'waiting', h.waitingCount + ctx.waitingDelta);
+        if (ctx.orphanVerdictsDelta !== 0) txn.put(TABLES.meta, 'orphanVerdicts', h.orphanVerdicts + ctx.orphanVerdictsDelta);
+        if (ctx.clock !== h.clock) txn.put(TABLES.meta, 'hlc', ctx.clock);
+      } catch (err) {
+        built.failure = err;
+      }
+    }
+    if (built.failure === null) {
+      const tips = new Map(h.tips);
+      for (const [device, tip] of ctx.tips) tips.set(device, tip);
+      this.head = { tips, clock: ctx.clock, revokedAfter: ctx.revokedAfter, forkedAt: ctx.forkedAt, waitingCount: h.waitingCount + ctx.waitingDelta, orphanVerdicts: h.orphanVerdicts + ctx.orphanVerdictsDelta };
+    }
+    return built;
+  }
+
+  /** Waits for a built batch's write; resolves its jobs and publishes its state, or fails them. */
+  private async settle(built: Built): Promise<boolean> {
+    let failure = built.failure;
+    if (failure === null) {
+      try {
+        await built.write;
+      } catch (err) {
+        failure = err;
+      }
+    }
+    if (failure !== null) {
+      this.fail(built.done, built.jobs, failure);
+      this.head = this.committed();
+      return false;
+    }
+    const ctx = built.ctx;
+    for (const [device, tip] of ctx.tips) this.tips.set(device, tip);
+    this.revokedAfter = ctx.revokedAfter;
+    this.forkedAt = ctx.forkedAt;
+    this.waitingCount += ctx.waitingDelta;
+    this.orphanVerdicts += ctx.orphanVerdictsDelta;
+    this.clockState = ctx.clock;
+    for (const [job, value] of built.done) job.resolve(value);
+    this.emit(ctx);
+    return true;
+  }
+
+  private fail(done: [Job, unknown][], jobs: Job[], failure: unknown): void {
+    for (const [job] of done) job.reject(failure);
+    for (const job of jobs.slice(done.length)) job.reject(failure);
+  }
+
+  /** The state as of the last durable batch. */
+  private committed(): HeadState {
+    return { tips: new Map(this.tips), clock: this.clockState, revokedAfter: this.revokedAfter, forkedAt: this.forkedAt, waitingCount: this.waitingCount, orphanVerdicts: this.orphanVerdicts };
+  }
+
+  private emit(ctx: ApplyContext): void {
+    for (const event of ctx.statusEvents.values()) this.events.emit('status', event);
+    for (const view of ctx.changedViews()) this.events.emit('entity', { kind: 'entity', view } satisfies StoreEvent);
+  }
+
+  async opIdAt(device: DeviceId, seq: number): Promise<OpId | undefined> {
+    const bytes = await this.reader().getRaw(TABLES.log, logKey(device, seq));
+    if (bytes === undefined) return undefined;
+    return opIdOf(bytes);
+  }
+
+  /** Waits for queued writes, then closes the database. Idempotent. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    while (this.flushing !== null) await this.flushing;
+    await this.db.close();
+  }
+}

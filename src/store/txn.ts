@@ -1,0 +1,135 @@
+/**
+ * One logical change in the making: reads see the change's own writes first, then a bounded
+ * cache of committed values, then the disk. Nothing reaches the disk until `commit`, which writes
+ * everything in one atomic, synced batch; the cache learns the values only after that.
+ */
+import type { Level } from 'level';
+import { openValue, sealValue, openRecord, sealRecord } from './records.ts';
+import { tableKey, tableRange, stripTable, type Table } from './tables.ts';
+
+export type Db = Level<string, Uint8Array>;
+
+/**
+ * A bounded cache of decoded committed values. Eviction is oldest-written first: rows that are
+ * written often (entity states, counters) stay, without reordering on every read.
+ */
+export class Lru {
+  private readonly map = new Map<string, unknown>();
+  private readonly capacity: number;
+  constructor(capacity: number) {
+    this.capacity = capacity;
+  }
+  get(key: string): unknown {
+    return this.map.get(key);
+  }
+  set(key: string, value: unknown): void {
+    this.map.delete(key);
+    this.map.set(key, value);
+    if (this.map.size > this.capacity) this.map.delete(this.map.keys().next().value!);
+  }
+  delete(key: string): void {
+    this.map.delete(key);
+  }
+  clear(): void {
+    this.map.clear();
+  }
+}
+
+type Pending = { readonly value: unknown; readonly raw: boolean } | null;
+
+export class Txn {
+  private readonly writes = new Map<string, Pending>();
+  private readonly db: Db;
+  private readonly where: string;
+  private readonly cache: Lru;
+  /** The batch being committed while this one is built: its writes are not on disk yet. */
+  parent: Txn | null;
+
+  constructor(db: Db, where: string, cache: Lru, parent: Txn | null = null) {
+    this.db = db;
+    this.where = where;
+    this.cache = cache;
+    this.parent = parent;
+  }
+
+  private pending(full: string): Pending | undefined {
+    return this.writes.get(full) ?? this.parent?.writes.get(full);
+  }
+
+  get size(): number {
+    return this.writes.size;
+  }
+
+  async get<T>(table: Table, key: string): Promise<T | undefined> {
+    const full = tableKey(table, key);
+    const pending = this.pending(full);
+    if (pending !== undefined) return pending === null ? undefined : (pending.value as T);
+    const cached = this.cache.get(full);
+    if (cached !== undefined) return cached as T;
+    const record = await this.db.get(full);
+    if (record === undefined) return undefined;
+    const value = openValue<T>(full, record, this.where);
+    this.cache.set(full, value);
+    return value;
+  }
+
+  /** Raw bytes (op envelopes), checksummed but not decoded. */
+  async getRaw(table: Table, key: string): Promise<Uint8Array | undefined> {
+    const full = tableKey(table, key);
+    const pending = this.pending(full);
+    if (pending !== undefined) return pending === null ? undefined : (pending.value as Uint8Array);
+    const record = await this.db.get(full);
+    return record === undefined ? undefined : openRecord(full, record, this.where);
+  }
+
+  put(table: Table, key: string, value: unknown): void {
+    this.writes.set(tableKey(table, key), { value, raw: false });
+  }
+
+  putRaw(table: Table, key: string, bytes: Uint8Array): void {
+    this.writes.set(tableKey(table, key), { value: bytes, raw: true });
+  }
+
+  del(table: Table, key: string): void {
+    this.writes.set(tableKey(table, key), null);
+  }
+
+  /** Keys (without table prefix) in a range, the change's own puts and deletes included. */
+  async keys(table: Table, range: { gte: string; lt: string }): Promise<string[]> {
+    const full = tableRange(table, range);
+    const found = new Set<string>();
+    for await (const key of this.db.keys(full)) found.add(key);
+    for (const writes of [this.parent?.writes, this.writes]) {
+      for (const [key, pending] of writes ?? []) {
+        if (key >= full.gte && key < full.lt) {
+          if (pending === null) found.delete(key);
+          else found.add(key);
+        }
+      }
+    }
+    return [...found].sort().map(stripTable);
+  }
+
+  /** Writes everything in one synced batch; then the cache holds the new values. */
+  async commit(): Promise<void> {
+    if (this.writes.size === 0) return;
+    const batch = [...this.writes].map(([key, pending]) =>
+      pending === null
+        ? { type: 'del' as const, key }
+        : { type: 'put' as const, key, value: pending.raw ? sealRecord(key, pending.value as Uint8Array) : sealValue(key, pending.value) },
+    );
+    await this.db.batch(batch, { sync: true });
+    for (const [key, pending] of this.writes) {
+      if (pending === null || pending.raw) this.cache.delete(key);
+      else this.cache.set(key, pending.value);
+    }
+  }
+}
+
+/** Committed rows of a table in key order (a read-only query; the change's own writes are not seen). */
+export async function* scan<T>(db: Db, where: string, table: Table, range?: { gte: string; lt: string }, options: { limit?: number; reverse?: boolean } = {}): AsyncGenerator<[string, T]> {
+  const full = tableRange(table, range);
+  for await (const [key, record] of db.iterator({ ...full, limit: options.limit ?? -1, reverse: options.reverse ?? false })) {
+    yield [stripTable(key), table === 'l' ? (openRecord(key, record, where) as T) : openValue<T>(key, record, where)];
+  }
+}
