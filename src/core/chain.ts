@@ -5,7 +5,7 @@
  * whose `prev` commits to every byte of the op before it, signature included, and so on back.
  */
 import { RuleViolationError } from './errors.ts';
-import { checkSignature, decodeOp, parseOp, type Op, type OpId } from './op.ts';
+import { checkSignature, decodeOp, parseOpView, type Op, type OpId } from './op.ts';
 import type { DeviceId } from './keys.ts';
 
 /** Where a log stands: the highest contiguous seq held and that op's id (null before seq 1). */
@@ -49,7 +49,7 @@ export function verifyRange(tip: LogTip, encoded: readonly Uint8Array[], maxOpBy
   let at = tip;
   let last;
   for (const bytes of encoded) {
-    last = parseOp(bytes, maxOpBytes);
+    last = parseOpView(bytes, maxOpBytes);
     const op = last.op;
     if (ops.length > 0 && op.device !== ops[0]!.device) {
       throw new RuleViolationError('MIXED_DEVICES', 'a range must hold one device\'s ops', {

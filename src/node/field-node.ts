@@ -7,7 +7,8 @@ import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { authorOp, type OpDraft } from '../core/author.ts';
 import { EMPTY_TIP, type LogTip } from '../core/chain.ts';
-import { InvalidInputError } from '../core/errors.ts';
+import { InvalidInputError, RuleViolationError } from '../core/errors.ts';
+import { verifyForkProof, type ForkProof } from '../core/chain.ts';
 import type { Hlc } from '../core/hlc.ts';
 import type { DeviceId } from '../core/keys.ts';
 import { viewDigestBytes, isVisible } from '../core/materialize.ts';
@@ -25,10 +26,13 @@ import { TABLES } from '../store/tables.ts';
 import { verifyStore, type VerifyReport } from '../store/verify.ts';
 import { createHash } from 'node:crypto';
 import { loadOrCreateDeviceKey, type DeviceKey } from './device-key.ts';
+import { ensureHqCertificate, readDeviceCertificate } from './enroll.ts';
+import { checkAdmission, decodeCertificate, type Certificate } from '../core/cert.ts';
 import { badChoice, conflictNotFound, entityExists, entityNotFound, unknownDomain } from './errors.ts';
 import { Subscription } from './subscription.ts';
 
-export type Role = 'field' | 'gateway' | 'server';
+export type { Role } from '../core/cert.ts';
+import type { Role } from '../core/cert.ts';
 
 export interface FieldNodeOptions {
   /** Directory holding the device key and the database; created if missing. */
@@ -127,12 +131,14 @@ export class FieldNode {
   readonly resolution: ResolutionConfig;
   private readonly store: Store;
   private readonly key: DeviceKey;
+  private readonly cert: Certificate | null;
   private readonly now: () => number;
   private readonly maxDriftMs: number;
   private readonly maxBacklog: number;
   private readonly subscriptions = new Map<(e: NodeEvent) => void, Subscription<NodeEvent>>();
 
-  private constructor(options: FieldNodeOptions, key: DeviceKey, store: Store, resolution: ResolutionConfig) {
+  private constructor(options: FieldNodeOptions, key: DeviceKey, store: Store, resolution: ResolutionConfig, cert: Certificate | null) {
+    this.cert = cert;
     this.device = key.signer.device;
     this.team = options.team;
     this.user = options.user;
@@ -154,9 +160,16 @@ export class FieldNode {
   static async open(options: FieldNodeOptions): Promise<FieldNode> {
     await mkdir(options.dataDir, { recursive: true, mode: 0o700 });
     const { key } = await loadOrCreateDeviceKey(options.dataDir);
-    const role = options.role ?? 'field';
-    const hqDevice = role === 'server' ? key.signer.device : options.hqDevice;
-    if (hqDevice === undefined) throw new InvalidInputError('NO_HQ', 'hqDevice is required for field and gateway nodes');
+    const now = options.now ?? Date.now;
+    const cert = options.role === 'server' ? await ensureHqCertificate(options.dataDir, options.team, options.user, now()) : await readDeviceCertificate(options.dataDir);
+    if (cert !== null) {
+      if (cert.device !== key.signer.device) throw new InvalidInputError('CERT_MISMATCH', `${options.dataDir}: certificate is for ${cert.device}, the key is ${key.signer.device}`);
+      if (cert.team !== options.team) throw new InvalidInputError('CERT_MISMATCH', `${options.dataDir}: certificate is for team ${cert.team}, not ${options.team}`);
+      if (options.role !== undefined && options.role !== cert.role) throw new InvalidInputError('CERT_MISMATCH', `${options.dataDir}: enrolled as ${cert.role}, not ${options.role}`);
+      if (options.hqDevice !== undefined && options.hqDevice !== cert.issuer) throw new InvalidInputError('CERT_MISMATCH', `${options.dataDir}: enrolled by ${cert.issuer}, not ${options.hqDevice}`);
+    }
+    const hqDevice = cert?.issuer ?? options.hqDevice;
+    if (hqDevice === undefined) throw new InvalidInputError('NOT_ENROLLED', `${options.dataDir} holds no certificate: enroll the device, or give hqDevice to run it unenrolled (offline only)`);
     const resolution: ResolutionConfig = { hqDevice, domains: options.domains };
     for (const domain of Object.keys(options.domains)) policyOf(resolution, domain);
     const store = await Store.open({
@@ -165,7 +178,36 @@ export class FieldNode {
       resolution,
       limits: options.storeLimits,
     });
-    return new FieldNode(options, key, store, resolution);
+    if (cert !== null) await store.addCertificates([cert]);
+    return new FieldNode({ ...options, role: cert?.role ?? options.role }, key, store, resolution, cert);
+  }
+
+  /** This device's enrollment certificate (null when unenrolled: it cannot sync). */
+  get certificate(): Certificate | null {
+    return this.cert;
+  }
+
+  /** Whether ops of `device` may be stored: HQ, or a device whose certificate we hold. */
+  isEnrolled(device: DeviceId): boolean {
+    return device === this.hqDevice || this.store.certificates.has(device);
+  }
+
+  /** Certificates of the team we hold (ours included), as bytes. */
+  certificates(): Uint8Array[] {
+    return [...this.store.certificates.values()];
+  }
+
+  /**
+   * Learns certificates (from a peer or a bundle). Each must be signed by this team's HQ for this
+   * team; expired ones are kept too, since their devices' earlier ops stay valid. Returns the new devices.
+   */
+  async addCertificates(encoded: readonly Uint8Array[]): Promise<DeviceId[]> {
+    const certs = encoded.map((bytes) => {
+      const cert = decodeCertificate(bytes);
+      checkAdmission(cert, { team: this.team, hqDevice: this.hqDevice }, cert.issuedMs, () => false);
+      return cert;
+    });
+    return this.store.addCertificates(certs);
   }
 
   /** The libp2p private key (for the network layer). */
@@ -227,9 +269,44 @@ export class FieldNode {
     });
   }
 
+  /** Calls `listener` with the logs that grew (device -> highest seq) after each durable batch. */
+  onAdvanced(listener: (tips: Readonly<Record<DeviceId, number>>) => void): () => void {
+    this.store.events.on('tips', listener);
+    return () => this.store.events.off('tips', listener);
+  }
+
+  /** Reads up to maxBytes of a device's log from fromSeq (for sync and bundles). */
+  loadRange(device: DeviceId, fromSeq: number, toSeq: number, maxBytes: number): Promise<Uint8Array[]> {
+    return this.store.loadRange(device, fromSeq, toSeq, maxBytes);
+  }
+
+  forkProofs(): Promise<ForkProof[]> {
+    return this.store.forkProofs();
+  }
+
+  /** Whether HQ revoked the device (its later ops are refused; it may not sync). */
+  isRevoked(device: DeviceId): boolean {
+    return this.store.revocations.has(device);
+  }
+
+  /**
+   * Learns a fork proof from elsewhere: checks it on its own (two validly signed, different ops of
+   * an enrolled device at one seq), records it and excludes the device's ops from that seq on.
+   * Returns true when it was news.
+   */
+  async addForkProof(proof: ForkProof): Promise<boolean> {
+    const [a] = verifyForkProof(proof);
+    if (a.team !== this.team) throw new InvalidInputError('WRONG_TEAM', `fork proof of team ${a.team}`);
+    if (!this.isEnrolled(proof.device)) throw new RuleViolationError('UNENROLLED', `fork proof of a device not enrolled: ${proof.device}`);
+    if ((this.store.forks.get(proof.device) ?? Number.POSITIVE_INFINITY) <= proof.seq) return false;
+    return this.store.write((ctx) => ctx.recordFork(proof.device, proof.seq, { device: proof.device, seq: proof.seq, ops: proof.ops }));
+  }
+
   /** Ingests ops from elsewhere (a peer, a bundle). All or nothing: an invalid op stores nothing. */
-  ingest(encoded: readonly Uint8Array[]): Promise<IngestResult> {
-    return this.store.write((ctx) => ingest(ctx, encoded, { team: this.team, nowMs: this.now(), maxDriftMs: this.maxDriftMs }));
+  ingest(encoded: readonly Uint8Array[], device?: DeviceId): Promise<IngestResult> {
+    return this.store.write((ctx) =>
+      ingest(ctx, encoded, { team: this.team, nowMs: this.now(), maxDriftMs: this.maxDriftMs, isEnrolled: (d) => this.isEnrolled(d), ...(device !== undefined ? { device } : {}) }),
+    );
   }
 
   /** The entity as this node sees it, or null if it does not exist (and has no open conflict). */

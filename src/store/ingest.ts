@@ -11,7 +11,7 @@
  *    a valid signature (BAD_SIGNATURE): one signature verifies the whole chained run.
  */
 import { checkExtends, forkProofOf, type LogTip } from '../core/chain.ts';
-import { InvalidInputError } from '../core/errors.ts';
+import { InvalidInputError, RuleViolationError } from '../core/errors.ts';
 import { hlcReceive } from '../core/hlc.ts';
 import { checkSignature, parseOp, type Op, type ParsedOp } from '../core/op.ts';
 import type { DeviceId } from '../core/keys.ts';
@@ -31,6 +31,10 @@ export interface IngestResult {
 
 export interface IngestOptions {
   readonly team: string;
+  /** Whether a device is enrolled in the team; ops of others are refused (UNENROLLED). */
+  readonly isEnrolled: (device: DeviceId) => boolean;
+  /** When set, every op must be of this device (a sync frame names one device's run). */
+  readonly device?: DeviceId;
   readonly nowMs: number;
   readonly maxDriftMs: number;
   readonly maxOpBytes?: number;
@@ -41,6 +45,12 @@ export async function ingest(ctx: ApplyContext, encoded: readonly Uint8Array[], 
   for (const p of parsed) {
     if (p.op.team !== options.team) {
       throw new InvalidInputError('WRONG_TEAM', `op ${p.op.device}#${p.op.seq} is of team ${p.op.team}, not ${options.team}`, { expected: options.team, found: p.op.team });
+    }
+    if (options.device !== undefined && p.op.device !== options.device) {
+      throw new InvalidInputError('WRONG_DEVICE', `op of ${p.op.device} in a run of ${options.device}`, { expected: options.device, found: p.op.device });
+    }
+    if (!options.isEnrolled(p.op.device)) {
+      throw new RuleViolationError('UNENROLLED', `op ${p.op.device}#${p.op.seq} is by a device that is not enrolled in team ${options.team}`, { device: p.op.device });
     }
   }
   // Validate every run before writing anything.

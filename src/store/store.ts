@@ -8,7 +8,8 @@ import { EventEmitter } from 'node:events';
 import { mkdir, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Level } from 'level';
-import type { LogTip } from '../core/chain.ts';
+import type { ForkProof, LogTip } from '../core/chain.ts';
+import { equals as equalBytes } from 'uint8arrays';
 import { HLC_ZERO, type Hlc } from '../core/hlc.ts';
 import type { DeviceId } from '../core/keys.ts';
 import { opIdOf, parseOp, type OpId } from '../core/op.ts';
@@ -78,13 +79,14 @@ export class Store {
   readonly identity: StoreIdentity;
   readonly resolution: ResolutionConfig;
   readonly limits: StoreLimits;
-  /** 'entity' and 'status' events, emitted after the batch holding them is durable. */
+  /** 'entity', 'status' and 'tips' (device -> new seq) events, emitted after the batch holding them is durable. */
   readonly events = new EventEmitter();
   /** Whether open() rebuilt the derived tables. */
   rebuilt = false;
   private readonly db: Db;
   private readonly cache: Lru;
   private readonly tips = new Map<DeviceId, LogTip>();
+  private readonly certs = new Map<DeviceId, Uint8Array>();
   private revokedAfter = new Map<DeviceId, number>();
   private forkedAt = new Map<DeviceId, number>();
   private waitingCount = 0;
@@ -161,6 +163,7 @@ export class Store {
     }
     for (let f = format; f < STORAGE_FORMAT; f++) await MIGRATIONS[f]!(this.db);
     for await (const [device, tip] of scan<LogTip>(this.db, this.dir, TABLES.tip)) this.tips.set(device, tip);
+    for await (const [device, cert] of scan<Uint8Array>(this.db, this.dir, TABLES.cert)) this.certs.set(device, cert);
     for await (const [device, proof] of scan<{ seq: number }>(this.db, this.dir, TABLES.fork)) this.forkedAt.set(device, proof.seq);
     for await (const [device, after] of scan<number>(this.db, this.dir, TABLES.revoked)) this.revokedAfter.set(device, after);
     this.waitingCount = (await reader.get<number>(TABLES.meta, 'waiting')) ?? 0;
@@ -218,6 +221,41 @@ export class Store {
   versionVector(): VersionVector {
     const out: Record<DeviceId, number> = {};
     for (const device of [...this.tips.keys()].sort()) out[device] = this.tips.get(device)!.seq;
+    return out;
+  }
+
+  /** Enrollment certificates held, by device (a team has at most hundreds). */
+  get certificates(): ReadonlyMap<DeviceId, Uint8Array> {
+    return this.certs;
+  }
+
+  /** Stores certificates the caller has checked; returns those that were new. */
+  async addCertificates(certs: readonly { device: DeviceId; bytes: Uint8Array }[]): Promise<DeviceId[]> {
+    const fresh = certs.filter((c) => !this.certs.has(c.device) || !equalBytes(this.certs.get(c.device)!, c.bytes));
+    if (fresh.length === 0) return [];
+    await this.write(async (ctx) => {
+      for (const c of fresh) ctx.txn.put(TABLES.cert, c.device, c.bytes);
+    });
+    for (const c of fresh) this.certs.set(c.device, c.bytes);
+    return fresh.map((c) => c.device);
+  }
+
+  /** Every fork proof held. */
+  async forkProofs(): Promise<ForkProof[]> {
+    const out: ForkProof[] = [];
+    for await (const [, proof] of scan<ForkProof>(this.db, this.dir, TABLES.fork)) out.push(proof);
+    return out;
+  }
+
+  /** Envelopes of `device`'s log from fromSeq, at most toSeq, until maxBytes would be exceeded. */
+  async loadRange(device: DeviceId, fromSeq: number, toSeq: number, maxBytes: number): Promise<Uint8Array[]> {
+    const out: Uint8Array[] = [];
+    let bytes = 0;
+    for await (const [, op] of scan<Uint8Array>(this.db, this.dir, TABLES.log, { gte: logKey(device, fromSeq), lt: logKey(device, toSeq + 1) })) {
+      if (bytes + op.length + 4 > maxBytes) break;
+      out.push(op);
+      bytes += op.length + 4;
+    }
     return out;
   }
 
@@ -340,6 +378,7 @@ export class Store {
     this.clockState = ctx.clock;
     for (const [job, value] of built.done) job.resolve(value);
     this.emit(ctx);
+    if (ctx.tips.size > 0) this.events.emit('tips', Object.fromEntries([...ctx.tips].map(([d, t]) => [d, t.seq])));
     return true;
   }
 

@@ -18,6 +18,7 @@ export const TABLES = {
   fork: 'f', // device -> ForkProof
   skew: 'k', // device -> latest clock-skew flag
   conflict: 'x', // domain, entity -> id of its open conflict
+  cert: 'n', // device -> its enrollment certificate (bytes), primary data
   ownLast: 'a', // domain, entity, device -> seq of the device's latest op on the entity
 } as const;
 

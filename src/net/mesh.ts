@@ -1,0 +1,289 @@
+/**
+ * The mesh: a libp2p node (TCP, Noise, Yamux, identify, optional mDNS) that finds team peers,
+ * runs one sync session per peer over `/fieldmesh/sync/1.0.0`, pushes every new op to every
+ * peer that lacks it, and keeps redialling static peers with capped exponential backoff and
+ * jitter. A peer that breaks the protocol is dropped and refused for a back-off period.
+ */
+import { noise } from '@chainsafe/libp2p-noise';
+import { yamux } from '@chainsafe/libp2p-yamux';
+import { identify } from '@libp2p/identify';
+import type { Connection, Libp2p, PeerId, Stream } from '@libp2p/interface';
+import { mdns } from '@libp2p/mdns';
+import { tcp } from '@libp2p/tcp';
+import { multiaddr, type Multiaddr } from '@multiformats/multiaddr';
+import { createLibp2p } from 'libp2p';
+import { EventEmitter } from 'node:events';
+import { checkAdmission, decodeCertificate, type Role } from '../core/cert.ts';
+import { InvalidInputError } from '../core/errors.ts';
+import type { DeviceId } from '../core/keys.ts';
+import { SYNC_PROTOCOL } from '../core/sync/frames.ts';
+import { DEFAULT_SYNC_LIMITS, SyncSession } from '../core/sync/session.ts';
+import type { FieldNode } from '../node/field-node.ts';
+import { SessionDriver, type DriverLimits } from './session-driver.ts';
+
+export interface MeshOptions {
+  /** Multiaddrs to listen on. @default ['/ip4/127.0.0.1/tcp/0'] */
+  readonly listen?: readonly string[];
+  /** Peers to keep dialling (multiaddrs with /p2p/<id>). */
+  readonly peers?: readonly string[];
+  /** Discover peers on the local network by mDNS. @default false */
+  readonly mdns?: boolean;
+  /** mDNS query interval. @default 2000 */
+  readonly mdnsIntervalMs?: number;
+  /** Redial back-off: first delay and cap. @default 500 / 30000 */
+  readonly redialMinMs?: number;
+  readonly redialMaxMs?: number;
+  /** How long a peer that broke the protocol is refused. @default 60000 */
+  readonly penaltyMs?: number;
+  /** Most open connections. @default 128 */
+  readonly maxConnections?: number;
+  readonly limits?: Partial<DriverLimits>;
+  /** Random source for jitter. @default Math.random */
+  readonly random?: () => number;
+}
+
+export const DEFAULT_DRIVER_LIMITS: DriverLimits = { ...DEFAULT_SYNC_LIMITS, handshakeTimeoutMs: 10_000, writeTimeoutMs: 30_000 };
+
+export interface PeerInfo {
+  readonly device: DeviceId;
+  readonly user: string | null;
+  readonly role: Role | null;
+  readonly address: string;
+  readonly lastSeenMs: number;
+  readonly connectedSinceMs: number;
+  /** Ops of ours the peer lacks / ops of the peer's we lack, as far as we know. */
+  readonly theyLack: number;
+  readonly weLack: number;
+  readonly caughtUp: boolean;
+}
+
+export type MeshEvent =
+  | { readonly kind: 'peer:admitted'; readonly device: DeviceId }
+  | { readonly kind: 'peer:closed'; readonly device: DeviceId | null; readonly code: string; readonly blame: boolean }
+  | { readonly kind: 'peer:caughtUp'; readonly device: DeviceId };
+
+const SERVICE_TAG = 'fieldmesh.local';
+
+export class Mesh {
+  readonly events = new EventEmitter();
+  private readonly node: FieldNode;
+  private readonly options: MeshOptions;
+  private readonly limits: DriverLimits;
+  private libp2p: Libp2p | null = null;
+  private readonly drivers = new Map<DeviceId, SessionDriver>();
+  private readonly pending = new Set<SessionDriver>();
+  private readonly penalties = new Map<string, number>();
+  private readonly redial = new Map<string, { attempt: number; nextMs: number }>();
+  private readonly connectedSince = new Map<DeviceId, number>();
+  /** Static peer addresses with a dial or an unadmitted session under way. */
+  private readonly dialing = new Set<string>();
+  private timer: NodeJS.Timeout | null = null;
+  private unsubscribe: (() => void) | null = null;
+  private stopping = false;
+  private readonly random: () => number;
+
+  constructor(node: FieldNode, options: MeshOptions = {}) {
+    if (node.certificate === null) throw new InvalidInputError('NOT_ENROLLED', 'an unenrolled node cannot join the mesh: enroll it first');
+    this.node = node;
+    this.options = options;
+    this.limits = { ...DEFAULT_DRIVER_LIMITS, ...options.limits };
+    this.random = options.random ?? Math.random;
+  }
+
+  get peerId(): string {
+    return this.node.device;
+  }
+
+  /** Addresses we listen on, with our /p2p/ id. */
+  addresses(): string[] {
+    return this.libp2p?.getMultiaddrs().map((a) => a.toString()) ?? [];
+  }
+
+  async start(): Promise<void> {
+    const penalized = (peer: PeerId) => (this.penalties.get(peer.toString()) ?? 0) > Date.now() || this.node.isRevoked(peer.toString());
+    this.libp2p = await createLibp2p({
+      privateKey: this.node.privateKey,
+      addresses: { listen: [...(this.options.listen ?? ['/ip4/127.0.0.1/tcp/0'])] },
+      transports: [tcp()],
+      connectionEncrypters: [noise()],
+      streamMuxers: [yamux()],
+      peerDiscovery: this.options.mdns ? [mdns({ serviceTag: SERVICE_TAG, interval: this.options.mdnsIntervalMs ?? 2000 })] : [],
+      services: { identify: identify() },
+      connectionManager: { maxConnections: this.options.maxConnections ?? 128, inboundConnectionThreshold: 100, maxIncomingPendingConnections: 32 },
+      connectionGater: { denyDialPeer: penalized, denyInboundEncryptedConnection: penalized },
+    });
+    await this.libp2p.handle(SYNC_PROTOCOL, (stream, connection) => this.runSession(stream, connection), { maxInboundStreams: 2, maxOutboundStreams: 2 });
+    this.libp2p.addEventListener('peer:discovery', (event) => {
+      const id = event.detail.id.toString();
+      if (!this.syncingWith(id) && id !== this.node.device) void this.dialPeer(event.detail.id).catch(() => undefined);
+    });
+    this.unsubscribe = this.node.onAdvanced((tips) => {
+      for (const driver of this.drivers.values()) driver.dispatch(driver.session.localAdvanced(tips));
+    });
+    await this.libp2p.start();
+    this.scheduleRedial(0);
+  }
+
+  async stop(): Promise<void> {
+    this.stopping = true;
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.unsubscribe?.();
+    for (const driver of [...this.drivers.values(), ...this.pending]) driver.stop('SHUTDOWN', 'node stopping');
+    await this.libp2p?.stop();
+    this.libp2p = null;
+  }
+
+  peers(): PeerInfo[] {
+    return [...this.drivers.entries()].map(([device, driver]) => {
+      const cert = this.certOf(device);
+      return {
+        device,
+        user: cert?.user ?? null,
+        role: cert?.role ?? null,
+        address: driver.connection.remoteAddr.toString(),
+        lastSeenMs: driver.lastSeenMs,
+        connectedSinceMs: this.connectedSince.get(device) ?? driver.lastSeenMs,
+        theyLack: driver.session.peerBehind,
+        weLack: driver.session.weAreBehind,
+        caughtUp: driver.session.peerCaughtUp,
+      };
+    });
+  }
+
+  /** Dials a peer now (dial on demand) and opens a sync session with it. */
+  async dial(address: string | Multiaddr): Promise<void> {
+    const libp2p = this.requireStarted();
+    const stream = await libp2p.dialProtocol(typeof address === 'string' ? multiaddr(address) : address, SYNC_PROTOCOL, { signal: AbortSignal.timeout(this.limits.handshakeTimeoutMs) });
+    const connection = libp2p.getConnections().find((c) => c.streams.includes(stream));
+    if (connection === undefined) {
+      stream.abort(new Error('connection vanished'));
+      return;
+    }
+    await this.runSession(stream, connection, true);
+  }
+
+  private async dialPeer(peer: PeerId): Promise<void> {
+    const libp2p = this.requireStarted();
+    const stream = await libp2p.dialProtocol(peer, SYNC_PROTOCOL, { signal: AbortSignal.timeout(this.limits.handshakeTimeoutMs) });
+    const connection = libp2p.getConnections(peer).find((c) => c.streams.includes(stream));
+    if (connection !== undefined) void this.runSession(stream, connection);
+  }
+
+  /** Whether a session with the peer is running or being set up. */
+  private syncingWith(peer: string): boolean {
+    return this.drivers.has(peer) || [...this.pending].some((d) => d.connection.remotePeer.toString() === peer);
+  }
+
+  private requireStarted(): Libp2p {
+    if (this.libp2p === null) throw new InvalidInputError('NOT_STARTED', 'mesh is not started');
+    return this.libp2p;
+  }
+
+  private certOf(device: DeviceId) {
+    const bytes = this.node.certificates().find((b) => {
+      try {
+        return decodeCertificate(b).device === device;
+      } catch {
+        return false;
+      }
+    });
+    return bytes === undefined ? null : decodeCertificate(bytes);
+  }
+
+  /** Runs a session; with `untilAdmitted`, resolves once it is admitted (or over) rather than when it ends. */
+  private async runSession(stream: Stream, connection: Connection, untilAdmitted = false): Promise<void> {
+    if (this.stopping) {
+      stream.abort(new Error('shutting down'));
+      return;
+    }
+    const node = this.node;
+    const forks = await node.forkProofs();
+    const local = { team: node.team, hq: node.hqDevice, cert: node.certificate!.bytes, vv: node.versionVector(), certs: () => node.certificates(), forks: () => forks };
+    const admit = (bytes: Uint8Array) => {
+      const cert = decodeCertificate(bytes);
+      checkAdmission(cert, { team: node.team, hqDevice: node.hqDevice }, Date.now(), (d) => node.isRevoked(d));
+      return cert.device;
+    };
+    const session = new SyncSession(local, admit, this.limits);
+    const driver = new SessionDriver(stream, connection, session, node, this.hooks, this.limits, Date.now);
+    this.pending.add(driver);
+    const ended = driver.run().finally(() => this.pending.delete(driver));
+    if (!untilAdmitted) return ended;
+    await Promise.race([ended, new Promise<void>((resolve) => driver.onAdmitted(resolve))]);
+  }
+
+  private readonly hooks = {
+    admitted: (driver: SessionDriver, device: DeviceId): boolean => {
+      const existing = this.drivers.get(device);
+      if (existing !== undefined) {
+        // Both sides may open a session at once; both keep the one opened by the smaller PeerId.
+        const opener = (d: SessionDriver) => (d.stream.direction === 'outbound' ? this.node.device : device);
+        if (opener(driver) >= opener(existing)) return false;
+        existing.stop('DUPLICATE', 'already syncing with this peer');
+      }
+      this.pending.delete(driver);
+      this.drivers.set(device, driver);
+      this.connectedSince.set(device, Date.now());
+      this.redial.clear();
+      // Our store may have grown between hello and admission.
+      driver.dispatch(driver.session.localAdvanced(this.node.versionVector()));
+      this.events.emit('event', { kind: 'peer:admitted', device } satisfies MeshEvent);
+      return true;
+    },
+    closed: (driver: SessionDriver, code: string, blame: boolean): void => {
+      const device = driver.session.device;
+      if (device !== null && this.drivers.get(device) === driver) {
+        this.drivers.delete(device);
+        this.connectedSince.delete(device);
+      }
+      if (blame) this.penalties.set(driver.connection.remotePeer.toString(), Date.now() + (this.options.penaltyMs ?? 60_000));
+      if (blame) void driver.connection.close().catch(() => undefined);
+      if (device !== null && driver.admittedAt !== null) this.events.emit('event', { kind: 'peer:closed', device, code, blame } satisfies MeshEvent);
+      if (!this.stopping) this.scheduleRedial(this.options.redialMinMs ?? 500);
+    },
+    learnedCerts: (from: SessionDriver, certs: readonly Uint8Array[]): void => {
+      for (const driver of this.drivers.values()) if (driver !== from) driver.dispatch(driver.session.sendCerts(certs));
+    },
+    learnedFork: (from: SessionDriver, proof: { device: DeviceId; seq: number; ops: readonly [Uint8Array, Uint8Array] }): void => {
+      for (const driver of this.drivers.values()) if (driver !== from) driver.dispatch(driver.session.sendForks([proof]));
+    },
+    caughtUp: (driver: SessionDriver): void => {
+      const device = driver.session.device;
+      if (device !== null) this.events.emit('event', { kind: 'peer:caughtUp', device } satisfies MeshEvent);
+    },
+  };
+
+  /** Dials every static peer we are not syncing with, each on its own capped, jittered back-off. */
+  private scheduleRedial(delayMs: number): void {
+    if (this.stopping || (this.options.peers ?? []).length === 0) return;
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = setTimeout(() => void this.redialNow(), delayMs);
+    this.timer.unref();
+  }
+
+  private async redialNow(): Promise<void> {
+    this.timer = null;
+    const now = Date.now();
+    let soonest = Number.POSITIVE_INFINITY;
+    for (const address of this.options.peers ?? []) {
+      const id = multiaddr(address).getComponents().find((c) => c.name === 'p2p')?.value;
+      if ((id !== undefined && this.syncingWith(id)) || this.dialing.has(address)) continue;
+      const state = this.redial.get(address) ?? { attempt: 0, nextMs: 0 };
+      if (state.nextMs > now) {
+        soonest = Math.min(soonest, state.nextMs);
+        continue;
+      }
+      const min = this.options.redialMinMs ?? 500;
+      const max = this.options.redialMaxMs ?? 30_000;
+      const backoff = Math.min(max, min * 2 ** state.attempt);
+      const next = { attempt: Math.min(state.attempt + 1, 30), nextMs: now + backoff / 2 + this.random() * (backoff / 2) };
+      this.redial.set(address, next);
+      soonest = Math.min(soonest, next.nextMs);
+      this.dialing.add(address);
+      void this.dial(address)
+        .catch(() => undefined)
+        .finally(() => this.dialing.delete(address));
+    }
+    if (Number.isFinite(soonest)) this.scheduleRedial(Math.max(50, soonest - Date.now()));
+  }
+}

@@ -1,0 +1,212 @@
+/**
+ * Pumps bytes between one libp2p stream and one SyncSession, and carries out the session's
+ * commands against the FieldNode: loading log ranges, ingesting frames, storing certificates and
+ * fork proofs. Sends go out in order through one queue; every await has a timeout.
+ */
+import type { Connection, Stream } from '@libp2p/interface';
+import { lpStream } from '@libp2p/utils';
+import { FieldmeshError } from '../core/errors.ts';
+import type { DeviceId } from '../core/keys.ts';
+import { SyncSession, type Command, type SyncLimits } from '../core/sync/session.ts';
+import { parseOp } from '../core/op.ts';
+import type { FieldNode } from '../node/field-node.ts';
+
+export interface DriverHooks {
+  /** The peer proved who it is; return false to refuse the session (e.g. a duplicate). */
+  admitted(driver: SessionDriver, device: DeviceId): boolean;
+  closed(driver: SessionDriver, code: string, blame: boolean): void;
+  /** New certificates or fork proofs to pass on to the other peers. */
+  learnedCerts(from: SessionDriver, certs: readonly Uint8Array[]): void;
+  learnedFork(from: SessionDriver, proof: { device: DeviceId; seq: number; ops: readonly [Uint8Array, Uint8Array] }): void;
+  caughtUp(driver: SessionDriver): void;
+}
+
+export interface DriverLimits extends SyncLimits {
+  /** Time to receive the peer's hello. @default 10000 */
+  readonly handshakeTimeoutMs: number;
+  /** Time for one frame to be written (a peer that stops reading is dropped). @default 30000 */
+  readonly writeTimeoutMs: number;
+}
+
+export class SessionDriver {
+  readonly session: SyncSession;
+  readonly connection: Connection;
+  lastSeenMs: number;
+  readonly stream: Stream;
+  private readonly node: FieldNode;
+  private readonly hooks: DriverHooks;
+  private readonly limits: DriverLimits;
+  private readonly lp: ReturnType<typeof lpStream>;
+  private writes: Promise<void> = Promise.resolve();
+  private storeQueue: Promise<void> = Promise.resolve();
+  private done = false;
+  private readonly now: () => number;
+
+  constructor(stream: Stream, connection: Connection, session: SyncSession, node: FieldNode, hooks: DriverHooks, limits: DriverLimits, now: () => number) {
+    this.stream = stream;
+    this.connection = connection;
+    this.session = session;
+    this.node = node;
+    this.hooks = hooks;
+    this.limits = limits;
+    this.now = now;
+    this.lastSeenMs = now();
+    this.lp = lpStream(stream, { maxDataLength: limits.maxFrameBytes, maxBufferSize: limits.maxFrameBytes * 2 });
+  }
+
+  private readonly admittedWaiters: (() => void)[] = [];
+  /** When the peer was admitted (null before). */
+  admittedAt: number | null = null;
+
+  onAdmitted(resolve: () => void): void {
+    this.admittedWaiters.push(resolve);
+  }
+
+  get closed(): boolean {
+    return this.done;
+  }
+
+  /** Runs until the stream ends or the session closes. Never throws. */
+  async run(): Promise<void> {
+    this.dispatch(this.session.start());
+    const handshake = setTimeout(() => {
+      if (this.session.device === null) this.dispatch(this.session.close('HANDSHAKE_TIMEOUT', `no hello within ${this.limits.handshakeTimeoutMs} ms`));
+    }, this.limits.handshakeTimeoutMs);
+    try {
+      while (!this.done) {
+        const frame = await this.lp.read();
+        this.lastSeenMs = this.now();
+        this.dispatch(this.session.receive(frame.subarray()));
+      }
+    } catch (err) {
+      if (!this.done) {
+        const e = err as Error & { name?: string };
+        // An oversized length prefix is the peer's fault; a closed or reset stream is not.
+        const blame = e.name === 'InvalidDataLengthError' || e.name === 'InvalidDataLengthLengthError' || e.name === 'InvalidMessageLengthError';
+        this.finish(blame ? 'FRAME_TOO_LARGE' : 'STREAM_ENDED', e.message, blame);
+      }
+    } finally {
+      clearTimeout(handshake);
+    }
+  }
+
+  /** Local reasons to end (node stopping, peer revoked). */
+  stop(code: string, message: string): void {
+    this.dispatch(this.session.close(code, message));
+  }
+
+  /** Feeds commands produced outside the read loop (local writes, forwarded certs). */
+  dispatch(commands: readonly Command[]): void {
+    for (const cmd of commands) {
+      if (this.done) return;
+      switch (cmd.kind) {
+        case 'send':
+          this.send(cmd.bytes);
+          break;
+        case 'admitted':
+          if (cmd.device !== this.connection.remotePeer.toString()) {
+            this.dispatch(this.session.close('WRONG_PEER', `certificate is for ${cmd.device}, the connection is ${this.connection.remotePeer.toString()}`));
+            this.finish('WRONG_PEER', 'certificate does not match the connection', true);
+            return;
+          }
+          if (!this.hooks.admitted(this, cmd.device)) {
+            this.dispatch(this.session.close('DUPLICATE', 'already syncing with this peer'));
+            return;
+          }
+          this.admittedAt = this.now();
+          for (const resolve of this.admittedWaiters.splice(0)) resolve();
+          // Its certificate was checked: keep it, before any of its ops need it.
+          this.stored(async () => {
+            if ((await this.node.addCertificates([cmd.cert])).length > 0) this.hooks.learnedCerts(this, [cmd.cert]);
+          });
+          break;
+        case 'load':
+          void this.task(async () => {
+            const ops = await this.node.loadRange(cmd.device, cmd.fromSeq, cmd.toSeq, cmd.maxBytes);
+            this.dispatch(this.session.loaded(cmd.device, cmd.fromSeq, ops));
+          });
+          break;
+        case 'ingest':
+          this.stored(async () => {
+            try {
+              await this.node.ingest(cmd.ops, cmd.device);
+              this.dispatch(this.session.ingested({ lastSeq: parseOp(cmd.ops[cmd.ops.length - 1]!).op.seq }));
+            } catch (err) {
+              if (!(err instanceof FieldmeshError)) throw err;
+              this.dispatch(this.session.ingested({ error: err }));
+            }
+          });
+          break;
+        case 'certs':
+          this.stored(async () => {
+            try {
+              const fresh = await this.node.addCertificates(cmd.certs);
+              if (fresh.length > 0) this.hooks.learnedCerts(this, cmd.certs);
+            } catch (err) {
+              if (!(err instanceof FieldmeshError)) throw err;
+              this.dispatch(this.session.close(err.code, err.message));
+              this.finish(err.code, err.message, true);
+            }
+          });
+          break;
+        case 'fork':
+          this.stored(async () => {
+            try {
+              if (await this.node.addForkProof({ device: cmd.device, seq: cmd.seq, ops: cmd.ops })) this.hooks.learnedFork(this, cmd);
+            } catch (err) {
+              if (!(err instanceof FieldmeshError)) throw err;
+              this.dispatch(this.session.close(err.code, err.message));
+              this.finish(err.code, err.message, true);
+            }
+          });
+          break;
+        case 'caughtUp':
+          this.hooks.caughtUp(this);
+          break;
+        case 'close':
+          // Let queued writes (the goodbye frame) go out before closing.
+          void this.writes.then(() => this.finish(cmd.code, cmd.message, cmd.blame));
+          return;
+      }
+    }
+  }
+
+  private send(bytes: Uint8Array): void {
+    this.writes = this.writes.then(async () => {
+      if (this.done) return;
+      await withTimeout(this.lp.write(bytes), this.limits.writeTimeoutMs, 'write');
+    });
+    this.writes.catch((err: Error) => this.finish('WRITE_FAILED', err.message, false));
+  }
+
+  /** Store work (certificates, fork proofs, ingests) runs in arrival order: certificates before the ops that need them. */
+  private stored(work: () => Promise<void>): void {
+    this.storeQueue = this.storeQueue.then(() => (this.done ? undefined : this.task(work)));
+  }
+
+  private async task(work: () => Promise<void>): Promise<void> {
+    try {
+      await work();
+    } catch (err) {
+      this.finish('LOCAL_ERROR', (err as Error).message, false);
+    }
+  }
+
+  private finish(code: string, message: string, blame: boolean): void {
+    if (this.done) return;
+    this.done = true;
+    if (blame) this.stream.abort(new Error(`${code}: ${message}`));
+    else void this.stream.close().catch(() => this.stream.abort(new Error(code)));
+    this.hooks.closed(this, code, blame);
+  }
+}
+
+function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout;
+  return Promise.race([
+    promise,
+    new Promise<T>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
