@@ -18,7 +18,7 @@ import { InvalidInputError } from '../core/errors.ts';
 import type { DeviceId } from '../core/keys.ts';
 import { SYNC_PROTOCOL } from '../core/sync/frames.ts';
 import { DEFAULT_SYNC_LIMITS, SyncSession } from '../core/sync/session.ts';
-import type { FieldNode } from '../node/field-node.ts';
+import type { MeshHost } from './host.ts';
 import { SessionDriver, type DriverLimits } from './session-driver.ts';
 
 export interface MeshOptions {
@@ -66,7 +66,7 @@ const SERVICE_TAG = 'fieldmesh.local';
 
 export class Mesh {
   readonly events = new EventEmitter();
-  private readonly node: FieldNode;
+  private readonly node: MeshHost;
   private readonly options: MeshOptions;
   private readonly limits: DriverLimits;
   private libp2p: Libp2p | null = null;
@@ -77,12 +77,14 @@ export class Mesh {
   private readonly connectedSince = new Map<DeviceId, number>();
   /** Static peer addresses with a dial or an unadmitted session under way. */
   private readonly dialing = new Set<string>();
+  /** Peers we are opening a session with (between dialProtocol and the session's start). */
+  private readonly opening = new Set<string>();
   private timer: NodeJS.Timeout | null = null;
   private unsubscribe: (() => void) | null = null;
   private stopping = false;
   private readonly random: () => number;
 
-  constructor(node: FieldNode, options: MeshOptions = {}) {
+  constructor(node: MeshHost, options: MeshOptions = {}) {
     if (node.certificate === null) throw new InvalidInputError('NOT_ENROLLED', 'an unenrolled node cannot join the mesh: enroll it first');
     this.node = node;
     this.options = options;
@@ -115,8 +117,12 @@ export class Mesh {
     await this.libp2p.handle(SYNC_PROTOCOL, (stream, connection) => this.runSession(stream, connection), { maxInboundStreams: 2, maxOutboundStreams: 2 });
     this.libp2p.addEventListener('peer:discovery', (event) => {
       const id = event.detail.id.toString();
-      if (!this.syncingWith(id) && id !== this.node.device) void this.dialPeer(event.detail.id).catch(() => undefined);
+      if (id !== this.node.device && this.libp2p?.getConnections(event.detail.id).length === 0) {
+        void this.libp2p.dial(event.detail.id, { signal: AbortSignal.timeout(this.limits.handshakeTimeoutMs) }).catch(() => undefined);
+      }
     });
+    // One session per pair of peers: the side with the smaller PeerId opens it, on any connection.
+    this.libp2p.addEventListener('connection:open', (event) => void this.openSession(event.detail.remotePeer).catch(() => undefined));
     this.unsubscribe = this.node.onAdvanced((tips) => {
       for (const driver of this.drivers.values()) driver.dispatch(driver.session.localAdvanced(tips));
     });
@@ -150,23 +156,33 @@ export class Mesh {
     });
   }
 
-  /** Dials a peer now (dial on demand) and opens a sync session with it. */
+  /**
+   * Dials a peer now (dial on demand). Resolves once the connection is up and, when we are the
+   * side that opens sessions, once the session is admitted (or refused).
+   */
   async dial(address: string | Multiaddr): Promise<void> {
     const libp2p = this.requireStarted();
-    const stream = await libp2p.dialProtocol(typeof address === 'string' ? multiaddr(address) : address, SYNC_PROTOCOL, { signal: AbortSignal.timeout(this.limits.handshakeTimeoutMs) });
-    const connection = libp2p.getConnections().find((c) => c.streams.includes(stream));
-    if (connection === undefined) {
-      stream.abort(new Error('connection vanished'));
-      return;
-    }
-    await this.runSession(stream, connection, true);
+    const connection = await libp2p.dial(typeof address === 'string' ? multiaddr(address) : address, { signal: AbortSignal.timeout(this.limits.handshakeTimeoutMs) });
+    await this.openSession(connection.remotePeer);
   }
 
-  private async dialPeer(peer: PeerId): Promise<void> {
-    const libp2p = this.requireStarted();
-    const stream = await libp2p.dialProtocol(peer, SYNC_PROTOCOL, { signal: AbortSignal.timeout(this.limits.handshakeTimeoutMs) });
-    const connection = libp2p.getConnections(peer).find((c) => c.streams.includes(stream));
-    if (connection !== undefined) void this.runSession(stream, connection);
+  /** Opens the sync session with a connected peer if we are the opener and none runs yet. */
+  private async openSession(peer: PeerId): Promise<void> {
+    const id = peer.toString();
+    if (this.stopping || this.node.device >= id || this.syncingWith(id) || this.opening.has(id)) return;
+    this.opening.add(id);
+    try {
+      const libp2p = this.requireStarted();
+      const stream = await libp2p.dialProtocol(peer, SYNC_PROTOCOL, { signal: AbortSignal.timeout(this.limits.handshakeTimeoutMs) });
+      const connection = libp2p.getConnections(peer).find((c) => c.streams.includes(stream));
+      if (connection === undefined) {
+        stream.abort(new Error('connection vanished'));
+        return;
+      }
+      await this.runSession(stream, connection, true);
+    } finally {
+      this.opening.delete(id);
+    }
   }
 
   /** Whether a session with the peer is running or being set up. */
@@ -192,8 +208,8 @@ export class Mesh {
 
   /** Runs a session; with `untilAdmitted`, resolves once it is admitted (or over) rather than when it ends. */
   private async runSession(stream: Stream, connection: Connection, untilAdmitted = false): Promise<void> {
-    if (this.stopping) {
-      stream.abort(new Error('shutting down'));
+    if (this.stopping || this.drivers.has(connection.remotePeer.toString())) {
+      stream.abort(new Error(this.stopping ? 'shutting down' : 'already syncing with this peer'));
       return;
     }
     const node = this.node;
@@ -214,13 +230,7 @@ export class Mesh {
 
   private readonly hooks = {
     admitted: (driver: SessionDriver, device: DeviceId): boolean => {
-      const existing = this.drivers.get(device);
-      if (existing !== undefined) {
-        // Both sides may open a session at once; both keep the one opened by the smaller PeerId.
-        const opener = (d: SessionDriver) => (d.stream.direction === 'outbound' ? this.node.device : device);
-        if (opener(driver) >= opener(existing)) return false;
-        existing.stop('DUPLICATE', 'already syncing with this peer');
-      }
+      if (this.drivers.has(device)) return false;
       this.pending.delete(driver);
       this.drivers.set(device, driver);
       this.connectedSince.set(device, Date.now());

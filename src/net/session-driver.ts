@@ -1,6 +1,6 @@
 /**
  * Pumps bytes between one libp2p stream and one SyncSession, and carries out the session's
- * commands against the FieldNode: loading log ranges, ingesting frames, storing certificates and
+ * commands against the MeshHost: loading log ranges, ingesting frames, storing certificates and
  * fork proofs. Sends go out in order through one queue; every await has a timeout.
  */
 import type { Connection, Stream } from '@libp2p/interface';
@@ -9,7 +9,7 @@ import { FieldmeshError } from '../core/errors.ts';
 import type { DeviceId } from '../core/keys.ts';
 import { SyncSession, type Command, type SyncLimits } from '../core/sync/session.ts';
 import { parseOp } from '../core/op.ts';
-import type { FieldNode } from '../node/field-node.ts';
+import type { MeshHost } from './host.ts';
 
 export interface DriverHooks {
   /** The peer proved who it is; return false to refuse the session (e.g. a duplicate). */
@@ -33,7 +33,7 @@ export class SessionDriver {
   readonly connection: Connection;
   lastSeenMs: number;
   readonly stream: Stream;
-  private readonly node: FieldNode;
+  private readonly node: MeshHost;
   private readonly hooks: DriverHooks;
   private readonly limits: DriverLimits;
   private readonly lp: ReturnType<typeof lpStream>;
@@ -42,7 +42,7 @@ export class SessionDriver {
   private done = false;
   private readonly now: () => number;
 
-  constructor(stream: Stream, connection: Connection, session: SyncSession, node: FieldNode, hooks: DriverHooks, limits: DriverLimits, now: () => number) {
+  constructor(stream: Stream, connection: Connection, session: SyncSession, node: MeshHost, hooks: DriverHooks, limits: DriverLimits, now: () => number) {
     this.stream = stream;
     this.connection = connection;
     this.session = session;

@@ -30,6 +30,7 @@ import { ensureHqCertificate, readDeviceCertificate } from './enroll.ts';
 import { checkAdmission, decodeCertificate, type Certificate } from '../core/cert.ts';
 import { badChoice, conflictNotFound, entityExists, entityNotFound, unknownDomain } from './errors.ts';
 import { Subscription } from './subscription.ts';
+import { Mesh, type MeshEvent, type MeshOptions, type PeerInfo } from '../net/mesh.ts';
 
 export type { Role } from '../core/cert.ts';
 import type { Role } from '../core/cert.ts';
@@ -103,6 +104,7 @@ export interface QueryOptions {
 
 export type NodeEvent =
   | { readonly kind: 'entity'; readonly view: EntityView }
+  | { readonly kind: 'peer'; readonly event: MeshEvent }
   | { readonly kind: 'status'; readonly op: OpId; readonly device: DeviceId; readonly seq: number; readonly status: OpStatus };
 
 export interface SubscribeFilter {
@@ -132,6 +134,7 @@ export class FieldNode {
   private readonly store: Store;
   private readonly key: DeviceKey;
   private readonly cert: Certificate | null;
+  private mesh: Mesh | null = null;
   private readonly now: () => number;
   private readonly maxDriftMs: number;
   private readonly maxBacklog: number;
@@ -444,7 +447,9 @@ export class FieldNode {
   subscribe(filter: SubscribeFilter = {}): Subscription<NodeEvent> {
     const listener = (event: NodeEvent) => {
       if (filter.kinds !== undefined && !filter.kinds.includes(event.kind)) return;
-      if (event.kind === 'entity') {
+      if (event.kind === 'peer') {
+        if (filter.device !== undefined && event.event.device !== filter.device) return;
+      } else if (event.kind === 'entity') {
         if (filter.domain !== undefined && event.view.domain !== filter.domain) return;
         if (filter.entity !== undefined && event.view.entity !== filter.entity) return;
       } else if (filter.device !== undefined && event.device !== filter.device) return;
@@ -455,8 +460,46 @@ export class FieldNode {
     return subscription;
   }
 
+  /**
+   * Joins the mesh: listens, discovers (mDNS if asked), dials static peers and syncs with every
+   * admitted peer of the team. Needs an enrolled node.
+   */
+  async start(options: MeshOptions = {}): Promise<void> {
+    if (this.mesh !== null) return;
+    const mesh = new Mesh(this, options);
+    mesh.events.on('event', (event: MeshEvent) => {
+      for (const listener of this.subscriptions.keys()) listener({ kind: 'peer', event });
+    });
+    await mesh.start();
+    this.mesh = mesh;
+  }
+
+  /** Leaves the mesh (the data stays open). */
+  async stop(): Promise<void> {
+    const mesh = this.mesh;
+    this.mesh = null;
+    await mesh?.stop();
+  }
+
+  /** Addresses we listen on (with /p2p/<device>), empty when not started. */
+  addresses(): string[] {
+    return this.mesh?.addresses() ?? [];
+  }
+
+  /** Dials a peer now, e.g. one just learned of out of band. */
+  async dial(address: string): Promise<void> {
+    if (this.mesh === null) throw new InvalidInputError('NOT_STARTED', 'start() the node first');
+    await this.mesh.dial(address);
+  }
+
+  /** Peers we sync with: who, role, last seen, how far behind either side is. */
+  peers(): PeerInfo[] {
+    return this.mesh?.peers() ?? [];
+  }
+
   /** Flushes queued writes and releases the data dir. */
   async close(): Promise<void> {
+    await this.stop();
     this.store.events.removeAllListeners();
     for (const subscription of [...this.subscriptions.values()]) subscription.close();
     await this.store.close();

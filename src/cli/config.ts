@@ -1,0 +1,71 @@
+/**
+ * A node's settings in `<dataDir>/config.json`, written by `init`/`enroll`: team, user, role and
+ * the domains with their conflict strategies (identical on every node of a team). Merge
+ * functions are named ('union', 'max', 'min') so the file stays plain JSON.
+ */
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Role } from '../core/cert.ts';
+import { InvalidInputError } from '../core/errors.ts';
+import { MERGE_FUNCTIONS, STRATEGIES, type DomainPolicy, type Strategy } from '../core/strategies.ts';
+
+export const CONFIG_FILE = 'config.json';
+
+export type DomainSpec = Strategy | { readonly strategy: Strategy; readonly merge?: Readonly<Record<string, keyof typeof MERGE_FUNCTIONS>> };
+
+export interface NodeConfig {
+  readonly team: string;
+  readonly user: string;
+  readonly role: Role;
+  readonly domains: Readonly<Record<string, DomainSpec>>;
+}
+
+/** The domains a new team gets unless told otherwise. */
+export const DEFAULT_DOMAINS: Readonly<Record<string, DomainSpec>> = {
+  case: 'manual',
+  evidence: { strategy: 'merge', merge: { tags: 'union' } },
+  task: 'server-wins',
+  note: 'client-wins',
+};
+
+export function toPolicies(domains: Readonly<Record<string, DomainSpec>>): Record<string, DomainPolicy> {
+  const out: Record<string, DomainPolicy> = {};
+  for (const [domain, spec] of Object.entries(domains)) {
+    const { strategy, merge } = typeof spec === 'string' ? { strategy: spec, merge: undefined } : spec;
+    if (!(STRATEGIES as readonly string[]).includes(strategy)) throw new InvalidInputError('BAD_CONFIG', `domain ${domain}: unknown strategy ${strategy}`);
+    const fns: Record<string, (typeof MERGE_FUNCTIONS)[keyof typeof MERGE_FUNCTIONS]> = {};
+    for (const [field, name] of Object.entries(merge ?? {})) {
+      if (!Object.hasOwn(MERGE_FUNCTIONS, name)) throw new InvalidInputError('BAD_CONFIG', `domain ${domain}: unknown merge function ${name} (union, max, min)`);
+      fns[field] = MERGE_FUNCTIONS[name];
+    }
+    out[domain] = { strategy, merge: fns };
+  }
+  return out;
+}
+
+export async function readConfig(dataDir: string): Promise<NodeConfig> {
+  const path = join(dataDir, CONFIG_FILE);
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new InvalidInputError('NO_CONFIG', `${dataDir} is not set up: run \`fieldmesh init\` or \`fieldmesh enroll\` first`, { path });
+    throw err;
+  }
+  let config: NodeConfig;
+  try {
+    config = JSON.parse(text) as NodeConfig;
+  } catch (err) {
+    throw new InvalidInputError('BAD_CONFIG', `${path} is not valid JSON: ${(err as Error).message}`, { path });
+  }
+  if (typeof config.team !== 'string' || typeof config.user !== 'string' || typeof config.role !== 'string' || typeof config.domains !== 'object') {
+    throw new InvalidInputError('BAD_CONFIG', `${path} must hold team, user, role and domains`, { path });
+  }
+  toPolicies(config.domains);
+  return config;
+}
+
+export async function writeConfig(dataDir: string, config: NodeConfig): Promise<void> {
+  toPolicies(config.domains);
+  await writeFile(join(dataDir, CONFIG_FILE), JSON.stringify(config, null, 2) + '\n', { mode: 0o644 });
+}

@@ -1,0 +1,27 @@
+/**
+ * What the network layer needs from the node it serves: the seam between net/ and the node
+ * (FieldNode implements it; a simulator can too). Everything here is the node's own data.
+ */
+import type { PrivateKey } from '@libp2p/interface';
+import type { Certificate } from '../core/cert.ts';
+import type { ForkProof } from '../core/chain.ts';
+import type { DeviceId } from '../core/keys.ts';
+import type { VersionVector } from '../core/version-vector.ts';
+
+export interface MeshHost {
+  readonly device: DeviceId;
+  readonly team: string;
+  readonly hqDevice: DeviceId;
+  readonly certificate: Certificate | null;
+  readonly privateKey: PrivateKey;
+  versionVector(): VersionVector;
+  certificates(): Uint8Array[];
+  forkProofs(): Promise<ForkProof[]>;
+  loadRange(device: DeviceId, fromSeq: number, toSeq: number, maxBytes: number): Promise<Uint8Array[]>;
+  /** All or nothing; throws a FieldmeshError for a bad run. */
+  ingest(encoded: readonly Uint8Array[], device?: DeviceId): Promise<unknown>;
+  addCertificates(encoded: readonly Uint8Array[]): Promise<DeviceId[]>;
+  addForkProof(proof: ForkProof): Promise<boolean>;
+  isRevoked(device: DeviceId): boolean;
+  onAdvanced(listener: (tips: Readonly<Record<DeviceId, number>>) => void): () => void;
+}
