@@ -40,12 +40,3 @@ export function decodeCanonical(bytes: Uint8Array, what: string): unknown {
   if (!equals(again, bytes)) throw decodeError(what, 'not canonical CBOR (re-encoding gives other bytes)');
   return value;
 }
-
-/** Decodes without the canonical re-encoding check, for bytes whose hash was already authenticated. */
-export function decodeTrusted(bytes: Uint8Array, what: string): unknown {
-  try {
-    return decode(bytes, DECODE_OPTIONS);
-  } catch (err) {
-    throw decodeError(what, (err as Error).message);
-  }
-}

@@ -6,6 +6,7 @@ import { chmod, open, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from '@libp2p/crypto/keys';
 import type { Ed25519PrivateKey } from '@libp2p/interface';
+import { equals } from 'uint8arrays';
 import { FieldmeshError } from '../core/errors.ts';
 import { signerFromSeed, type DeviceSigner } from '../core/keys.ts';
 
@@ -47,5 +48,10 @@ export async function loadOrCreateDeviceKey(dataDir: string): Promise<{ key: Dev
     throw new KeyFileError('KEY_CORRUPT', `device key ${path} is unreadable: ${(err as Error).message}`, { path });
   }
   if (privateKey.type !== 'Ed25519') throw new KeyFileError('KEY_TYPE', `device key ${path} is ${privateKey.type}, not Ed25519`, { path });
-  return { key: toDeviceKey(privateKey), created: false };
+  const key = toDeviceKey(privateKey);
+  // The file holds seed and public key: a flipped byte in either makes them disagree.
+  if (!equals(key.signer.publicKey, privateKey.publicKey.raw)) {
+    throw new KeyFileError('KEY_CORRUPT', `device key ${path} is damaged: its public key does not match its seed`, { path });
+  }
+  return { key, created: false };
 }

@@ -35,7 +35,7 @@ export async function enroll(options: EnrollOptions): Promise<Certificate> {
     { team: options.team, device: device.key.signer.device, user: options.user, role: options.role, issuedMs, expiresMs: issuedMs + (options.validForMs ?? DEFAULT_CERT_VALIDITY_MS) },
     hq.key.signer,
   );
-  await writeFile(join(options.dataDir, DEVICE_CERT_FILE), cert.bytes, { mode: 0o644 });
+  await saveCertificate(options.dataDir, cert);
   return cert;
 }
 
@@ -56,12 +56,18 @@ export async function readDeviceCertificate(dataDir: string): Promise<Certificat
   }
 }
 
-/** HQ's own certificate: self-issued, written on HQ's first start. */
-export async function ensureHqCertificate(dataDir: string, team: string, user: string, nowMs: number): Promise<Certificate> {
+/**
+ * HQ's own certificate: self-issued on HQ's first start. `fresh` means it is not on disk yet:
+ * the caller writes it (saveCertificate) only once the data dir proved to be HQ's.
+ */
+export async function hqCertificate(dataDir: string, team: string, user: string, nowMs: number): Promise<{ cert: Certificate; fresh: boolean }> {
   const existing = await readDeviceCertificate(dataDir);
-  if (existing !== null) return existing;
+  if (existing !== null) return { cert: existing, fresh: false };
   const { key } = await loadOrCreateDeviceKey(dataDir);
   const cert = issueCertificate({ team, device: key.signer.device, user, role: 'server', issuedMs: nowMs, expiresMs: nowMs + 10 * DEFAULT_CERT_VALIDITY_MS }, key.signer);
+  return { cert, fresh: true };
+}
+
+export async function saveCertificate(dataDir: string, cert: Certificate): Promise<void> {
   await writeFile(join(dataDir, DEVICE_CERT_FILE), cert.bytes, { mode: 0o644 });
-  return cert;
 }

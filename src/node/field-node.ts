@@ -13,7 +13,7 @@ import type { Hlc } from '../core/hlc.ts';
 import type { DeviceId } from '../core/keys.ts';
 import { viewDigestBytes, isVisible } from '../core/materialize.ts';
 import { DATA_OP_TYPES, decodeOp, type DataOpType, type Op, type OpId } from '../core/op.ts';
-import type { OpStatus, StatusName } from '../core/status.ts';
+import { STATUSES, type OpStatus, type StatusName } from '../core/status.ts';
 import { policyOf, type DomainPolicy, type ResolutionConfig, type Strategy } from '../core/strategies.ts';
 import { checkFields, type Fields, type Value } from '../core/value.ts';
 import { viewOf, type Conflict, type EntityView } from '../core/view.ts';
@@ -26,7 +26,7 @@ import { TABLES } from '../store/tables.ts';
 import { verifyStore, type VerifyReport } from '../store/verify.ts';
 import { createHash } from 'node:crypto';
 import { loadOrCreateDeviceKey, type DeviceKey } from './device-key.ts';
-import { ensureHqCertificate, readDeviceCertificate } from './enroll.ts';
+import { hqCertificate, readDeviceCertificate, saveCertificate } from './enroll.ts';
 import { checkAdmission, decodeCertificate, type Certificate } from '../core/cert.ts';
 import { badChoice, conflictNotFound, entityExists, entityNotFound, unknownDomain } from './errors.ts';
 import { Subscription } from './subscription.ts';
@@ -164,7 +164,8 @@ export class FieldNode {
     await mkdir(options.dataDir, { recursive: true, mode: 0o700 });
     const { key } = await loadOrCreateDeviceKey(options.dataDir);
     const now = options.now ?? Date.now;
-    const cert = options.role === 'server' ? await ensureHqCertificate(options.dataDir, options.team, options.user, now()) : await readDeviceCertificate(options.dataDir);
+    const hq = options.role === 'server' ? await hqCertificate(options.dataDir, options.team, options.user, now()) : null;
+    const cert = hq !== null ? hq.cert : await readDeviceCertificate(options.dataDir);
     if (cert !== null) {
       if (cert.device !== key.signer.device) throw new InvalidInputError('CERT_MISMATCH', `${options.dataDir}: certificate is for ${cert.device}, the key is ${key.signer.device}`);
       if (cert.team !== options.team) throw new InvalidInputError('CERT_MISMATCH', `${options.dataDir}: certificate is for team ${cert.team}, not ${options.team}`);
@@ -181,6 +182,7 @@ export class FieldNode {
       resolution,
       limits: options.storeLimits,
     });
+    if (hq?.fresh === true) await saveCertificate(options.dataDir, hq.cert);
     if (cert !== null) await store.addCertificates([cert]);
     return new FieldNode({ ...options, role: cert?.role ?? options.role }, key, store, resolution, cert);
   }
@@ -362,13 +364,21 @@ export class FieldNode {
         if (out.length >= limit) break;
       }
     } else {
-      const range = filter.device !== undefined ? under(filter.device) : undefined;
-      for await (const [key] of this.store.scan<Uint8Array>(TABLES.log, range)) {
-        const [device, seq] = split(key) as [string, string];
-        const id = await this.store.opIdAt(device, Number.parseInt(seq, 16));
-        if (id !== undefined) await consider(id);
-        if (out.length >= limit) break;
+      // Every op has exactly one status row: merging the four status indexes by (device, seq)
+      // lists every op in log order without reading the logs themselves.
+      const streams = STATUSES.map((status) => this.store.scan<OpId>(TABLES.status, filter.device !== undefined ? under(status, filter.device) : under(status)));
+      const heads = await Promise.all(streams.map((it) => it.next()));
+      const position = (r: IteratorResult<[string, OpId]>) => split(r.value![0]).slice(1).join('\u0000');
+      while (out.length < limit) {
+        let best = -1;
+        heads.forEach((r, i) => {
+          if (r.done !== true && (best < 0 || position(r) < position(heads[best]!))) best = i;
+        });
+        if (best < 0) break;
+        await consider(heads[best]!.value![1]);
+        heads[best] = await streams[best]!.next();
       }
+      await Promise.all(streams.map((it) => it.return(undefined)));
     }
     return out;
   }

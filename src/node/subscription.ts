@@ -8,7 +8,7 @@ export class SubscriptionOverflowError extends FieldmeshError {}
 
 export class Subscription<T> implements AsyncIterableIterator<T> {
   private readonly buffer: T[] = [];
-  private waiter: ((r: IteratorResult<T>) => void) | null = null;
+  private readonly waiters: ((r: IteratorResult<T>) => void)[] = [];
   private failure: Error | null = null;
   private ended = false;
   private readonly maxBuffered: number;
@@ -21,10 +21,9 @@ export class Subscription<T> implements AsyncIterableIterator<T> {
 
   push(event: T): void {
     if (this.ended) return;
-    if (this.waiter !== null) {
-      const w = this.waiter;
-      this.waiter = null;
-      w({ value: event, done: false });
+    const waiter = this.waiters.shift();
+    if (waiter !== undefined) {
+      waiter({ value: event, done: false });
       return;
     }
     if (this.buffer.length >= this.maxBuffered) {
@@ -40,7 +39,7 @@ export class Subscription<T> implements AsyncIterableIterator<T> {
     if (this.failure !== null) return Promise.reject(this.failure);
     if (this.ended) return Promise.resolve({ value: undefined, done: true });
     return new Promise((resolve) => {
-      this.waiter = resolve;
+      this.waiters.push(resolve);
     });
   }
 
@@ -53,11 +52,7 @@ export class Subscription<T> implements AsyncIterableIterator<T> {
     if (this.ended) return;
     this.ended = true;
     this.onClose();
-    if (this.waiter !== null) {
-      const w = this.waiter;
-      this.waiter = null;
-      w({ value: undefined, done: true });
-    }
+    for (const waiter of this.waiters.splice(0)) waiter({ value: undefined, done: true });
   }
 
   [Symbol.asyncIterator](): this {

@@ -83,10 +83,14 @@ export class ApplyContext {
   /** Verdicts received for ops not held yet: while zero, a new op cannot have one. */
   private readonly orphanVerdictsCommitted: number;
   orphanVerdictsDelta = 0;
+  /** Ops added in this transaction whose verdict arrived before them. */
+  private readonly verdictAhead = new Set<OpId>();
+  /** Ops of manual-strategy entities whose status this transaction set: re-checked at the end. */
+  private readonly statusTouched = new Map<string, Set<OpId>>();
 
   async authorityFor(ids: readonly OpId[], isNew = false): Promise<Authority> {
     const verdicts = new Map<OpId, VerdictRecord>();
-    if (isNew && this.orphanVerdictsCommitted + this.orphanVerdictsDelta === 0) return { verdicts, revokedAfter: this.revokedAfter, forkedAt: this.forkedAt };
+    if (isNew && !ids.some((id) => this.verdictAhead.has(id))) return { verdicts, revokedAfter: this.revokedAfter, forkedAt: this.forkedAt };
     for (const id of ids) {
       const v = await this.txn.get<VerdictRecord>(TABLES.verdict, id);
       if (v !== undefined) verdicts.set(id, v);
@@ -106,7 +110,10 @@ export class ApplyContext {
 
   /** Stores one op that extends its device's log (the caller checked chain and signature). */
   async addOp(op: Op): Promise<void> {
-    if (this.orphanVerdictsCommitted + this.orphanVerdictsDelta > 0 && (await this.txn.get(TABLES.verdict, op.id)) !== undefined) this.orphanVerdictsDelta--;
+    if (this.orphanVerdictsCommitted + this.orphanVerdictsDelta > 0 && (await this.txn.get(TABLES.verdict, op.id)) !== undefined) {
+      this.orphanVerdictsDelta--;
+      this.verdictAhead.add(op.id);
+    }
     this.txn.putRaw(TABLES.log, logKey(op.device, op.seq), op.bytes);
     const tip = { seq: op.seq, id: op.id };
     this.txn.put(TABLES.tip, op.device, tip);
@@ -150,6 +157,12 @@ export class ApplyContext {
     }
     if (old === undefined || old.status.status !== next.status || old.status.reason !== next.reason) {
       this.statusEvents.set(id, { kind: 'status', op: id, device: meta.device, seq: meta.seq, status: next });
+    }
+    if (meta.domain !== null && meta.entity !== null && this.manual(meta.domain)) {
+      const key = entityKeyOf(meta.domain, meta.entity);
+      const set = this.statusTouched.get(key);
+      if (set === undefined) this.statusTouched.set(key, new Set([id]));
+      else set.add(id);
     }
     this.txn.put(TABLES.op, id, { ...meta, status: next });
   }
@@ -325,9 +338,12 @@ export class ApplyContext {
       const before = beforeState === null ? null : viewOf(beforeState, this.resolution);
       if (after.conflict !== null) this.txn.put(TABLES.conflict, key, after.conflict.id);
       else if (before?.conflict != null) this.txn.del(TABLES.conflict, key);
+      // Statuses set mid-transaction saw an intermediate conflict: settle them against the final one.
       const was = new Set(before === null ? [] : conflictOps(before));
       const now = new Set(conflictOps(after));
-      for (const id of new Set([...was, ...now])) if (was.has(id) !== now.has(id)) await this.refreshStatus(id);
+      const settle = new Set([...(this.statusTouched.get(key) ?? [])]);
+      for (const id of new Set([...was, ...now])) if (was.has(id) !== now.has(id)) settle.add(id);
+      for (const id of settle) await this.refreshStatus(id);
     }
   }
 }

@@ -59,6 +59,7 @@ export async function ingest(ctx: ApplyContext, encoded: readonly Uint8Array[], 
   let duplicates = 0;
   let refused = 0;
   const tips = new Map<DeviceId, LogTip>();
+  const batchOps = new Map<string, Op>();
   const tipOf = async (device: DeviceId): Promise<LogTip> =>
     tips.get(device) ?? (await ctx.txn.get<LogTip>(TABLES.tip, device)) ?? { seq: 0, id: null };
   let run: ParsedOp[] = [];
@@ -75,8 +76,10 @@ export async function ingest(ctx: ApplyContext, encoded: readonly Uint8Array[], 
         continue;
       }
       if (p.op.seq <= tip.seq) {
-        const held = await ctx.txn.getRaw(TABLES.log, logKey(device, p.op.seq));
-        const heldOp = held === undefined ? undefined : parseOp(held).op;
+        // Held either from before, or accepted earlier in this very batch (not written yet).
+        const earlier = batchOps.get(`${device}#${p.op.seq}`);
+        const held = earlier === undefined ? await ctx.txn.getRaw(TABLES.log, logKey(device, p.op.seq)) : undefined;
+        const heldOp = earlier ?? (held === undefined ? undefined : parseOp(held).op);
         if (heldOp === undefined || heldOp.id === p.op.id) {
           duplicates++;
           continue;
@@ -90,6 +93,7 @@ export async function ingest(ctx: ApplyContext, encoded: readonly Uint8Array[], 
       }
       checkExtends(tip, p.op);
       fresh.push(p);
+      batchOps.set(`${device}#${p.op.seq}`, p.op);
       tip = { seq: p.op.seq, id: p.op.id };
     }
     if (fresh.length > 0) checkSignature(fresh[fresh.length - 1]!);

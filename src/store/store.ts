@@ -6,20 +6,20 @@
  */
 import { EventEmitter } from 'node:events';
 import { mkdir, readdir } from 'node:fs/promises';
-import { join } from 'node:path';
 import { Level } from 'level';
 import type { ForkProof, LogTip } from '../core/chain.ts';
 import { equals as equalBytes } from 'uint8arrays';
 import { HLC_ZERO, type Hlc } from '../core/hlc.ts';
 import type { DeviceId } from '../core/keys.ts';
-import { opIdOf, parseOp, type OpId } from '../core/op.ts';
+import { parseOp } from '../core/op.ts';
 import type { ResolutionConfig } from '../core/strategies.ts';
 import type { VersionVector } from '../core/version-vector.ts';
 import { ApplyContext, type StoreEvent } from './apply.ts';
 import { StoreClosedError, StoreCorruptError, StoreLockedError, StoreMismatchError } from './errors.ts';
+import { FieldmeshError } from '../core/errors.ts';
 import { logKey } from './keys.ts';
 import { TABLES, tableKey } from './tables.ts';
-import { Lru, scan, Txn, type Db } from './txn.ts';
+import { Lru, scan, scanRecords, Txn, type Db } from './txn.ts';
 
 /** Version of the on-disk layout of primary data (logs, fork proofs, settings). */
 export const STORAGE_FORMAT = 1;
@@ -129,7 +129,8 @@ export class Store {
       await store.load();
     } catch (err) {
       await db.close();
-      throw err;
+      if (err instanceof FieldmeshError) throw err;
+      throw new StoreCorruptError('STORE_CORRUPT', `data dir ${dir} cannot be read: ${(err as Error).message}`, { path: dir });
     }
     return store;
   }
@@ -276,6 +277,11 @@ export class Store {
     return scan<T>(this.db, this.dir, table, range, options);
   }
 
+  /** Sealed records of a table, unchecked: for verify, which reports bad records instead of stopping. */
+  scanRecords(table: (typeof TABLES)[keyof typeof TABLES]) {
+    return scanRecords(this.db, this.dir, table);
+  }
+
   /**
    * Runs `run` inside the next group-committed batch and resolves with its result once the
    * batch is durable. A job that throws before writing fails alone; one that throws after
@@ -395,12 +401,6 @@ export class Store {
   private emit(ctx: ApplyContext): void {
     for (const event of ctx.statusEvents.values()) this.events.emit('status', event);
     for (const view of ctx.changedViews()) this.events.emit('entity', { kind: 'entity', view } satisfies StoreEvent);
-  }
-
-  async opIdAt(device: DeviceId, seq: number): Promise<OpId | undefined> {
-    const bytes = await this.reader().getRaw(TABLES.log, logKey(device, seq));
-    if (bytes === undefined) return undefined;
-    return opIdOf(bytes);
   }
 
   /** Waits for queued writes, then closes the database. Idempotent. */

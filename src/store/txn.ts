@@ -4,7 +4,7 @@
  * everything in one atomic, synced batch; the cache learns the values only after that.
  */
 import type { Level } from 'level';
-import { openValue, sealValue, openRecord, sealRecord } from './records.ts';
+import { corrupt, openValue, sealValue, openRecord, sealRecord } from './records.ts';
 import { tableKey, tableRange, stripTable, type Table } from './tables.ts';
 
 export type Db = Level<string, Uint8Array>;
@@ -66,7 +66,7 @@ export class Txn {
     if (pending !== undefined) return pending === null ? undefined : (pending.value as T);
     const cached = this.cache.get(full);
     if (cached !== undefined) return cached as T;
-    const record = await this.db.get(full);
+    const record = await readRecord(this.db, full, this.where);
     if (record === undefined) return undefined;
     const value = openValue<T>(full, record, this.where);
     this.cache.set(full, value);
@@ -78,7 +78,7 @@ export class Txn {
     const full = tableKey(table, key);
     const pending = this.pending(full);
     if (pending !== undefined) return pending === null ? undefined : (pending.value as Uint8Array);
-    const record = await this.db.get(full);
+    const record = await readRecord(this.db, full, this.where);
     return record === undefined ? undefined : openRecord(full, record, this.where);
   }
 
@@ -126,10 +126,38 @@ export class Txn {
   }
 }
 
+/** LevelDB's own read errors (a damaged table file) become StoreCorruptError naming the data dir. */
+async function readRecord(db: Db, key: string, where: string): Promise<Uint8Array | undefined> {
+  try {
+    return await db.get(key);
+  } catch (err) {
+    throw corrupt(where, key, (err as Error).message);
+  }
+}
+
 /** Committed rows of a table in key order (a read-only query; the change's own writes are not seen). */
 export async function* scan<T>(db: Db, where: string, table: Table, range?: { gte: string; lt: string }, options: { limit?: number; reverse?: boolean } = {}): AsyncGenerator<[string, T]> {
-  const full = tableRange(table, range);
-  for await (const [key, record] of db.iterator({ ...full, limit: options.limit ?? -1, reverse: options.reverse ?? false })) {
+  for await (const [key, record] of scanRecords(db, where, table, range, options)) {
     yield [stripTable(key), table === 'l' ? (openRecord(key, record, where) as T) : openValue<T>(key, record, where)];
+  }
+}
+
+/** Raw records (full key, sealed value) of a table; LevelDB read errors become StoreCorruptError. */
+export async function* scanRecords(db: Db, where: string, table: Table, range?: { gte: string; lt: string }, options: { limit?: number; reverse?: boolean } = {}): AsyncGenerator<[string, Uint8Array]> {
+  const full = tableRange(table, range);
+  const iterator = db.iterator({ ...full, limit: options.limit ?? -1, reverse: options.reverse ?? false });
+  try {
+    while (true) {
+      let entry: [string, Uint8Array] | undefined;
+      try {
+        entry = await iterator.next();
+      } catch (err) {
+        throw corrupt(where, full.gte, (err as Error).message);
+      }
+      if (entry === undefined) return;
+      yield entry;
+    }
+  } finally {
+    await iterator.close();
   }
 }

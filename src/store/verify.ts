@@ -8,7 +8,8 @@ import { FieldmeshError } from '../core/errors.ts';
 import { decodeOp } from '../core/op.ts';
 import { logKey, split, parseSeq } from './keys.ts';
 import type { Store } from './store.ts';
-import { TABLES } from './tables.ts';
+import { stripTable, TABLES } from './tables.ts';
+import { openRecord } from './records.ts';
 
 export interface VerifyProblem {
   readonly device: string;
@@ -37,7 +38,19 @@ export async function verifyStore(store: Store, onProgress?: (ops: number) => vo
       problems.push({ device, seq: tip.seq, code: 'TIP_MISMATCH', message: `log ends at seq ${tip.seq}, tip says ${recorded.seq}` });
     }
   };
-  for await (const [key, bytes] of store.scan<Uint8Array>(TABLES.log)) {
+  const records = store.scanRecords(TABLES.log);
+  while (true) {
+    let next: IteratorResult<[string, Uint8Array]>;
+    try {
+      next = await records.next();
+    } catch (err) {
+      // The database itself cannot be read past here.
+      problems.push({ device: device ?? '', seq: tip.seq, code: (err as FieldmeshError).code ?? 'ERROR', message: (err as Error).message });
+      break;
+    }
+    if (next.done === true) break;
+    const [fullKey, record] = next.value;
+    const key = stripTable(fullKey);
     const [dev, seqHex] = split(key) as [string, string];
     if (dev !== device) {
       await endDevice();
@@ -47,7 +60,7 @@ export async function verifyStore(store: Store, onProgress?: (ops: number) => vo
     }
     const seq = parseSeq(seqHex);
     try {
-      const op = decodeOp(bytes);
+      const op = decodeOp(openRecord(fullKey, record, store.dir));
       if (op.device !== dev || op.seq !== seq) throw new FieldmeshError('MISFILED', `op ${op.device}#${op.seq} stored under ${logKey(dev, seq)}`);
       checkExtends(tip, op);
       if ((await reader.get(TABLES.op, op.id)) === undefined) throw new FieldmeshError('NO_METADATA', `op ${op.id} has no metadata row`);
