@@ -1,7 +1,7 @@
 import { encode } from 'cborg';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { decodeCanonical, decodeTrusted, encodeCanonical } from '../../src/core/cbor.ts';
+import { decodeCanonical, encodeCanonical } from '../../src/core/cbor.ts';
 import { InvalidInputError } from '../../src/core/errors.ts';
 import { expectCoreError, runs } from './helpers.ts';
 
@@ -81,10 +81,3 @@ describe('decodeCanonical', () => {
   });
 });
 
-describe('decodeTrusted', () => {
-  it('skips the canonical check but not the decoder\'s strictness', () => {
-    expect(decodeTrusted(encode({ bb: 1, a: 2 }, reversedKeys as never), 'value')).toEqual({ a: 2, bb: 1 });
-    expectCoreError(() => decodeTrusted(bytes(0x82, 0x01), 'value'), InvalidInputError, 'DECODE');
-    expectCoreError(() => decodeTrusted(bytes(0xf7), 'value'), InvalidInputError, 'DECODE');
-  });
-});
