@@ -153,12 +153,12 @@ export class FieldNode {
     this.now = options.now ?? Date.now;
     this.maxDriftMs = options.maxDriftMs ?? 300_000;
     this.maxBacklog = options.maxSubscriberBacklog ?? 10_000;
-    const forward = (event: NodeEvent) => {
-      for (const listener of this.subscriptions.keys()) listener(event);
-    };
-    store.events.on('status', forward);
-    store.events.on('entity', forward);
   }
+
+  /** Store events reach subscribers; the store computes entity views only while someone listens. */
+  private readonly forward = (event: NodeEvent) => {
+    for (const listener of this.subscriptions.keys()) listener(event);
+  };
 
   static async open(options: FieldNodeOptions): Promise<FieldNode> {
     await mkdir(options.dataDir, { recursive: true, mode: 0o700 });
@@ -465,7 +465,17 @@ export class FieldNode {
       } else if (filter.device !== undefined && event.device !== filter.device) return;
       subscription.push(event);
     };
-    const subscription = new Subscription<NodeEvent>(this.maxBacklog, () => this.subscriptions.delete(listener));
+    const subscription = new Subscription<NodeEvent>(this.maxBacklog, () => {
+      this.subscriptions.delete(listener);
+      if (this.subscriptions.size === 0) {
+        this.store.events.off('status', this.forward);
+        this.store.events.off('entity', this.forward);
+      }
+    });
+    if (this.subscriptions.size === 0) {
+      this.store.events.on('status', this.forward);
+      this.store.events.on('entity', this.forward);
+    }
     this.subscriptions.set(listener, subscription);
     return subscription;
   }
@@ -477,9 +487,7 @@ export class FieldNode {
   async start(options: MeshOptions = {}): Promise<void> {
     if (this.mesh !== null) return;
     const mesh = new Mesh(this, options);
-    mesh.events.on('event', (event: MeshEvent) => {
-      for (const listener of this.subscriptions.keys()) listener({ kind: 'peer', event });
-    });
+    mesh.events.on('event', (event: MeshEvent) => this.forward({ kind: 'peer', event }));
     await mesh.start();
     this.mesh = mesh;
   }

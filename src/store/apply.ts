@@ -56,6 +56,8 @@ export class ApplyContext {
   /** Waiting rows committed before this transaction, and the change this transaction makes. */
   private readonly waitingCommitted: number;
   waitingDelta = 0;
+  /** Whether anyone listens for entity views (else they are not computed). */
+  wantViews = true;
   /** This device's HLC as the transaction advances it. */
   clock: Hlc = HLC_ZERO;
   /** Log tips this transaction moved. */
@@ -332,9 +334,11 @@ export class ApplyContext {
   private async refreshConflictStatuses(): Promise<void> {
     for (const [key, beforeState] of this.touched) {
       const [domain, entity] = split(key) as [string, string];
+      const manual = this.manual(domain);
+      if (!manual && !this.wantViews) continue;
       const after = viewOf(await this.entityState(domain, entity), this.resolution);
       this.afterViews.push(after);
-      if (!this.manual(domain)) continue;
+      if (!manual) continue;
       const before = beforeState === null ? null : viewOf(beforeState, this.resolution);
       if (after.conflict !== null) this.txn.put(TABLES.conflict, key, after.conflict.id);
       else if (before?.conflict != null) this.txn.del(TABLES.conflict, key);

@@ -329,6 +329,7 @@ export class Store {
     const h = this.head;
     const ctx = new ApplyContext(txn, this.resolution, h.revokedAfter, h.forkedAt, h.waitingCount, h.orphanVerdicts);
     ctx.clock = h.clock;
+    ctx.wantViews = this.events.listenerCount('entity') > 0;
     const built: Built = { jobs, txn, ctx, done: [], failure: null, write: null };
     for (const job of jobs) {
       const mark = txn.size;
