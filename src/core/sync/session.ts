@@ -25,8 +25,8 @@ export interface SyncLimits {
 }
 
 export const DEFAULT_SYNC_LIMITS: SyncLimits = { maxFrameBytes: 1024 * 1024, windowBytes: 4 * 1024 * 1024, maxCertsPerFrame: 1024 };
-/** The smallest frame limit a peer may declare: one op of the largest size, plus framing. */
-export const MIN_FRAME_BYTES = LIMITS.maxOpBytes + 1024;
+/** The smallest frame limit a peer may declare: a fork proof of two ops of the largest size, plus framing. */
+export const MIN_FRAME_BYTES = 2 * LIMITS.maxOpBytes + 1024;
 /** Bytes of an ops frame besides the ops themselves (type, device id, array heads), bounded. */
 export const OPS_FRAME_OVERHEAD = 128;
 
@@ -185,7 +185,19 @@ export class SyncSession {
   sendCerts(certs: readonly Uint8Array[]): Command[] {
     if (this.phase !== 'open') return [];
     const out: Command[] = [];
-    for (let i = 0; i < certs.length; i += this.limits.maxCertsPerFrame) out.push(this.send({ type: 'certs', certs: certs.slice(i, i + this.limits.maxCertsPerFrame) }));
+    let batch: Uint8Array[] = [];
+    let bytes = 0;
+    for (const cert of certs) {
+      // Each frame within the peer's limit (certificates are at most 1 KiB) and the count limit.
+      if (batch.length > 0 && (bytes + cert.length + 8 > this.peerMaxFrame - OPS_FRAME_OVERHEAD || batch.length >= this.limits.maxCertsPerFrame)) {
+        out.push(this.send({ type: 'certs', certs: batch }));
+        batch = [];
+        bytes = 0;
+      }
+      batch.push(cert);
+      bytes += cert.length + 8;
+    }
+    if (batch.length > 0) out.push(this.send({ type: 'certs', certs: batch }));
     return out;
   }
 
