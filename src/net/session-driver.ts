@@ -165,7 +165,10 @@ export class SessionDriver {
           break;
         case 'close':
           // Let queued writes (the goodbye frame) go out before closing.
-          void this.writes.then(() => this.finish(cmd.code, cmd.message, cmd.blame));
+          void this.writes.then(
+            () => this.finish(cmd.code, cmd.message, cmd.blame),
+            () => this.finish(cmd.code, cmd.message, cmd.blame),
+          );
           return;
       }
     }

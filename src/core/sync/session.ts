@@ -14,6 +14,7 @@ import type { DeviceId } from '../keys.ts';
 import { LIMITS } from '../limits.ts';
 import { seqOf, type VersionVector } from '../version-vector.ts';
 import { decodeFrame, encodeFrame, SYNC_VERSION, type Frame } from './frames.ts';
+import { parseOp } from '../op.ts';
 
 export interface SyncLimits {
   /** Largest frame we accept (and the most we ever send the peer its own limit permitting). @default 1 MiB */
@@ -149,6 +150,15 @@ export class SyncSession {
         this.phase = 'closed';
         return [{ kind: 'close', code: frame.code, message: `peer said goodbye: ${frame.message}`, blame: false }];
       case 'ops': {
+        // The peer holds what it sends: never offer these back, even before they are stored.
+        let last;
+        try {
+          last = parseOp(frame.ops[frame.ops.length - 1]!).op;
+        } catch (err) {
+          return this.fail(err as FieldmeshError);
+        }
+        if (last.device !== frame.device) return this.violation('WRONG_DEVICE', `ops frame of ${frame.device} holds an op of ${last.device}`);
+        this.peerVV[frame.device] = Math.max(seqOf(this.peerVV, frame.device), last.seq);
         this.inboundBytes += bytes.length;
         if (this.inboundBytes > this.limits.windowBytes) return this.violation('FLOW_CONTROL', `peer sent ${this.inboundBytes} bytes beyond the ${this.limits.windowBytes}-byte window`);
         this.stats.opsIn += frame.ops.length;

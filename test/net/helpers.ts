@@ -1,0 +1,149 @@
+/**
+ * Small, generic helpers for tests with real FieldNodes on loopback: a team (HQ data dir plus
+ * enrolled devices, each a real LevelDB in a temp dir) whose nodes are stopped and closed and
+ * whose dirs are removed after each test, also on failure; bounded polling; a seeded PRNG; and
+ * what a node shows of its data, for convergence checks.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach } from 'vitest';
+import type { Role } from '../../src/core/cert.ts';
+import type { DomainPolicy, Strategy } from '../../src/core/strategies.ts';
+import type { MeshOptions } from '../../src/net/mesh.ts';
+import { enroll } from '../../src/node/enroll.ts';
+import { FieldNode, type FieldNodeOptions } from '../../src/node/field-node.ts';
+
+export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+/** Polls `check` until it returns a truthy value; throws after `timeoutMs` (with `what`, and the last value seen). */
+export async function waitFor<T>(what: string, check: () => T | Promise<T>, timeoutMs = 15_000, everyMs = 25): Promise<NonNullable<T>> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value) return value as NonNullable<T>;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(everyMs);
+  }
+}
+
+/** Mesh options for loopback tests: no mDNS, quick redials. */
+export const LOOPBACK: MeshOptions = { mdns: false, listen: ['/ip4/127.0.0.1/tcp/0'], redialMinMs: 100, redialMaxMs: 1000 };
+
+/** Starts `node`'s mesh on loopback, dialling `peers` (nodes already started) as static peers. */
+export async function startMesh(node: FieldNode, peers: readonly FieldNode[] = [], options: MeshOptions = {}): Promise<void> {
+  const addresses = peers.flatMap((p) => p.addresses());
+  if (addresses.length < peers.length) throw new Error('startMesh: a static peer is not started');
+  await node.start({ ...LOOPBACK, ...options, peers: [...addresses, ...(options.peers ?? [])] });
+}
+
+export interface TeamNodeOptions {
+  readonly user?: string;
+  readonly role?: Exclude<Role, 'server'>;
+  readonly node?: Partial<FieldNodeOptions>;
+}
+
+/**
+ * Temp dirs and nodes cleaned up after each test. Call once at the top level of a test file.
+ * `team()` creates an HQ data dir (HQ opened once as role `server`, so its key and self-issued
+ * certificate exist) and returns a team whose `node()` enrolls a device and opens it.
+ */
+export function useLoopback() {
+  const dirs: string[] = [];
+  const nodes: FieldNode[] = [];
+  afterEach(async () => {
+    for (const node of nodes.splice(0).reverse()) await node.close().catch(() => undefined);
+    for (const dir of dirs.splice(0)) await rm(dir, { recursive: true, force: true }).catch(() => undefined);
+  });
+  const track = (node: FieldNode): FieldNode => {
+    nodes.push(node);
+    return node;
+  };
+  const dir = async (prefix = 'fm-net-'): Promise<string> => {
+    const path = await mkdtemp(join(tmpdir(), prefix));
+    dirs.push(path);
+    return path;
+  };
+  return {
+    track,
+    dir,
+    async team(domains: Readonly<Record<string, DomainPolicy | Strategy>>, name = 'team-net') {
+      const root = await dir('fm-team-');
+      const hqDir = join(root, 'hq');
+      const hqOptions: FieldNodeOptions = { dataDir: hqDir, team: name, user: 'hq-admin', role: 'server', domains };
+      const first = await FieldNode.open(hqOptions);
+      const hqDevice = first.device;
+      await first.close();
+      const optionsByDir = new Map<string, FieldNodeOptions>([[hqDir, hqOptions]]);
+      return {
+        name,
+        root,
+        hqDir,
+        hqDevice,
+        domains,
+        /** HQ's own node (role server). */
+        async hq(): Promise<FieldNode> {
+          return track(await FieldNode.open(hqOptions));
+        },
+        /** Enrolls device `id` (its data dir under the team root) and opens its node. */
+        async node(id: string, options: TeamNodeOptions = {}): Promise<FieldNode> {
+          const dataDir = join(root, id);
+          const user = options.user ?? id;
+          await enroll({ hqDataDir: hqDir, dataDir, team: name, user, role: options.role ?? 'field' });
+          const nodeOptions: FieldNodeOptions = { dataDir, team: name, user, domains, ...options.node };
+          optionsByDir.set(dataDir, nodeOptions);
+          return track(await FieldNode.open(nodeOptions));
+        },
+        /** Opens a node's data dir again (after close), with the options it was opened with. */
+        async reopen(node: FieldNode): Promise<FieldNode> {
+          const options = optionsByDir.get(node.dataDir);
+          if (options === undefined) throw new Error(`unknown data dir ${node.dataDir}`);
+          return track(await FieldNode.open(options));
+        },
+      };
+    },
+  };
+}
+
+/** Mulberry32: a small seeded PRNG. */
+export function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** What a node shows of its data: version vector, state hash, open conflicts and every op id. */
+export async function observed(node: FieldNode) {
+  const ops = await node.ops({ limit: 1_000_000 });
+  return {
+    versionVector: node.versionVector(),
+    stateHash: await node.stateHash(),
+    conflicts: await node.conflicts(),
+    opIds: ops.map((o) => o.id).sort(),
+  };
+}
+
+/** True when every node holds the same logs and shows the same state. */
+export async function sameState(nodes: readonly FieldNode[]): Promise<boolean> {
+  const [first, ...rest] = nodes;
+  if (first === undefined) return true;
+  const vv = JSON.stringify(sortedVV(first.versionVector()));
+  if (rest.some((n) => JSON.stringify(sortedVV(n.versionVector())) !== vv)) return false;
+  const hash = await first.stateHash();
+  for (const node of rest) if ((await node.stateHash()) !== hash) return false;
+  return true;
+}
+
+/** Waits until every node holds the same logs and shows the same state. */
+export async function converge(nodes: readonly FieldNode[], what = 'convergence', timeoutMs = 15_000): Promise<void> {
+  await waitFor(`${what} of ${nodes.length} nodes`, () => sameState(nodes), timeoutMs);
+}
+
+function sortedVV(vv: Readonly<Record<string, number>>): [string, number][] {
+  return Object.entries(vv).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+}
