@@ -8,6 +8,7 @@ import { crc32 } from 'node:zlib';
 import { decode, encode } from 'cborg';
 import { FieldmeshError } from '../core/errors.ts';
 import { codecFor } from './codecs.ts';
+import { encodeFastInto } from '../core/fast-cbor.ts';
 import type { Table } from './tables.ts';
 
 /** The data dir is damaged or not ours: never served, always reported with the path. */
@@ -20,9 +21,10 @@ function checksum(key: string, payload: Uint8Array): number {
 }
 
 export function sealRecord(key: string, payload: Uint8Array): Uint8Array {
-  const out = new Uint8Array(payload.length + 4);
+  // Pooled allocation: records are small and written by the thousand per batch.
+  const out = Buffer.allocUnsafe(payload.length + 4);
   out.set(payload);
-  new DataView(out.buffer).setUint32(payload.length, checksum(key, payload));
+  out.writeUInt32BE(checksum(key, payload), payload.length);
   return out;
 }
 
@@ -34,7 +36,20 @@ export function openRecord(key: string, record: Uint8Array, where: string): Uint
   return payload;
 }
 
-export const sealValue = (key: string, value: unknown): Uint8Array => sealRecord(key, encode(codecFor(key[0] as Table).encode(value)));
+const sealScratch = new Uint8Array(256 * 1024);
+
+/** Encodes with core's fast canonical encoder where it can (same bytes as cborg), else cborg. */
+function encodePayload(value: unknown): Uint8Array {
+  try {
+    const end = encodeFastInto(value, sealScratch, 0);
+    if (end >= 0 && end <= sealScratch.length) return sealScratch.subarray(0, end);
+  } catch {
+    /* too large for the scratch buffer: cborg below */
+  }
+  return encode(value);
+}
+
+export const sealValue = (key: string, value: unknown): Uint8Array => sealRecord(key, encodePayload(codecFor(key[0] as Table).encode(value)));
 
 export function openValue<T>(key: string, record: Uint8Array, where: string): T {
   const payload = openRecord(key, record, where);
