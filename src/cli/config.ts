@@ -8,10 +8,20 @@ import { join } from 'node:path';
 import type { Role } from '../core/cert.ts';
 import { InvalidInputError } from '../core/errors.ts';
 import { MERGE_FUNCTIONS, STRATEGIES, type DomainPolicy, type Strategy } from '../core/strategies.ts';
+import type { DomainRules } from '../hq/policy.ts';
 
 export const CONFIG_FILE = 'config.json';
 
-export type DomainSpec = Strategy | { readonly strategy: Strategy; readonly merge?: Readonly<Record<string, keyof typeof MERGE_FUNCTIONS>> };
+export type DomainSpec =
+  | Strategy
+  | {
+      readonly strategy: Strategy;
+      readonly merge?: Readonly<Record<string, keyof typeof MERGE_FUNCTIONS>>;
+      /** HQ only: roles that may write the domain (default: all). */
+      readonly writers?: readonly Role[];
+      /** HQ only: JSON Schema of an op's fields. */
+      readonly schema?: Record<string, unknown>;
+    };
 
 export interface NodeConfig {
   readonly team: string;
@@ -22,9 +32,9 @@ export interface NodeConfig {
 
 /** The domains a new team gets unless told otherwise. */
 export const DEFAULT_DOMAINS: Readonly<Record<string, DomainSpec>> = {
-  case: 'manual',
-  evidence: { strategy: 'merge', merge: { tags: 'union' } },
-  task: 'server-wins',
+  case: { strategy: 'manual', schema: { type: 'object', properties: { title: { type: 'string', maxLength: 200 }, status: { enum: ['open', 'escalated', 'closed'] } }, required: ['title'] } },
+  evidence: { strategy: 'merge', merge: { tags: 'union' }, schema: { type: 'object', properties: { tags: { type: 'array', items: { type: 'string' } } } } },
+  task: { strategy: 'server-wins', writers: ['server', 'gateway', 'field'] },
   note: 'client-wins',
 };
 
@@ -39,6 +49,15 @@ export function toPolicies(domains: Readonly<Record<string, DomainSpec>>): Recor
       fns[field] = MERGE_FUNCTIONS[name];
     }
     out[domain] = { strategy, merge: fns };
+  }
+  return out;
+}
+
+/** HQ's acceptance rules from the same config. */
+export function toRules(domains: Readonly<Record<string, DomainSpec>>): Record<string, DomainRules> {
+  const out: Record<string, DomainRules> = {};
+  for (const [domain, spec] of Object.entries(domains)) {
+    out[domain] = typeof spec === 'string' ? {} : { ...(spec.writers ? { writers: spec.writers } : {}), ...(spec.schema ? { schema: spec.schema } : {}) };
   }
   return out;
 }

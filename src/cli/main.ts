@@ -13,7 +13,9 @@ import { FieldmeshError } from '../core/errors.ts';
 import { FieldNode } from '../node/field-node.ts';
 import { enroll } from '../node/enroll.ts';
 import { COMMANDS, toJson, type CommandName } from './commands.ts';
-import { DEFAULT_DOMAINS, readConfig, toPolicies, writeConfig, type NodeConfig } from './config.ts';
+import { DEFAULT_DOMAINS, readConfig, toPolicies, toRules, writeConfig, type NodeConfig } from './config.ts';
+import { Policy } from '../hq/policy.ts';
+import { ReceiptIssuer } from '../hq/receipts.ts';
 import { callRunning, serveControl } from './control.ts';
 import { readFile } from 'node:fs/promises';
 
@@ -121,6 +123,9 @@ program
     const listen = opts.listen.length > 0 ? opts.listen : ['/ip4/127.0.0.1/tcp/0'];
     await node.start({ listen, peers: [...opts.peer, ...(opts.hq !== undefined ? [opts.hq] : [])], mdns: opts.mdns === true });
     const control = await serveControl(node, dataDir);
+    const config = await readConfig(dataDir);
+    const receipts = node.role === 'server' ? new ReceiptIssuer(node, new Policy(toRules(config.domains))) : null;
+    receipts?.start();
     const events = node.subscribe({ kinds: ['peer'] });
     print({ event: 'started', device: node.device, role: node.role, addresses: node.addresses() }, (v: { device: string; addresses: string[] }) => `fieldmesh ${v.device} listening on\n  ${v.addresses.join('\n  ')}`);
     let stopping = false;
@@ -129,6 +134,7 @@ program
       stopping = true;
       events.close();
       control.close();
+      await receipts?.stop();
       await node.close();
       print({ event: 'stopped' }, () => 'stopped');
       process.exit(0);

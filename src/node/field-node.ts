@@ -274,6 +274,46 @@ export class FieldNode {
     });
   }
 
+  /**
+   * HQ only: appends a receipt (verdicts on ops) or a revocation to HQ's own log. They travel
+   * through the mesh like any op; every node applies them.
+   */
+  async appendHqOp(draft: Extract<OpDraft, { type: 'receipt' | 'revoke' }>): Promise<Op> {
+    if (this.role !== 'server' || this.device !== this.hqDevice) throw new RuleViolationError('NOT_HQ', 'only the team\'s HQ node writes receipts and revocations');
+    return this.store.write(async (ctx) => {
+      const tip = (await ctx.txn.get<LogTip>(TABLES.tip, this.device)) ?? EMPTY_TIP;
+      const { op, state } = authorOp({ signer: this.key.signer, team: this.team, user: this.user }, { tip, clock: ctx.clock }, this.now(), draft);
+      ctx.clock = state.clock;
+      await ctx.addOp(op);
+      return op;
+    });
+  }
+
+  /**
+   * Ops of other devices HQ has given no verdict on yet, oldest first per device: the pending
+   * and conflicted ones without a receipt.
+   */
+  async awaitingVerdict(limit: number): Promise<OpSummary[]> {
+    const out: OpSummary[] = [];
+    const reader = this.store.reader();
+    for (const status of ['pending', 'conflict'] as const) {
+      for await (const [, id] of this.store.scan<OpId>(TABLES.status, under(status))) {
+        if (out.length >= limit) return out;
+        const meta = await reader.get<OpMeta>(TABLES.op, id);
+        if (meta === undefined || meta.device === this.hqDevice || meta.domain === null) continue;
+        if ((await reader.get(TABLES.verdict, id)) !== undefined) continue;
+        out.push(summary(id, meta));
+      }
+    }
+    return out;
+  }
+
+  /** The role in the certificate of a device we know (null when we hold none). */
+  roleOf(device: DeviceId): Role | null {
+    const bytes = this.store.certificates.get(device);
+    return bytes === undefined ? null : decodeCertificate(bytes).role;
+  }
+
   /** Calls `listener` with the logs that grew (device -> highest seq) after each durable batch. */
   onAdvanced(listener: (tips: Readonly<Record<DeviceId, number>>) => void): () => void {
     this.store.events.on('tips', listener);
