@@ -56,6 +56,14 @@ export const COMMANDS = {
   peers: async (node: FieldNode) => node.peers(),
   verify: async (node: FieldNode) => node.verify(),
   addresses: async (node: FieldNode) => node.addresses(),
+  vv: async (node: FieldNode) => node.versionVector(),
+  revoke: async (node: FieldNode, p: Params) => {
+    const target = str(p, 'device');
+    // Ops the device wrote up to what HQ holds stay valid; everything later is refused.
+    const afterSeq = optNum(p, 'afterSeq') ?? node.versionVector()[target] ?? 0;
+    const op = await node.appendHqOp({ type: 'revoke', target, afterSeq, reason: optStr(p, 'reason') ?? '' });
+    return { id: op.id, seq: op.seq, target, afterSeq };
+  },
 } as const;
 
 export type CommandName = keyof typeof COMMANDS;

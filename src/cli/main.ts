@@ -17,7 +17,7 @@ import { DEFAULT_DOMAINS, readConfig, toPolicies, toRules, writeConfig, type Nod
 import { Policy } from '../hq/policy.ts';
 import { ReceiptIssuer } from '../hq/receipts.ts';
 import { callRunning, serveControl } from './control.ts';
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 
 const program = new Command('fieldmesh')
   .description('Offline-first sync for field teams: signed op logs gossiped over libp2p, forwarded to HQ.')
@@ -209,6 +209,49 @@ nodeCommand('resolve', 'resolve a conflict: resolve <conflict-id> field=value...
   .action(async (conflict: string, fields: string[], opts: { delete?: boolean }) => {
     print(await onNode('resolve', { conflict, fields: parseFields(fields), delete: opts.delete === true }), (v: { id: string; seq: number }) => `resolve #${v.seq} ${v.id}`);
   });
+
+nodeCommand('revoke', 'HQ only: revoke a device (its ops after what HQ holds are refused everywhere)')
+  .argument('<device>')
+  .option('--after-seq <n>', 'keep its ops up to this seq (default: all HQ holds)', (v) => Number.parseInt(v, 10))
+  .option('--reason <text>', 'why')
+  .action(async (device: string, opts: { afterSeq?: number; reason?: string }) => {
+    print(await onNode('revoke', { device, ...(opts.afterSeq !== undefined ? { afterSeq: opts.afterSeq } : {}), reason: opts.reason ?? '' }), (v: { target: string; afterSeq: number }) => `revoked ${v.target} after seq ${v.afterSeq}`);
+  });
+
+const bundle = program.command('bundle').description('move ops by file (USB stick): export and import');
+bundle
+  .command('export')
+  .description('write every op the target lacks (or everything) to a file')
+  .requiredOption('--out <file>', 'bundle file to write')
+  .option('--since <file>', 'JSON version vector of the target ({"<device>": seq}); default: everything')
+  .action(async (opts: { out: string; since?: string }) => {
+    const theirs = opts.since === undefined ? {} : (JSON.parse(await readFile(opts.since, 'utf8')) as Record<string, number>);
+    const node = await openNode(resolve(globals().data));
+    try {
+      const bytes = await node.exportBundle(theirs, (n) => {
+        if (!globals().json && process.stderr.isTTY) process.stderr.write(`\r${n} ops`);
+      });
+      await writeFile(opts.out, bytes);
+      print({ file: opts.out, bytes: bytes.length }, (v: { file: string; bytes: number }) => `wrote ${v.file} (${v.bytes} bytes)`);
+    } finally {
+      await node.close();
+    }
+  });
+bundle
+  .command('import')
+  .description('take in a bundle file through the same checks as the network')
+  .argument('<file>')
+  .action(async (file: string) => {
+    const node = await openNode(resolve(globals().data));
+    try {
+      const result = await node.importBundle(await readFile(file));
+      print(result, (v: { added: number; duplicates: number; refused: number }) => `added ${v.added} ops (${v.duplicates} already held, ${v.refused} refused)`);
+    } finally {
+      await node.close();
+    }
+  });
+
+nodeCommand('vv', 'this node\'s version vector (what to pass to bundle export --since)').action(async () => print(await onNode('vv', {})));
 
 nodeCommand('peers', 'peers the running node syncs with').action(async () => print(await onNode('peers', {})));
 

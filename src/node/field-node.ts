@@ -12,7 +12,9 @@ import { verifyForkProof, type ForkProof } from '../core/chain.ts';
 import type { Hlc } from '../core/hlc.ts';
 import type { DeviceId } from '../core/keys.ts';
 import { viewDigestBytes, isVisible } from '../core/materialize.ts';
-import { DATA_OP_TYPES, decodeOp, type DataOpType, type Op, type OpId } from '../core/op.ts';
+import { DATA_OP_TYPES, decodeOp, parseOp, type DataOpType, type Op, type OpId } from '../core/op.ts';
+import { decodeBundle, encodeBundle } from '../core/bundle.ts';
+import { missingRanges, type VersionVector } from '../core/version-vector.ts';
 import { STATUSES, type OpStatus, type StatusName } from '../core/status.ts';
 import { policyOf, type DomainPolicy, type ResolutionConfig, type Strategy } from '../core/strategies.ts';
 import { checkFields, type Fields, type Value } from '../core/value.ts';
@@ -306,6 +308,48 @@ export class FieldNode {
       }
     }
     return out;
+  }
+
+  /**
+   * A bundle of every op the holder of `theirs` lacks (everything when omitted), with the
+   * certificates and fork proofs needed to accept them. `onProgress` gets the ops gathered so far.
+   */
+  async exportBundle(theirs: VersionVector = {}, onProgress?: (ops: number) => void): Promise<Uint8Array> {
+    const runs: { device: DeviceId; ops: Uint8Array[] }[] = [];
+    let total = 0;
+    for (const range of missingRanges(this.versionVector(), theirs)) {
+      const ops: Uint8Array[] = [];
+      let from = range.fromSeq;
+      while (from <= range.toSeq) {
+        const chunk = await this.store.loadRange(range.device, from, range.toSeq, 4 * 1024 * 1024);
+        if (chunk.length === 0) break;
+        ops.push(...chunk);
+        from += chunk.length;
+        total += chunk.length;
+        onProgress?.(total);
+      }
+      if (ops.length > 0) runs.push({ device: range.device, ops });
+    }
+    return encodeBundle({ team: this.team, hq: this.hqDevice, certs: this.certificates(), forks: await this.forkProofs(), runs });
+  }
+
+  /**
+   * Takes in a bundle through the same checks as the network: certificates (HQ-signed, this
+   * team), fork proofs, then every op in one all-or-nothing ingest.
+   */
+  async importBundle(bytes: Uint8Array): Promise<IngestResult & { certificates: number; forkProofs: number }> {
+    const bundle = decodeBundle(bytes);
+    if (bundle.team !== this.team || bundle.hq !== this.hqDevice) {
+      throw new RuleViolationError('WRONG_TEAM', `bundle of team ${bundle.team} (HQ ${bundle.hq}), not ${this.team}`, { team: bundle.team, hq: bundle.hq });
+    }
+    const certificates = (await this.addCertificates(bundle.certs)).length;
+    let forkProofs = 0;
+    for (const proof of bundle.forks) if (await this.addForkProof(proof)) forkProofs++;
+    const result = await this.ingest(bundle.runs.flatMap((r) => {
+      for (const op of r.ops) if (parseOp(op).op.device !== r.device) throw new InvalidInputError('WRONG_DEVICE', `bundle run of ${r.device} holds another device's op`);
+      return r.ops;
+    }));
+    return { ...result, certificates, forkProofs };
   }
 
   /** The role in the certificate of a device we know (null when we hold none). */
