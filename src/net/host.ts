@@ -24,4 +24,5 @@ export interface MeshHost {
   addForkProof(proof: ForkProof): Promise<boolean>;
   isRevoked(device: DeviceId): boolean;
   onAdvanced(listener: (tips: Readonly<Record<DeviceId, number>>) => void): () => void;
+  onFork(listener: (proof: ForkProof) => void): () => void;
 }

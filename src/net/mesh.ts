@@ -123,9 +123,21 @@ export class Mesh {
     });
     // One session per pair of peers: the side with the smaller PeerId opens it, on any connection.
     this.libp2p.addEventListener('connection:open', (event) => void this.openSession(event.detail.remotePeer).catch(() => undefined));
-    this.unsubscribe = this.node.onAdvanced((tips) => {
-      for (const driver of this.drivers.values()) driver.dispatch(driver.session.localAdvanced(tips));
+    const offAdvanced = this.node.onAdvanced((tips) => {
+      for (const [device, driver] of this.drivers) {
+        // A revocation may have arrived with these ops: drop the revoked peer at once.
+        if (this.node.isRevoked(device)) driver.stop('CERT_REVOKED', 'device revoked by HQ');
+        else driver.dispatch(driver.session.localAdvanced(tips));
+      }
     });
+    // Fork proofs found here (ingest, bundles) or learned from a peer reach every peer.
+    const offFork = this.node.onFork((proof) => {
+      for (const driver of this.drivers.values()) driver.dispatch(driver.session.sendForks([proof]));
+    });
+    this.unsubscribe = () => {
+      offAdvanced();
+      offFork();
+    };
     await this.libp2p.start();
     this.scheduleRedial(0);
   }
@@ -248,14 +260,15 @@ export class Mesh {
       }
       if (blame) this.penalties.set(driver.connection.remotePeer.toString(), Date.now() + (this.options.penaltyMs ?? 60_000));
       if (blame) void driver.connection.close().catch(() => undefined);
-      if (device !== null && driver.admittedAt !== null) this.events.emit('event', { kind: 'peer:closed', device, code, blame } satisfies MeshEvent);
+      // Admitted peers, and any peer refused for a fault (bad certificate, bad hello), are reported.
+      // (Before admission only the connection's own PeerId is known for sure: a hello may claim anything.)
+      if (driver.admittedAt !== null || blame) {
+        this.events.emit('event', { kind: 'peer:closed', device: driver.admittedAt !== null ? device : driver.connection.remotePeer.toString(), code, blame } satisfies MeshEvent);
+      }
       if (!this.stopping) this.scheduleRedial(this.options.redialMinMs ?? 500);
     },
     learnedCerts: (from: SessionDriver, certs: readonly Uint8Array[]): void => {
       for (const driver of this.drivers.values()) if (driver !== from) driver.dispatch(driver.session.sendCerts(certs));
-    },
-    learnedFork: (from: SessionDriver, proof: { device: DeviceId; seq: number; ops: readonly [Uint8Array, Uint8Array] }): void => {
-      for (const driver of this.drivers.values()) if (driver !== from) driver.dispatch(driver.session.sendForks([proof]));
     },
     caughtUp: (driver: SessionDriver): void => {
       const device = driver.session.device;

@@ -4,7 +4,9 @@
  * fork proofs. Sends go out in order through one queue; every await has a timeout.
  */
 import type { Connection, Stream } from '@libp2p/interface';
-import { lpStream } from '@libp2p/utils';
+import { InvalidDataLengthLengthError, lpStream } from '@libp2p/utils';
+import { decode as decodeVarint, encodingLength } from 'uint8-varint';
+import type { Uint8ArrayList } from 'uint8arraylist';
 import { FieldmeshError } from '../core/errors.ts';
 import type { DeviceId } from '../core/keys.ts';
 import { SyncSession, type Command, type SyncLimits } from '../core/sync/session.ts';
@@ -17,7 +19,6 @@ export interface DriverHooks {
   closed(driver: SessionDriver, code: string, blame: boolean): void;
   /** New certificates or fork proofs to pass on to the other peers. */
   learnedCerts(from: SessionDriver, certs: readonly Uint8Array[]): void;
-  learnedFork(from: SessionDriver, proof: { device: DeviceId; seq: number; ops: readonly [Uint8Array, Uint8Array] }): void;
   caughtUp(driver: SessionDriver): void;
 }
 
@@ -51,7 +52,18 @@ export class SessionDriver {
     this.limits = limits;
     this.now = now;
     this.lastSeenMs = now();
-    this.lp = lpStream(stream, { maxDataLength: limits.maxFrameBytes, maxBufferSize: limits.maxFrameBytes * 2 });
+    const maxLengthLength = encodingLength(limits.maxFrameBytes);
+    this.lp = lpStream(stream, {
+      maxDataLength: limits.maxFrameBytes,
+      maxLengthLength,
+      // A length prefix that never ends (0xff 0xff ...) is refused as soon as it is too long.
+      lengthDecoder: (data: Uint8ArrayList) => {
+        if (data.byteLength > maxLengthLength) throw new InvalidDataLengthLengthError(`frame length prefix longer than ${maxLengthLength} bytes`);
+        return decodeVarint(data);
+      },
+      // Room for a whole window of frames the peer may send before waiting for credit.
+      maxBufferSize: limits.windowBytes + 2 * limits.maxFrameBytes,
+    });
   }
 
   private readonly admittedWaiters: (() => void)[] = [];
@@ -82,7 +94,7 @@ export class SessionDriver {
       if (!this.done) {
         const e = err as Error & { name?: string };
         // An oversized length prefix is the peer's fault; a closed or reset stream is not.
-        const blame = e.name === 'InvalidDataLengthError' || e.name === 'InvalidDataLengthLengthError' || e.name === 'InvalidMessageLengthError';
+        const blame = ['InvalidDataLengthError', 'InvalidDataLengthLengthError', 'InvalidMessageLengthError', 'StreamBufferError'].includes(e.name);
         this.finish(blame ? 'FRAME_TOO_LARGE' : 'STREAM_ENDED', e.message, blame);
       }
     } finally {
@@ -142,6 +154,7 @@ export class SessionDriver {
             try {
               const fresh = await this.node.addCertificates(cmd.certs);
               if (fresh.length > 0) this.hooks.learnedCerts(this, cmd.certs);
+              this.dispatch(this.session.settled(cmd.frameBytes));
             } catch (err) {
               if (!(err instanceof FieldmeshError)) throw err;
               this.dispatch(this.session.close(err.code, err.message));
@@ -152,7 +165,8 @@ export class SessionDriver {
         case 'fork':
           this.stored(async () => {
             try {
-              if (await this.node.addForkProof({ device: cmd.device, seq: cmd.seq, ops: cmd.ops })) this.hooks.learnedFork(this, cmd);
+              await this.node.addForkProof({ device: cmd.device, seq: cmd.seq, ops: cmd.ops });
+              this.dispatch(this.session.settled(cmd.frameBytes));
             } catch (err) {
               if (!(err instanceof FieldmeshError)) throw err;
               this.dispatch(this.session.close(err.code, err.message));

@@ -364,6 +364,12 @@ export class FieldNode {
     return () => this.store.events.off('tips', listener);
   }
 
+  /** Calls `listener` with every fork proof newly recorded (from sync, bundles or our own ingest). */
+  onFork(listener: (proof: ForkProof) => void): () => void {
+    this.store.events.on('fork', listener);
+    return () => this.store.events.off('fork', listener);
+  }
+
   /** Reads up to maxBytes of a device's log from fromSeq (for sync and bundles). */
   loadRange(device: DeviceId, fromSeq: number, toSeq: number, maxBytes: number): Promise<Uint8Array[]> {
     return this.store.loadRange(device, fromSeq, toSeq, maxBytes);

@@ -9,7 +9,7 @@ import type { Authority, VerdictRecord } from '../core/authority.ts';
 import { exclusionOf } from '../core/authority.ts';
 import { applyEntityOp, clockOf, emptyEntity, type CausalClock, type EntityState } from '../core/entity.ts';
 import type { DeviceId } from '../core/keys.ts';
-import type { LogTip } from '../core/chain.ts';
+import type { ForkProof, LogTip } from '../core/chain.ts';
 import { HLC_ZERO, type Hlc } from '../core/hlc.ts';
 import { baseOmitsOwnOp, materializeEntity } from '../core/materialize.ts';
 import { isEntityOp, parseOp, type EntityOp, type Op, type OpId } from '../core/op.ts';
@@ -60,6 +60,8 @@ export class ApplyContext {
   wantViews = true;
   /** This device's HLC as the transaction advances it. */
   clock: Hlc = HLC_ZERO;
+  /** Fork proofs this transaction recorded (announced once durable). */
+  readonly newForks: ForkProof[] = [];
   /** Log tips this transaction moved. */
   readonly tips = new Map<DeviceId, LogTip>();
   private readonly afterViews: EntityView[] = [];
@@ -281,6 +283,7 @@ export class ApplyContext {
     if (known !== undefined && known <= seq) return false;
     this.forkedAt.set(device, seq);
     this.txn.put(TABLES.fork, device, proof);
+    this.newForks.push(proof as ForkProof);
     await this.markDevice(device, seq);
     return true;
   }

@@ -79,7 +79,7 @@ export class Store {
   readonly identity: StoreIdentity;
   readonly resolution: ResolutionConfig;
   readonly limits: StoreLimits;
-  /** 'entity', 'status' and 'tips' (device -> new seq) events, emitted after the batch holding them is durable. */
+  /** 'entity', 'status', 'tips' (device -> new seq) and 'fork' (a new proof) events, emitted after the batch holding them is durable. */
   readonly events = new EventEmitter();
   /** Whether open() rebuilt the derived tables. */
   rebuilt = false;
@@ -386,6 +386,7 @@ export class Store {
     for (const [job, value] of built.done) job.resolve(value);
     this.emit(ctx);
     if (ctx.tips.size > 0) this.events.emit('tips', Object.fromEntries([...ctx.tips].map(([d, t]) => [d, t.seq])));
+    for (const proof of ctx.newForks) this.events.emit('fork', proof);
     return true;
   }
 

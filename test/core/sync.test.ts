@@ -219,6 +219,12 @@ class Net {
           end.closed = cmd;
           end.events.push(cmd);
           break;
+        case 'certs':
+        case 'fork':
+          // Stored at once: its bytes return to the sender as credit.
+          end.events.push(cmd);
+          this.dispatch(end, end.session.settled(cmd.frameBytes));
+          break;
         default:
           end.events.push(cmd);
       }
@@ -345,9 +351,10 @@ describe('SyncSession: handshake', () => {
     expect(ea.events.filter((c) => c.kind === 'admitted')).toEqual([{ kind: 'admitted', device: b.id, cert: b.cert }]);
     expect(eb.events.filter((c) => c.kind === 'admitted')).toEqual([{ kind: 'admitted', device: a.id, cert: a.cert }]);
     // Nothing to send: hello, our certificates, caughtUp, and nothing else.
-    expect(ea.sent.map((f) => f.type)).toEqual(['hello', 'certs', 'caughtUp']);
-    expect(eb.sent.map((f) => f.type)).toEqual(['hello', 'certs', 'caughtUp']);
-    expect(eb.events.find((c) => c.kind === 'certs')).toEqual({ kind: 'certs', certs: [a.cert] });
+    // Each side credits back the other's certs frame once it has stored it.
+    expect(ea.sent.map((f) => f.type).sort()).toEqual(['caughtUp', 'certs', 'credit', 'hello']);
+    expect(eb.sent.map((f) => f.type).sort()).toEqual(['caughtUp', 'certs', 'credit', 'hello']);
+    expect(eb.events.find((c) => c.kind === 'certs')).toMatchObject({ kind: 'certs', certs: [a.cert] });
     expect(ea.session.peerCaughtUp && eb.session.peerCaughtUp).toBe(true);
   });
 
@@ -360,7 +367,7 @@ describe('SyncSession: handshake', () => {
     const [ea, eb] = net.connect(a, b);
     net.run();
     expectOpen(ea, eb);
-    expect(eb.events.filter((c) => c.kind === 'fork')).toEqual([{ kind: 'fork', ...proof }]);
+    expect(eb.events.filter((c) => c.kind === 'fork')).toMatchObject([{ kind: 'fork', ...proof }]);
     expect(ea.events.filter((c) => c.kind === 'fork')).toEqual([]);
   });
 
@@ -463,7 +470,7 @@ describe('SyncSession: protocol violations close the session, blaming the peer',
     const session = new SyncSession(a.local(), admit, { ...DEFAULT_SYNC_LIMITS, maxCertsPerFrame: 2 });
     session.start();
     session.receive(helloFrom(b));
-    expect(session.receive(encodeFrame({ type: 'certs', certs: [b.cert, a.cert] }))).toEqual([{ kind: 'certs', certs: [b.cert, a.cert] }]);
+    expect(session.receive(encodeFrame({ type: 'certs', certs: [b.cert, a.cert] }))).toMatchObject([{ kind: 'certs', certs: [b.cert, a.cert] }]);
     expectViolation(session.receive(encodeFrame({ type: 'certs', certs: [b.cert, a.cert, b.cert] })), 'TOO_MANY_CERTS');
   });
 
@@ -639,7 +646,8 @@ describe('SyncSession: flow control', () => {
     expectOpen(ea, eb);
     expectSameLogs(a, b);
     expect(ea.opsFramesSent().length).toBeGreaterThan(stalledFrames);
-    expect(eb.count('credit')).toBe(ea.opsFramesSent().length);
+    // One credit per ops frame, plus one for a's certs frame.
+    expect(eb.count('credit')).toBe(ea.opsFramesSent().length + 1);
     expect(maxOutstanding).toBeGreaterThan(MIN_FRAME_BYTES / 2);
   });
 

@@ -47,8 +47,10 @@ export type Command =
   | { readonly kind: 'load'; readonly device: DeviceId; readonly fromSeq: number; readonly toSeq: number; readonly maxBytes: number }
   /** Ingest these ops (validated all-or-nothing) and call `ingested`. */
   | { readonly kind: 'ingest'; readonly device: DeviceId; readonly ops: readonly Uint8Array[] }
-  | { readonly kind: 'certs'; readonly certs: readonly Uint8Array[] }
-  | { readonly kind: 'fork'; readonly device: DeviceId; readonly seq: number; readonly ops: readonly [Uint8Array, Uint8Array] }
+  /** Store these certificates, then call `settled(frameBytes)`. */
+  | { readonly kind: 'certs'; readonly certs: readonly Uint8Array[]; readonly frameBytes: number }
+  /** Check and store this fork proof, then call `settled(frameBytes)`. */
+  | { readonly kind: 'fork'; readonly device: DeviceId; readonly seq: number; readonly ops: readonly [Uint8Array, Uint8Array]; readonly frameBytes: number }
   /** The peer is admitted: `device` from its certificate. */
   | { readonly kind: 'admitted'; readonly device: DeviceId; readonly cert: Uint8Array }
   | { readonly kind: 'caughtUp' }
@@ -137,9 +139,11 @@ export class SyncSession {
         return this.violation('DUPLICATE_HELLO', 'hello sent twice');
       case 'certs':
         if (frame.certs.length > this.limits.maxCertsPerFrame) return this.violation('TOO_MANY_CERTS', `more than ${this.limits.maxCertsPerFrame} certificates in one frame`);
-        return [{ kind: 'certs', certs: frame.certs }];
+        if (!this.takeWindow(bytes.length)) return this.violation('FLOW_CONTROL', `peer sent ${this.inboundBytes} bytes beyond the ${this.limits.windowBytes}-byte window`);
+        return [{ kind: 'certs', certs: frame.certs, frameBytes: bytes.length }];
       case 'fork':
-        return [{ kind: 'fork', device: frame.device, seq: frame.seq, ops: frame.ops }];
+        if (!this.takeWindow(bytes.length)) return this.violation('FLOW_CONTROL', `peer sent ${this.inboundBytes} bytes beyond the ${this.limits.windowBytes}-byte window`);
+        return [{ kind: 'fork', device: frame.device, seq: frame.seq, ops: frame.ops, frameBytes: bytes.length }];
       case 'credit':
         this.credit += frame.bytes;
         return this.pump();
@@ -159,8 +163,7 @@ export class SyncSession {
         }
         if (last.device !== frame.device) return this.violation('WRONG_DEVICE', `ops frame of ${frame.device} holds an op of ${last.device}`);
         this.peerVV[frame.device] = Math.max(seqOf(this.peerVV, frame.device), last.seq);
-        this.inboundBytes += bytes.length;
-        if (this.inboundBytes > this.limits.windowBytes) return this.violation('FLOW_CONTROL', `peer sent ${this.inboundBytes} bytes beyond the ${this.limits.windowBytes}-byte window`);
+        if (!this.takeWindow(bytes.length)) return this.violation('FLOW_CONTROL', `peer sent ${this.inboundBytes} bytes beyond the ${this.limits.windowBytes}-byte window`);
         this.stats.opsIn += frame.ops.length;
         this.stats.bytesIn += bytes.length;
         this.inbound.push({ device: frame.device, ops: frame.ops, bytes: bytes.length });
@@ -200,20 +203,20 @@ export class SyncSession {
     for (const cert of certs) {
       // Each frame within the peer's limit (certificates are at most 1 KiB) and the count limit.
       if (batch.length > 0 && (bytes + cert.length + 8 > this.peerMaxFrame - OPS_FRAME_OVERHEAD || batch.length >= this.limits.maxCertsPerFrame)) {
-        out.push(this.send({ type: 'certs', certs: batch }));
+        out.push(this.sendCosting({ type: 'certs', certs: batch }));
         batch = [];
         bytes = 0;
       }
       batch.push(cert);
       bytes += cert.length + 8;
     }
-    if (batch.length > 0) out.push(this.send({ type: 'certs', certs: batch }));
+    if (batch.length > 0) out.push(this.sendCosting({ type: 'certs', certs: batch }));
     return out;
   }
 
   sendForks(forks: ReturnType<LocalState['forks']>): Command[] {
     if (this.phase !== 'open') return [];
-    return forks.map((f) => this.send({ type: 'fork', device: f.device, seq: f.seq, ops: f.ops }));
+    return forks.map((f) => this.sendCosting({ type: 'fork', device: f.device, seq: f.seq, ops: f.ops }));
   }
 
   /** We hold more now (our own writes, or ops from any peer): push what this peer lacks. */
@@ -254,6 +257,19 @@ export class SyncSession {
     return [this.send({ type: 'credit', bytes: done.bytes }), ...this.nextIngest()];
   }
 
+  /** The driver stored a certs or fork frame: its bytes return to the peer as credit. */
+  settled(frameBytes: number): Command[] {
+    if (this.phase !== 'open') return [];
+    this.inboundBytes -= frameBytes;
+    return [this.send({ type: 'credit', bytes: frameBytes })];
+  }
+
+  /** Counts a frame against our window: every frame but hello, credit, caughtUp and goodbye does. */
+  private takeWindow(bytes: number): boolean {
+    this.inboundBytes += bytes;
+    return this.inboundBytes <= this.limits.windowBytes;
+  }
+
   /** Local reasons to end the session (stop, shutdown, timeouts). */
   close(code: string, message: string): Command[] {
     if (this.phase === 'closed') return [];
@@ -286,6 +302,17 @@ export class SyncSession {
       return [this.send({ type: 'caughtUp' }), { kind: 'caughtUp' }];
     }
     return [];
+  }
+
+  /**
+   * Certificates and fork proofs count against the peer's window like ops (so a peer cannot be
+   * made to queue them without bound); they are few and small, so they go out at once and the
+   * credit they use comes back when the peer has stored them.
+   */
+  private sendCosting(frame: Frame): Command & { kind: 'send' } {
+    const cmd = this.send(frame);
+    this.credit -= cmd.bytes.length;
+    return cmd;
   }
 
   private send(frame: Frame): Command & { kind: 'send' } {
