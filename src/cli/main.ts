@@ -7,7 +7,9 @@
  */
 import { Command, CommanderError, Option } from 'commander';
 import { mkdir } from 'node:fs/promises';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { buildApi } from '../hq/api.ts';
 import { ROLES, type Role } from '../core/cert.ts';
 import { FieldmeshError } from '../core/errors.ts';
 import { FieldNode } from '../node/field-node.ts';
@@ -117,7 +119,8 @@ program
   .option('--peer <multiaddr>', 'static peer to keep dialling (repeatable)', collect, [])
   .option('--hq <multiaddr>', 'HQ\'s address (dialled like a static peer, with back-off)')
   .option('--mdns', 'discover peers on the local network by mDNS')
-  .action(async (opts: { listen: string[]; peer: string[]; hq?: string; mdns?: boolean }) => {
+  .option('--api <host:port>', 'HQ only: serve the HTTP API here (token: $FIELDMESH_API_TOKEN or <data>/api.token)')
+  .action(async (opts: { listen: string[]; peer: string[]; hq?: string; mdns?: boolean; api?: string }) => {
     const dataDir = resolve(globals().data);
     const node = await openNode(dataDir);
     const listen = opts.listen.length > 0 ? opts.listen : ['/ip4/127.0.0.1/tcp/0'];
@@ -126,6 +129,15 @@ program
     const config = await readConfig(dataDir);
     const receipts = node.role === 'server' ? new ReceiptIssuer(node, new Policy(toRules(config.domains))) : null;
     receipts?.start();
+    let api: Awaited<ReturnType<typeof buildApi>> | null = null;
+    if (opts.api !== undefined) {
+      if (node.role !== 'server') throw new FieldmeshError('NOT_HQ', '--api is for HQ (role server)');
+      const [host, port] = splitHostPort(opts.api);
+      api = await buildApi(node, { token: await apiToken(dataDir), receipts: receipts! });
+      await api.listen({ host, port });
+      const address = api.server.address();
+      print({ event: 'api', url: typeof address === 'object' && address !== null ? `http://${address.address}:${address.port}` : String(address) }, (v: { url: string }) => `HTTP API on ${v.url} (bearer token in ${join(dataDir, 'api.token')} or $FIELDMESH_API_TOKEN)`);
+    }
     const events = node.subscribe({ kinds: ['peer'] });
     print({ event: 'started', device: node.device, role: node.role, addresses: node.addresses() }, (v: { device: string; addresses: string[] }) => `fieldmesh ${v.device} listening on\n  ${v.addresses.join('\n  ')}`);
     let stopping = false;
@@ -134,6 +146,7 @@ program
       stopping = true;
       events.close();
       control.close();
+      await api?.close();
       await receipts?.stop();
       await node.close();
       print({ event: 'stopped' }, () => 'stopped');
@@ -145,6 +158,26 @@ program
       if (event.kind === 'peer') print({ event: event.event.kind, ...event.event }, (v: { event: string; device: string | null; code?: string }) => `${v.event} ${v.device ?? ''} ${v.code ?? ''}`.trim());
     }
   });
+
+function splitHostPort(value: string): [string, number] {
+  const at = value.lastIndexOf(':');
+  const port = Number.parseInt(value.slice(at + 1), 10);
+  if (at <= 0 || !Number.isInteger(port) || port < 0 || port > 65535) throw new FieldmeshError('BAD_ARGUMENT', `--api wants host:port, got ${value}`);
+  return [value.slice(0, at), port];
+}
+
+/** The API token: $FIELDMESH_API_TOKEN, else <data>/api.token (made on first use, mode 0600). */
+async function apiToken(dataDir: string): Promise<string> {
+  if (process.env.FIELDMESH_API_TOKEN) return process.env.FIELDMESH_API_TOKEN;
+  const path = join(dataDir, 'api.token');
+  try {
+    return (await readFile(path, 'utf8')).trim();
+  } catch {
+    const token = randomBytes(24).toString('base64url');
+    await writeFile(path, token + '\n', { mode: 0o600 });
+    return token;
+  }
+}
 
 const nodeCommand = (name: string, description: string) => program.command(name).description(description);
 

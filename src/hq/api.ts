@@ -6,7 +6,7 @@
 import swagger from '@fastify/swagger';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { timingSafeEqual } from 'node:crypto';
-import { issueCertificate, ROLES, type Role } from '../core/cert.ts';
+import { ROLES, type Role } from '../core/cert.ts';
 import { FieldmeshError, InvalidInputError, RuleViolationError } from '../core/errors.ts';
 import { isDeviceId } from '../core/keys.ts';
 import { STATUSES, type StatusName } from '../core/status.ts';
@@ -18,8 +18,6 @@ import type { ReceiptIssuer } from './receipts.ts';
 export interface ApiOptions {
   /** Bearer token every request must present. */
   readonly token: string;
-  /** Signs certificates for POST /v1/devices (HQ's own signer). */
-  readonly signer: Parameters<typeof issueCertificate>[1];
   readonly receipts?: ReceiptIssuer;
   /** Most concurrent SSE clients. @default 64 */
   readonly maxEventClients?: number;
@@ -160,9 +158,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
     },
     async (request, reply) => {
       if (!isDeviceId(request.body.device)) throw new InvalidInputError('BAD_DEVICE_ID', 'device must be an Ed25519 PeerId');
-      const now = Date.now();
-      const cert = issueCertificate({ team: node.team, device: request.body.device, user: request.body.user, role: request.body.role, issuedMs: now, expiresMs: now + request.body.validDays * 86_400_000 }, options.signer);
-      await node.addCertificates([cert.bytes]);
+      const cert = await node.enrollDevice(request.body.device, request.body.user, request.body.role, request.body.validDays * 86_400_000);
       return reply.code(201).send({ device: cert.device, role: cert.role, user: cert.user, expiresMs: cert.expiresMs, certificate: Buffer.from(cert.bytes).toString('base64') });
     },
   );

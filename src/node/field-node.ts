@@ -29,7 +29,7 @@ import { verifyStore, type VerifyReport } from '../store/verify.ts';
 import { createHash } from 'node:crypto';
 import { loadOrCreateDeviceKey, type DeviceKey } from './device-key.ts';
 import { hqCertificate, readDeviceCertificate, saveCertificate } from './enroll.ts';
-import { checkAdmission, decodeCertificate, type Certificate } from '../core/cert.ts';
+import { checkAdmission, decodeCertificate, issueCertificate, type Certificate } from '../core/cert.ts';
 import { badChoice, conflictNotFound, entityExists, entityNotFound, unknownDomain } from './errors.ts';
 import { Subscription } from './subscription.ts';
 import { Mesh, type MeshEvent, type MeshOptions, type PeerInfo } from '../net/mesh.ts';
@@ -350,6 +350,15 @@ export class FieldNode {
       return r.ops;
     }));
     return { ...result, certificates, forkProofs };
+  }
+
+  /** HQ only: signs a certificate for a device (whose key was made on the device) and keeps it. */
+  async enrollDevice(device: DeviceId, user: string, role: Role, validForMs: number): Promise<Certificate> {
+    if (this.role !== 'server' || this.device !== this.hqDevice) throw new RuleViolationError('NOT_HQ', 'only the team\'s HQ node enrolls devices');
+    const now = this.now();
+    const cert = issueCertificate({ team: this.team, device, user, role, issuedMs: now, expiresMs: now + validForMs }, this.key.signer);
+    await this.addCertificates([cert.bytes]);
+    return cert;
   }
 
   /** The role in the certificate of a device we know (null when we hold none). */
