@@ -58,8 +58,15 @@ export interface RateOptions {
  * 'cpu': CPU time of this process, all its threads (GC helpers included), for pure computation:
  * the CPU work one core would do, which other processes competing for the machine's cores inflate
  * far less than wall time. Its granularity is a few ms, so it suits rounds of 100 ms and more.
+ * 'thread': CPU time of the calling thread only (GC work done by helper threads left out): close
+ * to the wall time of synchronous work on an otherwise idle multi-core machine.
  */
-export type Clock = 'wall' | 'cpu';
+export type Clock = 'wall' | 'cpu' | 'thread';
+
+const threadCpuMs = (): number => {
+  const { user, system } = process.threadCpuUsage();
+  return (user + system) / 1000;
+};
 
 const processCpuMs = (): number => {
   const { user, system } = process.cpuUsage();
@@ -71,6 +78,10 @@ export function stopwatch(clock: Clock): () => number {
   if (clock === 'cpu') {
     const start = processCpuMs();
     return () => processCpuMs() - start;
+  }
+  if (clock === 'thread') {
+    const start = threadCpuMs();
+    return () => threadCpuMs() - start;
   }
   const start = performance.now();
   return () => performance.now() - start;
@@ -154,16 +165,22 @@ export function measureRate(fn: () => unknown, options: RateOptions = {}): Rate 
   return measureRates({ fn }, options).fn;
 }
 
-/** Runs `fn` `runs` times (after `warmup` unmeasured runs) and returns the median and all durations in ms on `clock`. */
-export function timeRuns(fn: () => unknown, { runs = 3, warmup = 1, clock = 'wall' }: { runs?: number; warmup?: number; clock?: Clock } = {}): { medianMs: number; runsMs: number[] } {
+/**
+ * Runs `fn` `runs` times (after `warmup` unmeasured runs): the median and every duration in ms on
+ * `clock`, and every duration in wall ms too.
+ */
+export function timeRuns(fn: () => unknown, { runs = 3, warmup = 1, clock = 'wall' }: { runs?: number; warmup?: number; clock?: Clock } = {}): { medianMs: number; runsMs: number[]; wallMs: number[] } {
   for (let i = 0; i < warmup; i++) fn();
   const runsMs: number[] = [];
+  const wallMs: number[] = [];
   for (let i = 0; i < runs; i++) {
     const elapsed = stopwatch(clock);
+    const wall = stopwatch('wall');
     fn();
     runsMs.push(elapsed());
+    wallMs.push(wall());
   }
-  return { medianMs: median(runsMs), runsMs };
+  return { medianMs: median(runsMs), runsMs, wallMs };
 }
 
 /** Whether a result meets its target (undefined when it has none or lacks the compared number). */
@@ -186,7 +203,7 @@ export function formatNumber(x: number): string {
   return x.toPrecision(3);
 }
 
-const formatTarget = (t: Target): string => `${t.on === 'ratio' ? 'ratio ' : ''}${t.op} ${formatNumber(t.value)}`;
+const formatTarget = (t: Target): string => `${t.on === 'ratio' ? 'ratio ' : ''}${t.op} ${t.value}`;
 
 /** The results as an aligned text table. */
 export function formatTable(results: readonly Result[]): string {

@@ -11,9 +11,11 @@
 import { writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { coreSuite } from './core.ts';
+import { storeSuite } from './store.ts';
+import { netSuite } from './net.ts';
 import { formatTable, toJson, type Result, type Suite } from './harness.ts';
 
-const SUITES: readonly Suite[] = [coreSuite];
+const SUITES: readonly Suite[] = [coreSuite, storeSuite, netSuite];
 
 const RESULTS_FILE = fileURLToPath(new URL('./results.json', import.meta.url));
 

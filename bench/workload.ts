@@ -135,6 +135,8 @@ export function teamWorkload(options: TeamWorkloadOptions): TeamWorkload {
   /** True heads of every entity (all ops written so far). */
   const heads = new Map<string, Set<OpId>>();
   const exists = new Map<string, boolean>();
+  /** Entities written since the last sync. */
+  const touched = new Set<string>();
   /** Per device: the entities it wrote since the last sync, with its own heads. */
   const local = devices.map(() => new Map<string, { heads: OpId[]; exists: boolean }>());
   const ops: Op[] = [];
@@ -151,7 +153,8 @@ export function teamWorkload(options: TeamWorkloadOptions): TeamWorkload {
       continue;
     }
     if (i % syncEvery === 0) {
-      for (const [key, set] of heads) published.set(key, { heads: [...set].sort(), exists: exists.get(key)! });
+      for (const key of touched) published.set(key, { heads: [...heads.get(key)!].sort(), exists: exists.get(key)! });
+      touched.clear();
       for (const l of local) l.clear();
     }
     const d = Math.floor(rnd() * devices.length);
@@ -179,6 +182,7 @@ export function teamWorkload(options: TeamWorkloadOptions): TeamWorkload {
     for (const b of draft.base) set.delete(b);
     set.add(op.id);
     heads.set(key, set);
+    touched.add(key);
     exists.set(key, own || (exists.get(key) === true && set.size > 1));
   }
   return { ops, config, devices: devices.length, entities: heads.size, counts };

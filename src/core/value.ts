@@ -22,7 +22,12 @@ export function checkValue(value: unknown, path: string, depth = 0): asserts val
   if (depth > LIMITS.maxValueDepth) {
     throw new InvalidInputError('VALUE_TOO_DEEP', `${path} nests deeper than ${LIMITS.maxValueDepth}`, { path });
   }
-  if (value === null || typeof value === 'boolean' || typeof value === 'string' || value instanceof Uint8Array) return;
+  if (typeof value === 'string') {
+    // cborg's decoder drops a leading byte-order mark: such a string would not decode to itself.
+    if (value.charCodeAt(0) === 0xfeff) throw new InvalidInputError('BAD_VALUE', `${path} starts with a byte-order mark (U+FEFF)`, { path });
+    return;
+  }
+  if (value === null || typeof value === 'boolean' || value instanceof Uint8Array) return;
   if (typeof value === 'number') {
     if (!Number.isFinite(value)) throw new InvalidInputError('BAD_VALUE', `${path} is not a finite number`, { path });
     if (Number.isInteger(value) && !Number.isSafeInteger(value)) {
@@ -31,7 +36,11 @@ export function checkValue(value: unknown, path: string, depth = 0): asserts val
     return;
   }
   if (Array.isArray(value)) {
-    value.forEach((item, i) => checkValue(item, `${path}[${i}]`, depth + 1));
+    // A plain loop, not forEach: holes of a sparse array must be refused, not skipped.
+    for (let i = 0; i < value.length; i++) {
+      if (!(i in value)) throw new InvalidInputError('BAD_VALUE', `${path}[${i}] is a hole in a sparse array`, { path: `${path}[${i}]` });
+      checkValue(value[i], `${path}[${i}]`, depth + 1);
+    }
     return;
   }
   if (typeof value === 'object' && Object.getPrototypeOf(value) === Object.prototype) {
