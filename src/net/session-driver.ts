@@ -150,28 +150,15 @@ export class SessionDriver {
           });
           break;
         case 'certs':
-          this.stored(async () => {
-            try {
-              const fresh = await this.node.addCertificates(cmd.certs);
-              if (fresh.length > 0) this.hooks.learnedCerts(this, cmd.certs);
-              this.dispatch(this.session.settled(cmd.frameBytes));
-            } catch (err) {
-              if (!(err instanceof FieldmeshError)) throw err;
-              this.dispatch(this.session.close(err.code, err.message));
-              this.finish(err.code, err.message, true);
-            }
+          this.storedOrBlame(async () => {
+            if ((await this.node.addCertificates(cmd.certs)).length > 0) this.hooks.learnedCerts(this, cmd.certs);
+            this.dispatch(this.session.settled(cmd.frameBytes));
           });
           break;
         case 'fork':
-          this.stored(async () => {
-            try {
-              await this.node.addForkProof({ device: cmd.device, seq: cmd.seq, ops: cmd.ops });
-              this.dispatch(this.session.settled(cmd.frameBytes));
-            } catch (err) {
-              if (!(err instanceof FieldmeshError)) throw err;
-              this.dispatch(this.session.close(err.code, err.message));
-              this.finish(err.code, err.message, true);
-            }
+          this.storedOrBlame(async () => {
+            await this.node.addForkProof({ device: cmd.device, seq: cmd.seq, ops: cmd.ops });
+            this.dispatch(this.session.settled(cmd.frameBytes));
           });
           break;
         case 'caughtUp':
@@ -199,6 +186,19 @@ export class SessionDriver {
   /** Store work (certificates, fork proofs, ingests) runs in arrival order: certificates before the ops that need them. */
   private stored(work: () => Promise<void>): void {
     this.storeQueue = this.storeQueue.then(() => (this.done ? undefined : this.task(work)));
+  }
+
+  /** Store work whose typed failure is the peer's fault (a bad certificate or fork proof): close, blaming it. */
+  private storedOrBlame(work: () => Promise<void>): void {
+    this.stored(async () => {
+      try {
+        await work();
+      } catch (err) {
+        if (!(err instanceof FieldmeshError)) throw err;
+        this.dispatch(this.session.close(err.code, err.message));
+        this.finish(err.code, err.message, true);
+      }
+    });
   }
 
   private async task(work: () => Promise<void>): Promise<void> {
