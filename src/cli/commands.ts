@@ -4,7 +4,7 @@
  * through its control socket (control.ts), so both give identical answers.
  */
 import { InvalidInputError } from '../core/errors.ts';
-import type { StatusName } from '../core/status.ts';
+import { STATUSES, type StatusName } from '../core/status.ts';
 import type { Fields } from '../core/value.ts';
 import type { FieldNode, OpFilter } from '../node/field-node.ts';
 
@@ -46,7 +46,13 @@ export const COMMANDS = {
     };
     return node.ops(filter);
   },
-  status: async (node: FieldNode) => ({ device: node.device, team: node.team, role: node.role, counts: await node.counts(), devices: await node.devices(), stateHash: await node.stateHash() }),
+  status: async (node: FieldNode) => {
+    // Totals from the same per-device rows, so the two always agree.
+    const devices = await node.devices();
+    const counts = { pending: 0, synced: 0, failed: 0, conflict: 0 };
+    for (const d of devices) for (const s of STATUSES) counts[s] += d.counts[s];
+    return { device: node.device, team: node.team, role: node.role, counts, devices, stateHash: await node.stateHash() };
+  },
   conflicts: async (node: FieldNode) => node.conflicts(),
   resolve: async (node: FieldNode, p: Params) => {
     const choice = p.delete === true ? ({ delete: true } as const) : { fields: (p.fields ?? {}) as Fields };

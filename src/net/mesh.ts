@@ -79,6 +79,8 @@ export class Mesh {
   private readonly dialing = new Set<string>();
   /** Peers we are opening a session with (between dialProtocol and the session's start). */
   private readonly opening = new Set<string>();
+  /** Peers found by discovery that we are dialling. */
+  private readonly discoveryDials = new Set<string>();
   private timer: NodeJS.Timeout | null = null;
   private unsubscribe: (() => void) | null = null;
   private stopping = false;
@@ -103,24 +105,28 @@ export class Mesh {
 
   async start(): Promise<void> {
     const penalized = (peer: PeerId) => (this.penalties.get(peer.toString()) ?? 0) > Date.now() || this.node.isRevoked(peer.toString());
+    // libp2p 3 emits `peer:discovery` only for a peer new to its peer store, so after a dropped
+    // connection a known peer that mDNS keeps announcing would never be dialled again. Listen to
+    // the mDNS service's own `peer` events instead (one per answer, every interval).
+    const mdnsDiscovery = mdns({ serviceTag: SERVICE_TAG, interval: this.options.mdnsIntervalMs ?? 2000 });
+    const discovery = (components: Parameters<typeof mdnsDiscovery>[0]) => {
+      const service = mdnsDiscovery(components);
+      service.addEventListener('peer', (event) => this.discovered(event.detail.id, event.detail.multiaddrs));
+      return service;
+    };
     this.libp2p = await createLibp2p({
       privateKey: this.node.privateKey,
       addresses: { listen: [...(this.options.listen ?? ['/ip4/127.0.0.1/tcp/0'])] },
       transports: [tcp()],
       connectionEncrypters: [noise()],
       streamMuxers: [yamux()],
-      peerDiscovery: this.options.mdns ? [mdns({ serviceTag: SERVICE_TAG, interval: this.options.mdnsIntervalMs ?? 2000 })] : [],
+      peerDiscovery: this.options.mdns ? [discovery] : [],
       services: { identify: identify() },
       connectionManager: { maxConnections: this.options.maxConnections ?? 128, inboundConnectionThreshold: 100, maxIncomingPendingConnections: 32 },
       connectionGater: { denyDialPeer: penalized, denyInboundEncryptedConnection: penalized },
     });
     await this.libp2p.handle(SYNC_PROTOCOL, (stream, connection) => this.runSession(stream, connection), { maxInboundStreams: 2, maxOutboundStreams: 2 });
-    this.libp2p.addEventListener('peer:discovery', (event) => {
-      const id = event.detail.id.toString();
-      if (id !== this.node.device && this.libp2p?.getConnections(event.detail.id).length === 0) {
-        void this.libp2p.dial(event.detail.id, { signal: AbortSignal.timeout(this.limits.handshakeTimeoutMs) }).catch(() => undefined);
-      }
-    });
+    this.libp2p.addEventListener('peer:discovery', (event) => this.discovered(event.detail.id, event.detail.multiaddrs));
     // One session per pair of peers: the side with the smaller PeerId opens it, on any connection.
     this.libp2p.addEventListener('connection:open', (event) => void this.openSession(event.detail.remotePeer).catch(() => undefined));
     const offAdvanced = this.node.onAdvanced((tips) => {
@@ -176,6 +182,28 @@ export class Mesh {
     const libp2p = this.requireStarted();
     const connection = await libp2p.dial(typeof address === 'string' ? multiaddr(address) : address, { signal: AbortSignal.timeout(this.limits.handshakeTimeoutMs) });
     await this.openSession(connection.remotePeer);
+  }
+
+  /**
+   * A peer was found (mDNS repeats this every interval for every peer in earshot): dial it if we
+   * have no connection, or open the session if a connection is up without one.
+   */
+  private discovered(peer: PeerId, addresses: readonly Multiaddr[]): void {
+    const libp2p = this.libp2p;
+    const id = peer.toString();
+    if (libp2p === null || this.stopping || id === this.node.device) return;
+    if (libp2p.getConnections(peer).length > 0) {
+      void this.openSession(peer).catch(() => undefined);
+      return;
+    }
+    if (this.discoveryDials.has(id)) return;
+    this.discoveryDials.add(id);
+    // Dial the announced addresses (the peer store may not have merged them yet).
+    const target = addresses.length > 0 ? addresses.map((a) => (a.getComponents().some((c) => c.name === 'p2p') ? a : a.encapsulate(`/p2p/${id}`))) : peer;
+    void libp2p
+      .dial(target, { signal: AbortSignal.timeout(this.limits.handshakeTimeoutMs) })
+      .catch(() => undefined)
+      .finally(() => this.discoveryDials.delete(id));
   }
 
   /** Opens the sync session with a connected peer if we are the opener and none runs yet. */
