@@ -3,6 +3,7 @@
  * The same table serves a data dir opened by the command itself and a running node reached
  * through its control socket (control.ts), so both give identical answers.
  */
+import { readFile, writeFile } from 'node:fs/promises';
 import { InvalidInputError } from '../core/errors.ts';
 import { STATUSES, type StatusName } from '../core/status.ts';
 import type { Fields } from '../core/value.ts';
@@ -63,6 +64,12 @@ export const COMMANDS = {
   verify: async (node: FieldNode) => node.verify(),
   addresses: async (node: FieldNode) => node.addresses(),
   vv: async (node: FieldNode) => node.versionVector(),
+  bundleExport: async (node: FieldNode, p: Params) => {
+    const bytes = await node.exportBundle((p.since ?? {}) as Record<string, number>);
+    await writeFile(str(p, 'out'), bytes);
+    return { file: str(p, 'out'), bytes: bytes.length };
+  },
+  bundleImport: async (node: FieldNode, p: Params) => node.importBundle(await readFile(str(p, 'file'))),
   revoke: async (node: FieldNode, p: Params) => {
     const target = str(p, 'device');
     // Ops the device wrote up to what HQ holds stay valid; everything later is refused.

@@ -258,30 +258,15 @@ bundle
   .requiredOption('--out <file>', 'bundle file to write')
   .option('--since <file>', 'JSON version vector of the target ({"<device>": seq}); default: everything')
   .action(async (opts: { out: string; since?: string }) => {
-    const theirs = opts.since === undefined ? {} : (JSON.parse(await readFile(opts.since, 'utf8')) as Record<string, number>);
-    const node = await openNode(resolve(globals().data));
-    try {
-      const bytes = await node.exportBundle(theirs, (n) => {
-        if (!globals().json && process.stderr.isTTY) process.stderr.write(`\r${n} ops`);
-      });
-      await writeFile(opts.out, bytes);
-      print({ file: opts.out, bytes: bytes.length }, (v: { file: string; bytes: number }) => `wrote ${v.file} (${v.bytes} bytes)`);
-    } finally {
-      await node.close();
-    }
+    const since = opts.since === undefined ? {} : (JSON.parse(await readFile(opts.since, 'utf8')) as Record<string, number>);
+    print(await onNode('bundleExport', { out: resolve(opts.out), since }), (v: { file: string; bytes: number }) => `wrote ${v.file} (${v.bytes} bytes)`);
   });
 bundle
   .command('import')
   .description('take in a bundle file through the same checks as the network')
   .argument('<file>')
   .action(async (file: string) => {
-    const node = await openNode(resolve(globals().data));
-    try {
-      const result = await node.importBundle(await readFile(file));
-      print(result, (v: { added: number; duplicates: number; refused: number }) => `added ${v.added} ops (${v.duplicates} already held, ${v.refused} refused)`);
-    } finally {
-      await node.close();
-    }
+    print(await onNode('bundleImport', { file: resolve(file) }), (v: { added: number; duplicates: number; refused: number }) => `added ${v.added} ops (${v.duplicates} already held, ${v.refused} refused)`);
   });
 
 nodeCommand('vv', 'this node\'s version vector (what to pass to bundle export --since)').action(async () => print(await onNode('vv', {})));

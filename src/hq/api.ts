@@ -6,7 +6,7 @@
 import swagger from '@fastify/swagger';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { timingSafeEqual } from 'node:crypto';
-import { ROLES, type Role } from '../core/cert.ts';
+import { decodeCertificate, ROLES, type Role } from '../core/cert.ts';
 import { FieldmeshError, InvalidInputError, RuleViolationError } from '../core/errors.ts';
 import { isDeviceId } from '../core/keys.ts';
 import { STATUSES, type StatusName } from '../core/status.ts';
@@ -29,11 +29,21 @@ const error = { type: 'object', properties: { error: { type: 'object', propertie
 const anyObject = { type: 'object', additionalProperties: true } as const;
 const limitQuery = { type: 'integer', minimum: 1, maximum: 10_000, default: 1000 } as const;
 
-/** Byte strings in field values travel as { "$bytes": base64 }. */
+/** Byte strings in field values travel as { "$bytes": base64 }, both ways. */
 const toJson = (value: unknown): unknown => JSON.parse(JSON.stringify(value, (_k, v) => (v instanceof Uint8Array ? { $bytes: Buffer.from(v).toString('base64') } : v)));
+function fromJson(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(fromJson);
+  if (value !== null && typeof value === 'object') {
+    const entries = Object.entries(value);
+    if (entries.length === 1 && entries[0]![0] === '$bytes' && typeof entries[0]![1] === 'string') return new Uint8Array(Buffer.from(entries[0]![1], 'base64'));
+    return Object.fromEntries(entries.map(([k, v]) => [k, fromJson(v)]));
+  }
+  return value;
+}
 
 export async function buildApi(node: FieldNode, options: ApiOptions): Promise<FastifyInstance> {
-  const app = Fastify({ bodyLimit: options.bodyLimitBytes ?? 1024 * 1024, logger: false });
+  // removeAdditional: false, so unknown properties are refused (400) rather than silently dropped.
+  const app = Fastify({ bodyLimit: options.bodyLimitBytes ?? 1024 * 1024, logger: false, ajv: { customOptions: { removeAdditional: false } } });
   await app.register(swagger, {
     openapi: {
       info: { title: 'fieldmesh HQ API', version: '1.0.0', description: 'Entities, ops, devices, conflicts and live status of a fieldmesh team.' },
@@ -107,7 +117,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
     async (request) => {
       const { domain, entity } = request.params;
       const type = (await node.get(domain, entity)) === null ? 'create' : 'update';
-      const r = await node.mutate({ type, domain, entity, fields: request.body.fields });
+      const r = await node.mutate({ type, domain, entity, fields: fromJson(request.body.fields) as Fields });
       return { id: r.id, seq: r.op.seq, type, status: r.status };
     },
   );
@@ -132,9 +142,25 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
     async (request) => node.ops(request.query),
   );
 
-  app.get('/v1/devices', { schema: { summary: 'Devices: role, user, last op, counts per status, connection' } }, async () => {
+  app.get('/v1/devices', { schema: { summary: 'Devices (enrolled or with ops): role, user, last op, counts per status, connection' } }, async () => {
     const peers = new Map(node.peers().map((p) => [p.device, p]));
-    return (await node.devices()).map((d) => ({ ...d, role: node.roleOf(d.device), revoked: node.isRevoked(d.device), connected: peers.has(d.device), behind: peers.get(d.device)?.theyLack ?? null, lastSeenMs: peers.get(d.device)?.lastSeenMs ?? null }));
+    const byDevice = new Map((await node.devices()).map((d) => [d.device, d]));
+    const enrolled = new Map(node.certificates().map((b) => decodeCertificate(b)).map((c) => [c.device, c]));
+    const zero = { pending: 0, synced: 0, failed: 0, conflict: 0 };
+    return [...new Set([...enrolled.keys(), ...byDevice.keys()])].sort().map((device) => {
+      const peer = peers.get(device);
+      return {
+        device,
+        user: enrolled.get(device)?.user ?? null,
+        role: enrolled.get(device)?.role ?? null,
+        lastSeq: byDevice.get(device)?.lastSeq ?? 0,
+        counts: byDevice.get(device)?.counts ?? zero,
+        revoked: node.isRevoked(device),
+        connected: peer !== undefined,
+        behind: peer?.theyLack ?? null,
+        lastSeenMs: peer?.lastSeenMs ?? null,
+      };
+    });
   });
 
   app.get<{ Params: { device: string }; Querystring: { limit: number } }>(
@@ -181,7 +207,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
     '/v1/conflicts/:id/resolve',
     { schema: { summary: 'Resolve a conflict with chosen values, or by deleting the entity', params: params('id'), body: { type: 'object', additionalProperties: false, properties: { fields: anyObject, delete: { type: 'boolean' } } } } },
     async (request) => {
-      const choice = request.body.delete === true ? ({ delete: true } as const) : { fields: request.body.fields ?? {} };
+      const choice = request.body.delete === true ? ({ delete: true } as const) : { fields: fromJson(request.body.fields ?? {}) as Fields };
       const r = await node.resolve(request.params.id, choice);
       return { id: r.id, seq: r.op.seq, status: r.status };
     },

@@ -22,6 +22,9 @@ export interface ReceiptOptions {
   readonly now?: () => number;
 }
 
+/** Verdict bytes per receipt op: well under the 64 KiB op limit, leaving room for the header. */
+const RECEIPT_BYTES = 48 * 1024;
+
 export interface RetryState {
   readonly attempts: number;
   readonly lastError: string;
@@ -40,7 +43,7 @@ export class ReceiptIssuer {
   private stopped = false;
   private unsubscribe: (() => void) | null = null;
   /** Receipts written and verdicts given since start. */
-  readonly stats = { receipts: 0, accepted: 0, rejected: 0, transient: 0 };
+  readonly stats: { receipts: number; accepted: number; rejected: number; transient: number; lastError?: string } = { receipts: 0, accepted: 0, rejected: 0, transient: 0 };
 
   constructor(node: FieldNode, policy: Policy, options: ReceiptOptions = {}) {
     this.node = node;
@@ -80,13 +83,22 @@ export class ReceiptIssuer {
       this.again = true;
       return;
     }
-    this.running = this.pass().finally(() => {
-      this.running = null;
-      if (this.again) {
-        this.again = false;
-        this.kick();
-      }
-    });
+    this.running = this.pass()
+      .catch((err: Error) => {
+        // A store failure while writing a receipt: nothing was written; try again after a pause.
+        this.stats.lastError = err.message;
+        if (!this.stopped) {
+          this.timer = setTimeout(() => this.kick(), this.options.retryMinMs ?? 500);
+          this.timer.unref();
+        }
+      })
+      .finally(() => {
+        this.running = null;
+        if (this.again) {
+          this.again = false;
+          this.kick();
+        }
+      });
   }
 
   private async pass(): Promise<void> {
@@ -108,9 +120,23 @@ export class ReceiptIssuer {
         }
       }
       if (verdicts.length === 0) break;
-      await this.node.appendHqOp({ type: 'receipt', verdicts });
-      this.stats.receipts++;
-      for (const v of verdicts) this.stats[v.accepted ? 'accepted' : 'rejected']++;
+      // Split by encoded size: rejection reasons make verdicts up to ~1 KiB, and an op is at most 64 KiB.
+      let chunk: typeof verdicts = [];
+      let bytes = 0;
+      for (const v of [...verdicts, null]) {
+        const size = v === null ? 0 : 48 + Buffer.byteLength(v.reason) + Buffer.byteLength(v.detail);
+        if (chunk.length > 0 && (v === null || bytes + size > RECEIPT_BYTES)) {
+          await this.node.appendHqOp({ type: 'receipt', verdicts: chunk });
+          this.stats.receipts++;
+          for (const w of chunk) this.stats[w.accepted ? 'accepted' : 'rejected']++;
+          chunk = [];
+          bytes = 0;
+        }
+        if (v !== null) {
+          chunk.push(v);
+          bytes += size;
+        }
+      }
     }
     this.scheduleRetry(now());
   }

@@ -282,6 +282,7 @@ export class FieldNode {
    */
   async appendHqOp(draft: Extract<OpDraft, { type: 'receipt' | 'revoke' }>): Promise<Op> {
     if (this.role !== 'server' || this.device !== this.hqDevice) throw new RuleViolationError('NOT_HQ', 'only the team\'s HQ node writes receipts and revocations');
+    if (draft.type === 'revoke' && draft.target === this.hqDevice) throw new RuleViolationError('CANNOT_REVOKE_HQ', 'HQ cannot revoke itself: it would void every receipt and edit to come');
     return this.store.write(async (ctx) => {
       const tip = (await ctx.txn.get<LogTip>(TABLES.tip, this.device)) ?? EMPTY_TIP;
       const { op, state } = authorOp({ signer: this.key.signer, team: this.team, user: this.user }, { tip, clock: ctx.clock }, this.now(), draft);

@@ -291,9 +291,16 @@ export class Store {
     if (this.closed) return Promise.reject(new StoreClosedError('STORE_CLOSED', `store ${this.dir} is closed`));
     return new Promise<T>((resolve, reject) => {
       this.queue.push({ run, resolve: resolve as (v: unknown) => void, reject });
-      this.flushing ??= this.flushLoop().finally(() => {
-        this.flushing = null;
-      });
+      this.startFlushing();
+    });
+  }
+
+  private startFlushing(): void {
+    this.flushing ??= this.flushLoop().finally(() => {
+      this.flushing = null;
+      // A job queued by a continuation of the last resolved job, after the loop saw an empty
+      // queue but before it ended, would otherwise wait forever.
+      if (this.queue.length > 0) this.startFlushing();
     });
   }
 

@@ -53,7 +53,9 @@ export class Txn {
   }
 
   private pending(full: string): Pending | undefined {
-    return this.writes.get(full) ?? this.parent?.writes.get(full);
+    // A delete is recorded as null: it must hide the parent's value, not fall through to it.
+    const own = this.writes.get(full);
+    return own !== undefined ? own : this.parent?.writes.get(full);
   }
 
   get size(): number {
