@@ -13,6 +13,7 @@ import type { DomainPolicy, Strategy } from '../../src/core/strategies.ts';
 import type { MeshOptions } from '../../src/net/mesh.ts';
 import { enroll } from '../../src/node/enroll.ts';
 import { FieldNode, type FieldNodeOptions } from '../../src/node/field-node.ts';
+export { rng } from '../core/helpers.ts';
 
 export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
@@ -105,17 +106,6 @@ export function useLoopback() {
   };
 }
 
-/** Mulberry32: a small seeded PRNG. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** What a node shows of its data: version vector, state hash, open conflicts and every op id. */
 export async function observed(node: FieldNode) {

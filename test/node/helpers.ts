@@ -19,6 +19,7 @@ import type { DomainPolicy, Strategy } from '../../src/core/strategies.ts';
 import type { Fields } from '../../src/core/value.ts';
 import { issueCertificate } from '../../src/core/cert.ts';
 import { FieldNode, type FieldNodeOptions } from '../../src/node/field-node.ts';
+export { rng, pick } from '../core/helpers.ts';
 
 /** 2026-01-01T00:00:00Z. */
 export const T0 = Date.UTC(2026, 0, 1);
@@ -158,19 +159,7 @@ export async function expectRejects<E extends FieldmeshError>(promise: Promise<u
   return err as E;
 }
 
-/** Mulberry32: a small seeded PRNG. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
-export const pick = <T>(rand: () => number, list: readonly T[]): T => list[Math.floor(rand() * list.length)]!;
 
 /** Everything a user can observe of a node, in a form toEqual compares exactly. */
 export async function snapshot(node: FieldNode, domains: readonly string[] = Object.keys(DOMAINS), entities: readonly [string, string][] = []) {
