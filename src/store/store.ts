@@ -51,6 +51,11 @@ export interface OpenStoreOptions {
   readonly identity: StoreIdentity;
   readonly resolution: ResolutionConfig;
   readonly limits?: Partial<StoreLimits>;
+  /**
+   * A database to use instead of LevelDB in `dir` (e.g. a `memory-level` instance in the
+   * simulator, kept across a simulated crash). It must use utf8 keys and Uint8Array values.
+   */
+  readonly database?: Db;
 }
 
 /** In-memory state as of the newest batch built (durable or not yet). */
@@ -109,12 +114,14 @@ export class Store {
 
   static async open(options: OpenStoreOptions): Promise<Store> {
     const dir = options.dir;
-    await mkdir(dir, { recursive: true });
-    const existing = await readdir(dir);
-    if (existing.length > 0 && !existing.includes('CURRENT')) {
-      throw new StoreCorruptError('STORE_FOREIGN', `${dir} is not a fieldmesh data dir (it holds files but no LevelDB database)`, { path: dir });
+    if (options.database === undefined) {
+      await mkdir(dir, { recursive: true });
+      const existing = await readdir(dir);
+      if (existing.length > 0 && !existing.includes('CURRENT')) {
+        throw new StoreCorruptError('STORE_FOREIGN', `${dir} is not a fieldmesh data dir (it holds files but no LevelDB database)`, { path: dir });
+      }
     }
-    const db: Db = new Level<string, Uint8Array>(dir, { keyEncoding: 'utf8', valueEncoding: 'view' });
+    const db: Db = options.database ?? new Level<string, Uint8Array>(dir, { keyEncoding: 'utf8', valueEncoding: 'view' });
     try {
       await db.open();
     } catch (err) {

@@ -3,11 +3,12 @@
  * cache of committed values, then the disk. Nothing reaches the disk until `commit`, which writes
  * everything in one atomic, synced batch; the cache learns the values only after that.
  */
-import type { Level } from 'level';
+import type { AbstractLevel } from 'abstract-level';
 import { corrupt, openValue, sealValue, openRecord, sealRecord } from './records.ts';
 import { tableKey, tableRange, stripTable, type Table } from './tables.ts';
 
-export type Db = Level<string, Uint8Array>;
+/** The LevelDB-compatible database under a store: `level` on disk, or `memory-level` in the simulator. */
+export type Db = AbstractLevel<string | Uint8Array, string, Uint8Array>;
 
 /**
  * A bounded cache of decoded committed values. Eviction is oldest-written first: rows that are
@@ -120,7 +121,8 @@ export class Txn {
         ? { type: 'del' as const, key }
         : { type: 'put' as const, key, value: pending.raw ? sealRecord(key, pending.value as Uint8Array) : sealValue(key, pending.value) },
     );
-    await this.db.batch(batch, { sync: true });
+    // `sync` is classic-level's (LevelDB fsync); other backends ignore it.
+    await this.db.batch(batch, { sync: true } as object);
     for (const [key, pending] of this.writes) {
       if (pending === null || pending.raw) this.cache.delete(key);
       else this.cache.set(key, pending.value);
