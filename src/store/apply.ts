@@ -17,7 +17,8 @@ import { statusOf, type OpStatus } from '../core/status.ts';
 import { policyOf, type ResolutionConfig } from '../core/strategies.ts';
 import { conflictOps, viewOf, type EntityView } from '../core/view.ts';
 import { byEntityKey, countKey, entityKeyOf, logKey, statusKey, under, waitingKey, split } from './keys.ts';
-import { TABLES } from './tables.ts';
+import { TABLES, type Table } from './tables.ts';
+import type { ParkedIndex } from './parked.ts';
 import type { Txn } from './txn.ts';
 
 /** What the store keeps per op besides its bytes. */
@@ -53,11 +54,12 @@ export class ApplyContext {
   readonly touched = new Map<string, EntityState | null>();
   readonly statusEvents = new Map<OpId, StoreEvent & { kind: 'status' }>();
   private readonly rebuild = new Set<string>();
-  /** Waiting rows committed before this transaction, and the change this transaction makes. */
-  private readonly waitingCommitted: number;
-  waitingDelta = 0;
+  /** Parked ops by missing base (the store's index, updated as this transaction parks and wakes). */
+  private readonly parked: ParkedIndex;
   /** Whether anyone listens for entity views (else they are not computed). */
   wantViews = true;
+  /** Whether anyone listens for status changes (else no events are kept). */
+  wantStatus = true;
   /** This device's HLC as the transaction advances it. */
   clock: Hlc = HLC_ZERO;
   /** Fork proofs this transaction recorded (announced once durable). */
@@ -66,10 +68,10 @@ export class ApplyContext {
   readonly tips = new Map<DeviceId, LogTip>();
   private readonly afterViews: EntityView[] = [];
 
-  constructor(txn: Txn, resolution: ResolutionConfig, revokedAfter: ReadonlyMap<DeviceId, number>, forkedAt: ReadonlyMap<DeviceId, number>, waitingCommitted: number, orphanVerdictsCommitted: number) {
+  constructor(txn: Txn, resolution: ResolutionConfig, revokedAfter: ReadonlyMap<DeviceId, number>, forkedAt: ReadonlyMap<DeviceId, number>, parked: ParkedIndex, orphanVerdictsCommitted: number) {
     this.txn = txn;
     this.orphanVerdictsCommitted = orphanVerdictsCommitted;
-    this.waitingCommitted = waitingCommitted;
+    this.parked = parked;
     this.resolution = resolution;
     this.revokedAfter = new Map(revokedAfter);
     this.forkedAt = new Map(forkedAt);
@@ -112,13 +114,28 @@ export class ApplyContext {
     this.touched.set(key, (await this.txn.get<EntityState>(TABLES.entity, key)) ?? null);
   }
 
+  /** Loads, in one round trip, the rows that adding these ops will read. */
+  async prefetchFor(ops: readonly Op[]): Promise<void> {
+    const wanted: [Table, string][] = [];
+    for (const op of ops) {
+      if (isEntityOp(op)) {
+        wanted.push([TABLES.entity, entityKeyOf(op.domain, op.entity)], [TABLES.ownLast, byEntityKey(op.domain, op.entity, op.device, 0)]);
+        for (const b of op.base) wanted.push([TABLES.op, b]);
+      } else if (op.type === 'receipt') {
+        for (const v of op.verdicts) wanted.push([TABLES.verdict, v.op], [TABLES.op, v.op]);
+      }
+      if (this.orphanVerdictsCommitted + this.orphanVerdictsDelta > 0) wanted.push([TABLES.verdict, op.id]);
+    }
+    await this.txn.prefetch(wanted);
+  }
+
   /** Stores one op that extends its device's log (the caller checked chain and signature). */
   async addOp(op: Op): Promise<void> {
     if (this.orphanVerdictsCommitted + this.orphanVerdictsDelta > 0 && (await this.txn.get(TABLES.verdict, op.id)) !== undefined) {
       this.orphanVerdictsDelta--;
       this.verdictAhead.add(op.id);
     }
-    this.txn.putRaw(TABLES.log, logKey(op.device, op.seq), op.bytes);
+    this.txn.put(TABLES.log, logKey(op.device, op.seq), op.bytes);
     const tip = { seq: op.seq, id: op.id };
     this.txn.put(TABLES.tip, op.device, tip);
     this.tips.set(op.device, tip);
@@ -159,7 +176,7 @@ export class ApplyContext {
       this.txn.put(TABLES.status, statusKey(next.status, meta.device, meta.seq), id);
       await this.bump(meta.device, next.status, +1);
     }
-    if (old === undefined || old.status.status !== next.status || old.status.reason !== next.reason) {
+    if (this.wantStatus && (old === undefined || old.status.status !== next.status || old.status.reason !== next.reason)) {
       this.statusEvents.set(id, { kind: 'status', op: id, device: meta.device, seq: meta.seq, status: next });
     }
     if (meta.domain !== null && meta.entity !== null && this.manual(meta.domain)) {
@@ -193,8 +210,10 @@ export class ApplyContext {
     if (!badBase && missing.length === 0) badBase = baseOmitsOwnOp(op, baseClocks, previousOwnSeq);
     if (badBase || missing.length > 0) {
       if (!badBase) {
-        for (const m of missing) this.txn.put(TABLES.waiting, waitingKey(m, op.id), '');
-        this.waitingDelta += missing.length;
+        for (const m of missing) {
+          this.txn.put(TABLES.waiting, waitingKey(m, op.id), '');
+          this.parked.park(m, op.id);
+        }
       }
       const meta = this.metaOf(op, null, badBase, badBase ? 0 : missing.length, previousOwnSeq);
       if (!fresh) {
@@ -218,11 +237,8 @@ export class ApplyContext {
 
   /** Ops parked on `id` lose one missing base each; those with none left apply now. */
   private async wake(id: OpId): Promise<void> {
-    if (this.waitingCommitted + this.waitingDelta === 0) return;
-    for (const key of await this.txn.keys(TABLES.waiting, under(id))) {
-      this.txn.del(TABLES.waiting, key);
-      this.waitingDelta--;
-      const waiter = split(key)[1]!;
+    for (const waiter of this.parked.release(id)) {
+      this.txn.del(TABLES.waiting, waitingKey(id, waiter));
       const meta = await this.txn.get<OpMeta>(TABLES.op, waiter);
       if (meta === undefined || meta.clock !== null || meta.badBase) continue;
       const waitingOn = meta.waitingOn - 1;
@@ -255,6 +271,7 @@ export class ApplyContext {
   /** HQ receipts and revocations: record them and rebuild what they change. */
   private async recordHqOp(op: Op): Promise<void> {
     if (op.type === 'receipt') {
+      await this.prefetchFor([op]);
       for (const v of op.verdicts) {
         const known = await this.txn.get<VerdictRecord>(TABLES.verdict, v.op);
         if (known !== undefined && known.hqSeq >= op.seq) continue;

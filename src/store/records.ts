@@ -14,10 +14,8 @@ import type { Table } from './tables.ts';
 /** The data dir is damaged or not ours: never served, always reported with the path. */
 export class StoreCorruptError extends FieldmeshError {}
 
-const textKey = (key: string) => Buffer.from(key, 'utf8');
-
 function checksum(key: string, payload: Uint8Array): number {
-  return crc32(payload, crc32(textKey(key)));
+  return crc32(payload, crc32(key)); // a string is checksummed as its UTF-8 bytes
 }
 
 export function sealRecord(key: string, payload: Uint8Array): Uint8Array {

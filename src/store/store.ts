@@ -15,9 +15,10 @@ import { parseOp } from '../core/op.ts';
 import type { ResolutionConfig } from '../core/strategies.ts';
 import type { VersionVector } from '../core/version-vector.ts';
 import { ApplyContext, type StoreEvent } from './apply.ts';
+import { ParkedIndex } from './parked.ts';
 import { StoreClosedError, StoreCorruptError, StoreLockedError, StoreMismatchError } from './errors.ts';
 import { FieldmeshError } from '../core/errors.ts';
-import { logKey } from './keys.ts';
+import { logKey, split } from './keys.ts';
 import { TABLES, tableKey } from './tables.ts';
 import { Lru, scan, scanRecords, Txn, type Db } from './txn.ts';
 
@@ -64,7 +65,6 @@ interface HeadState {
   readonly clock: Hlc;
   readonly revokedAfter: ReadonlyMap<DeviceId, number>;
   readonly forkedAt: ReadonlyMap<DeviceId, number>;
-  readonly waitingCount: number;
   readonly orphanVerdicts: number;
 }
 
@@ -94,10 +94,11 @@ export class Store {
   private readonly certs = new Map<DeviceId, Uint8Array>();
   private revokedAfter = new Map<DeviceId, number>();
   private forkedAt = new Map<DeviceId, number>();
-  private waitingCount = 0;
+  /** Parked ops as of the newest batch built; null when it must be reloaded from disk. */
+  private parked: ParkedIndex | null = null;
   private orphanVerdicts = 0;
   private clockState: Hlc = HLC_ZERO;
-  private head: HeadState = { tips: new Map(), clock: HLC_ZERO, revokedAfter: new Map(), forkedAt: new Map(), waitingCount: 0, orphanVerdicts: 0 };
+  private head: HeadState = { tips: new Map(), clock: HLC_ZERO, revokedAfter: new Map(), forkedAt: new Map(), orphanVerdicts: 0 };
   private queue: Job[] = [];
   private flushing: Promise<void> | null = null;
   private closed = false;
@@ -174,7 +175,6 @@ export class Store {
     for await (const [device, cert] of scan<Uint8Array>(this.db, this.dir, TABLES.cert)) this.certs.set(device, cert);
     for await (const [device, proof] of scan<{ seq: number }>(this.db, this.dir, TABLES.fork)) this.forkedAt.set(device, proof.seq);
     for await (const [device, after] of scan<number>(this.db, this.dir, TABLES.revoked)) this.revokedAfter.set(device, after);
-    this.waitingCount = (await reader.get<number>(TABLES.meta, 'waiting')) ?? 0;
     this.orphanVerdicts = (await reader.get<number>(TABLES.meta, 'orphanVerdicts')) ?? 0;
     this.clockState = (await reader.get<Hlc>(TABLES.meta, 'hlc')) ?? HLC_ZERO;
     const derived = await reader.get<number>(TABLES.meta, 'derived');
@@ -187,11 +187,10 @@ export class Store {
     for (const table of DERIVED_TABLES) {
       await this.db.clear({ gte: tableKey(table, ''), lt: tableKey(table, '\uffff') });
     }
-    await this.db.del(tableKey(TABLES.meta, 'waiting'));
     await this.db.del(tableKey(TABLES.meta, 'orphanVerdicts'));
     this.cache.clear();
     this.revokedAfter = new Map();
-    this.waitingCount = 0;
+    this.parked = null;
     this.orphanVerdicts = 0;
     this.clockState = (await new Txn(this.db, this.dir, this.cache).get<Hlc>(TABLES.meta, 'hlc')) ?? HLC_ZERO;
     const devices: DeviceId[] = [];
@@ -325,7 +324,7 @@ export class Store {
         const ok = await this.settle(inflight);
         if (!ok && next !== null) {
           this.fail(next.done, next.jobs, new StoreClosedError('BATCH_ABORTED', 'an earlier batch failed to write; retry'));
-          this.head = this.committed();
+          this.rollBack();
           inflight = null;
           continue;
         }
@@ -341,9 +340,11 @@ export class Store {
     const jobs = this.queue.splice(0, this.limits.maxJobsPerBatch);
     const txn = new Txn(this.db, this.dir, this.cache, parent?.txn ?? null);
     const h = this.head;
-    const ctx = new ApplyContext(txn, this.resolution, h.revokedAfter, h.forkedAt, h.waitingCount, h.orphanVerdicts);
+    this.parked ??= await ParkedIndex.load(this.waitingPairs());
+    const ctx = new ApplyContext(txn, this.resolution, h.revokedAfter, h.forkedAt, this.parked, h.orphanVerdicts);
     ctx.clock = h.clock;
     ctx.wantViews = this.events.listenerCount('entity') > 0;
+    ctx.wantStatus = this.events.listenerCount('status') > 0;
     const built: Built = { jobs, txn, ctx, done: [], failure: null, write: null };
     for (const job of jobs) {
       const mark = txn.size;
@@ -360,7 +361,6 @@ export class Store {
     if (built.failure === null) {
       try {
         await ctx.finish();
-        if (ctx.waitingDelta !== 0) txn.put(TABLES.meta, 'waiting', h.waitingCount + ctx.waitingDelta);
         if (ctx.orphanVerdictsDelta !== 0) txn.put(TABLES.meta, 'orphanVerdicts', h.orphanVerdicts + ctx.orphanVerdictsDelta);
         if (ctx.clock !== h.clock) txn.put(TABLES.meta, 'hlc', ctx.clock);
       } catch (err) {
@@ -370,7 +370,7 @@ export class Store {
     if (built.failure === null) {
       const tips = new Map(h.tips);
       for (const [device, tip] of ctx.tips) tips.set(device, tip);
-      this.head = { tips, clock: ctx.clock, revokedAfter: ctx.revokedAfter, forkedAt: ctx.forkedAt, waitingCount: h.waitingCount + ctx.waitingDelta, orphanVerdicts: h.orphanVerdicts + ctx.orphanVerdictsDelta };
+      this.head = { tips, clock: ctx.clock, revokedAfter: ctx.revokedAfter, forkedAt: ctx.forkedAt, orphanVerdicts: h.orphanVerdicts + ctx.orphanVerdictsDelta };
     }
     return built;
   }
@@ -387,14 +387,13 @@ export class Store {
     }
     if (failure !== null) {
       this.fail(built.done, built.jobs, failure);
-      this.head = this.committed();
+      this.rollBack();
       return false;
     }
     const ctx = built.ctx;
     for (const [device, tip] of ctx.tips) this.tips.set(device, tip);
     this.revokedAfter = ctx.revokedAfter;
     this.forkedAt = ctx.forkedAt;
-    this.waitingCount += ctx.waitingDelta;
     this.orphanVerdicts += ctx.orphanVerdictsDelta;
     this.clockState = ctx.clock;
     for (const [job, value] of built.done) job.resolve(value);
@@ -409,9 +408,19 @@ export class Store {
     for (const job of jobs.slice(done.length)) job.reject(failure);
   }
 
+  /** After a failed batch (nothing in flight): back to what is durable. */
+  private rollBack(): void {
+    this.head = this.committed();
+    this.parked = null;
+  }
+
+  private async *waitingPairs(): AsyncGenerator<readonly [string, string]> {
+    for await (const [key] of scan(this.db, this.dir, TABLES.waiting)) yield split(key) as [string, string];
+  }
+
   /** The state as of the last durable batch. */
   private committed(): HeadState {
-    return { tips: new Map(this.tips), clock: this.clockState, revokedAfter: this.revokedAfter, forkedAt: this.forkedAt, waitingCount: this.waitingCount, orphanVerdicts: this.orphanVerdicts };
+    return { tips: new Map(this.tips), clock: this.clockState, revokedAfter: this.revokedAfter, forkedAt: this.forkedAt, orphanVerdicts: this.orphanVerdicts };
   }
 
   private emit(ctx: ApplyContext): void {

@@ -5,7 +5,12 @@
  */
 import type { AbstractLevel } from 'abstract-level';
 import { corrupt, openValue, sealValue, openRecord, sealRecord } from './records.ts';
-import { tableKey, tableRange, stripTable, type Table } from './tables.ts';
+import { TABLES, tableKey, tableRange, stripTable, type Table } from './tables.ts';
+
+/** Tables only written or range-scanned on hot paths: caching their rows would only churn the cache. */
+const UNCACHED: ReadonlySet<string> = new Set<string>([TABLES.log, TABLES.status, TABLES.byEntity, TABLES.waiting, TABLES.skew, TABLES.conflict]);
+/** Cached "no such row": creates and verdict lookups ask for rows that do not exist yet. */
+const ABSENT = Symbol('absent');
 
 /** The LevelDB-compatible database under a store: `level` on disk, or `memory-level` in the simulator. */
 export type Db = AbstractLevel<string | Uint8Array, string, Uint8Array>;
@@ -36,10 +41,12 @@ export class Lru {
   }
 }
 
-type Pending = { readonly value: unknown; readonly raw: boolean } | null;
+/** A delete in a change: it must hide the committed value (and the parent's), not fall through to it. */
+const DELETED = Symbol('deleted');
 
 export class Txn {
-  private readonly writes = new Map<string, Pending>();
+  /** Full key -> new value, or DELETED. Values of the log table are raw bytes, the others are encoded on commit. */
+  private readonly writes = new Map<string, unknown>();
   private readonly db: Db;
   private readonly where: string;
   private readonly cache: Lru;
@@ -53,8 +60,7 @@ export class Txn {
     this.parent = parent;
   }
 
-  private pending(full: string): Pending | undefined {
-    // A delete is recorded as null: it must hide the parent's value, not fall through to it.
+  private pending(full: string): unknown {
     const own = this.writes.get(full);
     return own !== undefined ? own : this.parent?.writes.get(full);
   }
@@ -66,35 +72,56 @@ export class Txn {
   async get<T>(table: Table, key: string): Promise<T | undefined> {
     const full = tableKey(table, key);
     const pending = this.pending(full);
-    if (pending !== undefined) return pending === null ? undefined : (pending.value as T);
+    if (pending !== undefined) return pending === DELETED ? undefined : (pending as T);
     const cached = this.cache.get(full);
-    if (cached !== undefined) return cached as T;
+    if (cached !== undefined) return cached === ABSENT ? undefined : (cached as T);
     const record = await readRecord(this.db, full, this.where);
-    if (record === undefined) return undefined;
-    const value = openValue<T>(full, record, this.where);
-    this.cache.set(full, value);
+    const value = record === undefined ? undefined : openValue<T>(full, record, this.where);
+    if (!UNCACHED.has(table)) this.cache.set(full, value === undefined ? ABSENT : value);
     return value;
+  }
+
+  /**
+   * Brings the committed rows the caller is about to read into the cache in one round trip,
+   * instead of one awaited read each. Rows this change or the batch in flight wrote are skipped.
+   */
+  async prefetch(wanted: Iterable<readonly [Table, string]>): Promise<void> {
+    const keys = new Set<string>();
+    for (const [table, key] of wanted) {
+      if (UNCACHED.has(table)) continue;
+      const full = tableKey(table, key);
+      if (this.pending(full) === undefined && this.cache.get(full) === undefined) keys.add(full);
+    }
+    if (keys.size === 0) return;
+    const list = [...keys];
+    let records: (Uint8Array | undefined)[];
+    try {
+      records = await this.db.getMany(list);
+    } catch (err) {
+      throw corrupt(this.where, list[0]!, (err as Error).message);
+    }
+    for (let i = 0; i < list.length; i++) {
+      const record = records[i];
+      this.cache.set(list[i]!, record === undefined ? ABSENT : openValue(list[i]!, record, this.where));
+    }
   }
 
   /** Raw bytes (op envelopes), checksummed but not decoded. */
   async getRaw(table: Table, key: string): Promise<Uint8Array | undefined> {
     const full = tableKey(table, key);
     const pending = this.pending(full);
-    if (pending !== undefined) return pending === null ? undefined : (pending.value as Uint8Array);
+    if (pending !== undefined) return pending === DELETED ? undefined : (pending as Uint8Array);
     const record = await readRecord(this.db, full, this.where);
     return record === undefined ? undefined : openRecord(full, record, this.where);
   }
 
+  /** Writes a row: raw bytes in the log table, a value to encode in the others. */
   put(table: Table, key: string, value: unknown): void {
-    this.writes.set(tableKey(table, key), { value, raw: false });
-  }
-
-  putRaw(table: Table, key: string, bytes: Uint8Array): void {
-    this.writes.set(tableKey(table, key), { value: bytes, raw: true });
+    this.writes.set(tableKey(table, key), value);
   }
 
   del(table: Table, key: string): void {
-    this.writes.set(tableKey(table, key), null);
+    this.writes.set(tableKey(table, key), DELETED);
   }
 
   /** Keys (without table prefix) in a range, the change's own puts and deletes included. */
@@ -105,7 +132,7 @@ export class Txn {
     for (const writes of [this.parent?.writes, this.writes]) {
       for (const [key, pending] of writes ?? []) {
         if (key >= full.gte && key < full.lt) {
-          if (pending === null) found.delete(key);
+          if (pending === DELETED) found.delete(key);
           else found.add(key);
         }
       }
@@ -116,16 +143,16 @@ export class Txn {
   /** Writes everything in one synced batch; then the cache holds the new values. */
   async commit(): Promise<void> {
     if (this.writes.size === 0) return;
-    const batch = [...this.writes].map(([key, pending]) =>
-      pending === null
-        ? { type: 'del' as const, key }
-        : { type: 'put' as const, key, value: pending.raw ? sealRecord(key, pending.value as Uint8Array) : sealValue(key, pending.value) },
-    );
+    const batch: ({ type: 'del'; key: string } | { type: 'put'; key: string; value: Uint8Array })[] = [];
+    for (const [key, pending] of this.writes) {
+      if (pending === DELETED) batch.push({ type: 'del', key });
+      else batch.push({ type: 'put', key, value: key[0] === TABLES.log ? sealRecord(key, pending as Uint8Array) : sealValue(key, pending) });
+    }
     // `sync` is classic-level's (LevelDB fsync); other backends ignore it.
     await this.db.batch(batch, { sync: true } as object);
     for (const [key, pending] of this.writes) {
-      if (pending === null || pending.raw) this.cache.delete(key);
-      else this.cache.set(key, pending.value);
+      if (UNCACHED.has(key[0]!)) continue;
+      this.cache.set(key, pending === DELETED ? ABSENT : pending);
     }
   }
 }
