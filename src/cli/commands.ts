@@ -52,7 +52,7 @@ export const COMMANDS = {
     const devices = await node.devices();
     const counts = { pending: 0, synced: 0, failed: 0, conflict: 0 };
     for (const d of devices) for (const s of STATUSES) counts[s] += d.counts[s];
-    return { device: node.device, team: node.team, role: node.role, counts, devices, stateHash: await node.stateHash() };
+    return { device: node.device, team: node.team, role: node.role, counts, devices, links: node.links(), stateHash: await node.stateHash() };
   },
   conflicts: async (node: FieldNode) => node.conflicts(),
   resolve: async (node: FieldNode, p: Params) => {

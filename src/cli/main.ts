@@ -13,6 +13,7 @@ import { buildApi } from '../hq/api.ts';
 import { ROLES, type Role } from '../core/cert.ts';
 import { FieldmeshError } from '../core/errors.ts';
 import { FieldNode } from '../node/field-node.ts';
+import type { LinkInfo } from '../net/mesh.ts';
 import { enroll } from '../node/enroll.ts';
 import { COMMANDS, toJson, type CommandName } from './commands.ts';
 import { DEFAULT_DOMAINS, readConfig, toPolicies, toRules, writeConfig, type NodeConfig } from './config.ts';
@@ -227,9 +228,21 @@ nodeCommand('ops', 'list ops, filtered')
     );
   });
 
+function describeLink(link: LinkInfo): string {
+  if (link.connected) return `link ${link.address} up`;
+  const next = link.nextAttemptMs === null ? '' : `, next dial in ${Math.max(0, Math.round((link.nextAttemptMs - Date.now()) / 1000))} s`;
+  return `link ${link.address} down: ${link.attempts} dial(s)${link.lastError === null ? '' : `, last error: ${link.lastError}`}${next}`;
+}
+
 nodeCommand('status', 'per-status counts, per-device queues and the state hash').action(async () => {
-  print(await onNode('status', {}), (v: { device: string; counts: Record<string, number>; devices: { device: string; lastSeq: number; counts: Record<string, number> }[]; stateHash: string }) =>
-    [`device ${v.device}`, `counts ${toJson(v.counts)}`, ...v.devices.map((d) => `  ${d.device.slice(-8)} last #${d.lastSeq} ${toJson(d.counts)}`), `state ${v.stateHash}`].join('\n'),
+  print(await onNode('status', {}), (v: { device: string; counts: Record<string, number>; devices: { device: string; lastSeq: number; counts: Record<string, number> }[]; links: LinkInfo[]; stateHash: string }) =>
+    [
+      `device ${v.device}`,
+      `counts ${toJson(v.counts)}`,
+      ...v.devices.map((d) => `  ${d.device.slice(-8)} last #${d.lastSeq} ${toJson(d.counts)}`),
+      ...v.links.map(describeLink),
+      `state ${v.stateHash}`,
+    ].join('\n'),
   );
 });
 

@@ -57,6 +57,18 @@ export interface PeerInfo {
   readonly caughtUp: boolean;
 }
 
+/** A static peer (e.g. the uplink to HQ) and how redialling it goes. */
+export interface LinkInfo {
+  readonly address: string;
+  /** Whether a session with the peer is up. */
+  readonly connected: boolean;
+  /** Dials since a session last came up (any peer's admission resets the back-off). */
+  readonly attempts: number;
+  readonly lastError: string | null;
+  /** When the next dial is due (ms since epoch); null while connected or before the first. */
+  readonly nextAttemptMs: number | null;
+}
+
 export type MeshEvent =
   | { readonly kind: 'peer:admitted'; readonly device: DeviceId }
   | { readonly kind: 'peer:closed'; readonly device: DeviceId | null; readonly code: string; readonly blame: boolean }
@@ -73,7 +85,7 @@ export class Mesh {
   private readonly drivers = new Map<DeviceId, SessionDriver>();
   private readonly pending = new Set<SessionDriver>();
   private readonly penalties = new Map<string, number>();
-  private readonly redial = new Map<string, { attempt: number; nextMs: number }>();
+  private readonly redial = new Map<string, { attempt: number; nextMs: number; lastError: string | null }>();
   private readonly connectedSince = new Map<DeviceId, number>();
   /** Static peer addresses with a dial or an unadmitted session under way. */
   private readonly dialing = new Set<string>();
@@ -155,6 +167,16 @@ export class Mesh {
     for (const driver of [...this.drivers.values(), ...this.pending]) driver.stop('SHUTDOWN', 'node stopping');
     await this.libp2p?.stop();
     this.libp2p = null;
+  }
+
+  /** The static peers (uplink included): connected or not, dial attempts, last error, next dial. */
+  links(): LinkInfo[] {
+    return (this.options.peers ?? []).map((address) => {
+      const id = multiaddr(address).getComponents().find((c) => c.name === 'p2p')?.value;
+      const connected = id !== undefined && this.drivers.has(id);
+      const state = this.redial.get(address);
+      return { address, connected, attempts: state?.attempt ?? 0, lastError: state?.lastError ?? null, nextAttemptMs: connected ? null : (state?.nextMs ?? null) };
+    });
   }
 
   peers(): PeerInfo[] {
@@ -319,20 +341,23 @@ export class Mesh {
     for (const address of this.options.peers ?? []) {
       const id = multiaddr(address).getComponents().find((c) => c.name === 'p2p')?.value;
       if ((id !== undefined && this.syncingWith(id)) || this.dialing.has(address)) continue;
-      const state = this.redial.get(address) ?? { attempt: 0, nextMs: 0 };
+      const state = this.redial.get(address) ?? { attempt: 0, nextMs: 0, lastError: null };
       if (state.nextMs > now) {
         soonest = Math.min(soonest, state.nextMs);
         continue;
       }
       const min = this.options.redialMinMs ?? 500;
       const max = this.options.redialMaxMs ?? 30_000;
-      const backoff = Math.min(max, min * 2 ** state.attempt);
-      const next = { attempt: Math.min(state.attempt + 1, 30), nextMs: now + backoff / 2 + this.random() * (backoff / 2) };
+      const backoff = Math.min(max, min * 2 ** Math.min(state.attempt, 30));
+      const next = { attempt: state.attempt + 1, nextMs: now + backoff / 2 + this.random() * (backoff / 2), lastError: state.lastError };
       this.redial.set(address, next);
       soonest = Math.min(soonest, next.nextMs);
       this.dialing.add(address);
       void this.dial(address)
-        .catch(() => undefined)
+        .catch((err: Error) => {
+          const current = this.redial.get(address);
+          if (current !== undefined) this.redial.set(address, { ...current, lastError: err.message });
+        })
         .finally(() => this.dialing.delete(address));
     }
     if (Number.isFinite(soonest)) this.scheduleRedial(Math.max(50, soonest - Date.now()));

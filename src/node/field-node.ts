@@ -32,7 +32,7 @@ import { hqCertificate, readDeviceCertificate, saveCertificate } from './enroll.
 import { checkAdmission, decodeCertificate, issueCertificate, type Certificate } from '../core/cert.ts';
 import { badChoice, conflictNotFound, entityExists, entityNotFound, unknownDomain } from './errors.ts';
 import { Subscription } from './subscription.ts';
-import { Mesh, type MeshEvent, type MeshOptions, type PeerInfo } from '../net/mesh.ts';
+import { Mesh, type LinkInfo, type MeshEvent, type MeshOptions, type PeerInfo } from '../net/mesh.ts';
 
 export type { Role } from '../core/cert.ts';
 import type { Role } from '../core/cert.ts';
@@ -608,6 +608,14 @@ export class FieldNode {
   async dial(address: string): Promise<void> {
     if (this.mesh === null) throw new InvalidInputError('NOT_STARTED', 'start() the node first');
     await this.mesh.dial(address);
+  }
+
+  /**
+   * Static peers and the uplink to HQ: whether each is up and, while it is not, how many dials
+   * were tried, the last error and when the next is due. Pending ops wait for these retries.
+   */
+  links(): LinkInfo[] {
+    return this.mesh?.links() ?? [];
   }
 
   /** Peers we sync with: who, role, last seen, how far behind either side is. */

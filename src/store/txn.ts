@@ -47,6 +47,8 @@ const DELETED = Symbol('deleted');
 export class Txn {
   /** Full key -> new value, or DELETED. Values of the log table are raw bytes, the others are encoded on commit. */
   private readonly writes = new Map<string, unknown>();
+  /** Full keys written, by table: a range query looks at its own table's writes only. */
+  private readonly written = new Map<Table, string[]>();
   private readonly db: Db;
   private readonly where: string;
   private readonly cache: Lru;
@@ -117,11 +119,20 @@ export class Txn {
 
   /** Writes a row: raw bytes in the log table, a value to encode in the others. */
   put(table: Table, key: string, value: unknown): void {
-    this.writes.set(tableKey(table, key), value);
+    this.write(table, tableKey(table, key), value);
   }
 
   del(table: Table, key: string): void {
-    this.writes.set(tableKey(table, key), DELETED);
+    this.write(table, tableKey(table, key), DELETED);
+  }
+
+  private write(table: Table, full: string, value: unknown): void {
+    if (!this.writes.has(full)) {
+      const keys = this.written.get(table);
+      if (keys === undefined) this.written.set(table, [full]);
+      else keys.push(full);
+    }
+    this.writes.set(full, value);
   }
 
   /** Keys (without table prefix) in a range, the change's own puts and deletes included. */
@@ -129,10 +140,10 @@ export class Txn {
     const full = tableRange(table, range);
     const found = new Set<string>();
     for await (const key of this.db.keys(full)) found.add(key);
-    for (const writes of [this.parent?.writes, this.writes]) {
-      for (const [key, pending] of writes ?? []) {
+    for (const txn of this.parent === null ? [this] : [this.parent, this]) {
+      for (const key of txn.written.get(table) ?? []) {
         if (key >= full.gte && key < full.lt) {
-          if (pending === DELETED) found.delete(key);
+          if (txn.writes.get(key) === DELETED) found.delete(key);
           else found.add(key);
         }
       }
@@ -143,13 +154,19 @@ export class Txn {
   /** Writes everything in one synced batch; then the cache holds the new values. */
   async commit(): Promise<void> {
     if (this.writes.size === 0) return;
-    const batch: ({ type: 'del'; key: string } | { type: 'put'; key: string; value: Uint8Array })[] = [];
-    for (const [key, pending] of this.writes) {
-      if (pending === DELETED) batch.push({ type: 'del', key });
-      else batch.push({ type: 'put', key, value: key[0] === TABLES.log ? sealRecord(key, pending as Uint8Array) : sealValue(key, pending) });
+    // A chained batch hands each row to LevelDB as it is sealed: half the main-thread time of an array batch.
+    const batch = this.db.batch();
+    try {
+      for (const [key, pending] of this.writes) {
+        if (pending === DELETED) batch.del(key);
+        else batch.put(key, key[0] === TABLES.log ? sealRecord(key, pending as Uint8Array) : sealValue(key, pending));
+      }
+    } catch (err) {
+      await batch.close();
+      throw err;
     }
     // `sync` is classic-level's (LevelDB fsync); other backends ignore it.
-    await this.db.batch(batch, { sync: true } as object);
+    await batch.write({ sync: true } as object);
     for (const [key, pending] of this.writes) {
       if (UNCACHED.has(key[0]!)) continue;
       this.cache.set(key, pending === DELETED ? ABSENT : pending);
