@@ -9,10 +9,11 @@
  */
 import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
+import { generateKeyPairFromSeed, privateKeyToProtobuf } from '@libp2p/crypto/keys';
 import { Level } from 'level';
 import { authorOp, type AuthorState } from '../src/core/author.ts';
 import { issueCertificate, type Certificate, type Role } from '../src/core/cert.ts';
@@ -21,15 +22,31 @@ import { HLC_ZERO } from '../src/core/hlc.ts';
 import { signerFromSeed, type DeviceId, type DeviceSigner } from '../src/core/keys.ts';
 import type { OpId } from '../src/core/op.ts';
 import type { Fields } from '../src/core/value.ts';
-import { loadOrCreateDeviceKey } from '../src/node/device-key.ts';
+import { DEVICE_KEY_FILE, loadOrCreateDeviceKey } from '../src/node/device-key.ts';
 import { saveCertificate } from '../src/node/enroll.ts';
 
 export const BENCH_TEAM = 'sar-north';
 const YEAR_MS = 365 * 24 * 3600 * 1000;
 
+/** The key seed of the device named `name` (see namedSigner). */
+export function namedSeed(name: string): Uint8Array {
+  return createHash('sha256').update(`fieldmesh-bench/${name}`).digest();
+}
+
 /** A signer whose key is derived from a name: the same name gives the same device everywhere. */
 export function namedSigner(name: string): DeviceSigner {
-  return signerFromSeed(createHash('sha256').update(`fieldmesh-bench/${name}`).digest());
+  return signerFromSeed(namedSeed(name));
+}
+
+/**
+ * Creates `dataDir` holding the named device's key as its device.key, so that a FieldNode opened
+ * there is namedSigner(name)'s device and can take in ops signed in advance with that key.
+ */
+export async function namedDeviceDir(dataDir: string, name: string): Promise<DeviceId> {
+  await mkdir(dataDir, { recursive: true, mode: 0o700 });
+  const privateKey = await generateKeyPairFromSeed('Ed25519', namedSeed(name));
+  await writeFile(join(dataDir, DEVICE_KEY_FILE), privateKeyToProtobuf(privateKey), { mode: 0o600 });
+  return namedSigner(name).device;
 }
 
 /** A certificate by `hq` for `device`, valid from a day ago (real clock) for a year. */

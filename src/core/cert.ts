@@ -54,9 +54,27 @@ export function issueCertificate(body: Omit<CertBody, 'issuer'>, hq: DeviceSigne
   return { ...full, bytes };
 }
 
+/**
+ * Certificates already decoded and verified, by their bytes: the result is a pure function of
+ * them, and a node looks up the same few certificates for every peer, session and judged op.
+ */
+const verified = new Map<string, Certificate>();
+const MAX_VERIFIED = 4096;
+
 /** Decodes a certificate and checks its signature (by its own issuer). Who may issue is checkAdmission's business. */
 export function decodeCertificate(bytes: Uint8Array): Certificate {
   if (!(bytes instanceof Uint8Array) || bytes.length > MAX_CERT_BYTES) throw decodeError('certificate', `must be at most ${MAX_CERT_BYTES} bytes`);
+  const key = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length).toString('base64');
+  let cert = verified.get(key);
+  if (cert === undefined) {
+    cert = decodeAndVerify(bytes);
+    if (verified.size >= MAX_VERIFIED) verified.clear();
+    verified.set(key, cert);
+  }
+  return cert;
+}
+
+function decodeAndVerify(bytes: Uint8Array): Certificate {
   const envelope = decodeCanonical(bytes, 'certificate');
   if (!Array.isArray(envelope) || envelope.length !== 2 || !(envelope[0] instanceof Uint8Array) || !(envelope[1] instanceof Uint8Array)) {
     throw decodeError('certificate', 'must be [body: bytes, sig: bytes]');

@@ -16,6 +16,8 @@ export interface MeshHost {
   readonly privateKey: PrivateKey;
   versionVector(): VersionVector;
   certificates(): Uint8Array[];
+  /** The certificate held for a device (who a peer is, its role), or null. */
+  certificateOf(device: DeviceId): Certificate | null;
   forkProofs(): Promise<ForkProof[]>;
   loadRange(device: DeviceId, fromSeq: number, toSeq: number, maxBytes: number): Promise<Uint8Array[]>;
   /** All or nothing; throws a FieldmeshError for a bad run. */

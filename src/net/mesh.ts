@@ -181,7 +181,7 @@ export class Mesh {
 
   peers(): PeerInfo[] {
     return [...this.drivers.entries()].map(([device, driver]) => {
-      const cert = this.certOf(device);
+      const cert = this.node.certificateOf(device);
       return {
         device,
         user: cert?.user ?? null,
@@ -257,16 +257,6 @@ export class Mesh {
     return this.libp2p;
   }
 
-  private certOf(device: DeviceId) {
-    const bytes = this.node.certificates().find((b) => {
-      try {
-        return decodeCertificate(b).device === device;
-      } catch {
-        return false;
-      }
-    });
-    return bytes === undefined ? null : decodeCertificate(bytes);
-  }
 
   /** Runs a session; with `untilAdmitted`, resolves once it is admitted (or over) rather than when it ends. */
   private async runSession(stream: Stream, connection: Connection, untilAdmitted = false): Promise<void> {

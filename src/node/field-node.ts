@@ -12,7 +12,7 @@ import { verifyForkProof, type ForkProof } from '../core/chain.ts';
 import type { Hlc } from '../core/hlc.ts';
 import type { DeviceId } from '../core/keys.ts';
 import { viewDigestBytes, isVisible } from '../core/materialize.ts';
-import { DATA_OP_TYPES, decodeOp, parseOp, type DataOpType, type Op, type OpId } from '../core/op.ts';
+import { DATA_OP_TYPES, parseOp, type DataOpType, type Op, type OpId } from '../core/op.ts';
 import { decodeBundle, encodeBundle } from '../core/bundle.ts';
 import { missingRanges, type VersionVector } from '../core/version-vector.ts';
 import { STATUSES, type OpStatus, type StatusName } from '../core/status.ts';
@@ -299,14 +299,24 @@ export class FieldNode {
   async awaitingVerdict(limit: number): Promise<OpSummary[]> {
     const out: OpSummary[] = [];
     const reader = this.store.reader();
+    let ids: OpId[] = [];
+    // Candidates in chunks, their rows read in one round trip per chunk.
+    const take = async () => {
+      await reader.prefetch(ids.flatMap((id) => [[TABLES.op, id] as const, [TABLES.verdict, id] as const]));
+      for (const id of ids) {
+        const meta = await reader.get<OpMeta>(TABLES.op, id);
+        if (out.length >= limit || meta === undefined || meta.device === this.hqDevice || meta.domain === null) continue;
+        if ((await reader.get(TABLES.verdict, id)) === undefined) out.push(summary(id, meta));
+      }
+      ids = [];
+    };
     for (const status of ['pending', 'conflict'] as const) {
       for await (const [, id] of this.store.scan<OpId>(TABLES.status, under(status))) {
         if (out.length >= limit) return out;
-        const meta = await reader.get<OpMeta>(TABLES.op, id);
-        if (meta === undefined || meta.device === this.hqDevice || meta.domain === null) continue;
-        if ((await reader.get(TABLES.verdict, id)) !== undefined) continue;
-        out.push(summary(id, meta));
+        ids.push(id);
+        if (ids.length >= Math.min(limit, 256)) await take();
       }
+      await take();
     }
     return out;
   }
@@ -364,8 +374,13 @@ export class FieldNode {
 
   /** The role in the certificate of a device we know (null when we hold none). */
   roleOf(device: DeviceId): Role | null {
+    return this.certificateOf(device)?.role ?? null;
+  }
+
+  /** The enrollment certificate we hold for `device`, or null. */
+  certificateOf(device: DeviceId): Certificate | null {
     const bytes = this.store.certificates.get(device);
-    return bytes === undefined ? null : decodeCertificate(bytes).role;
+    return bytes === undefined ? null : decodeCertificate(bytes);
   }
 
   /** Calls `listener` with the logs that grew (device -> highest seq) after each durable batch. */
@@ -530,7 +545,8 @@ export class FieldNode {
     const meta = await this.store.reader().get<OpMeta>(TABLES.op, id);
     if (meta === undefined) return undefined;
     const bytes = await this.store.reader().getRaw(TABLES.log, logKey(meta.device, meta.seq));
-    return bytes === undefined ? undefined : decodeOp(bytes);
+    // Its signature was checked when it was stored; verify() re-checks every one.
+    return bytes === undefined ? undefined : parseOp(bytes).op;
   }
 
   /** Highest contiguous seq held per device. */

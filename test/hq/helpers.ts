@@ -9,14 +9,12 @@ import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, expect } from 'vitest';
-import type { Role } from '../../src/core/cert.ts';
 import { FieldmeshError } from '../../src/core/errors.ts';
-import type { DomainPolicy, Strategy } from '../../src/core/strategies.ts';
 import type { MeshOptions } from '../../src/net/mesh.ts';
-import { enroll } from '../../src/node/enroll.ts';
-import { FieldNode, type FieldNodeOptions } from '../../src/node/field-node.ts';
+import type { FieldNode } from '../../src/node/field-node.ts';
 import type { Policy } from '../../src/hq/policy.ts';
 import { ReceiptIssuer, type ReceiptOptions } from '../../src/hq/receipts.ts';
+import { createTeam, type Domains, type Team } from '../fixtures/team.ts';
 
 export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
@@ -126,43 +124,11 @@ export function useHq() {
       return issuer;
     },
     /**
-     * A team: HQ's data dir is set up (HQ opened once as role server, so its key and root
-     * certificate exist); `node()` enrolls a device with HQ's key and opens it.
+     * A team (test/fixtures/team.ts) under a temp root: HQ's data dir is set up, `node()` enrolls
+     * a device with HQ's key and opens it; every node is closed after the test.
      */
-    async team(domains: Readonly<Record<string, DomainPolicy | Strategy>>, name = 'team-hq') {
-      const root = await dir('fm-team-');
-      const hqDir = join(root, 'hq');
-      const hqOptions: FieldNodeOptions = { dataDir: hqDir, team: name, user: 'hq-staff', role: 'server', domains };
-      const first = await FieldNode.open(hqOptions);
-      const hqDevice = first.device;
-      await first.close();
-      const optionsByDir = new Map<string, FieldNodeOptions>([[hqDir, hqOptions]]);
-      return {
-        name,
-        root,
-        hqDir,
-        hqDevice,
-        domains,
-        /** HQ's node (role server). */
-        async hq(): Promise<FieldNode> {
-          return track(await FieldNode.open(hqOptions));
-        },
-        /** Enrolls device `id` (data dir under the team root) with HQ's key and opens it. */
-        async node(id: string, options: { user?: string; role?: Exclude<Role, 'server'> } = {}): Promise<FieldNode> {
-          const dataDir = join(root, id);
-          const user = options.user ?? id;
-          await enroll({ hqDataDir: hqDir, dataDir, team: name, user, role: options.role ?? 'field' });
-          const nodeOptions: FieldNodeOptions = { dataDir, team: name, user, domains };
-          optionsByDir.set(dataDir, nodeOptions);
-          return track(await FieldNode.open(nodeOptions));
-        },
-        /** Opens a closed node's data dir again with the options it was first opened with. */
-        async reopen(node: FieldNode): Promise<FieldNode> {
-          const options = optionsByDir.get(node.dataDir);
-          if (options === undefined) throw new Error(`unknown data dir ${node.dataDir}`);
-          return track(await FieldNode.open(options));
-        },
-      };
+    async team(domains: Domains, name = 'team-hq'): Promise<Team> {
+      return createTeam({ root: await dir('fm-team-'), domains, name, hqUser: 'hq-staff', track });
     },
   };
 }

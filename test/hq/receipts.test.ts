@@ -246,11 +246,12 @@ describe('HQ restarts mid-sync', () => {
     const firstIssuer = issuer;
     first.onAdvanced((tips) => {
       const seq = tips[alice.device];
-      // In the middle of the catch-up: HQ's issuer stops, its mesh stops, its node closes.
+      // In the middle of the catch-up: HQ's mesh stops first (so the catch-up is cut there, not after
+      // the issuer's judging pass), then its issuer, then its node closes.
       if (restart === null && seq !== undefined && seq < N) {
         restart = (async () => {
-          await firstIssuer.stop();
           await first.stop();
+          await firstIssuer.stop();
           await first.close();
         })();
       }

@@ -8,11 +8,9 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach } from 'vitest';
-import type { Role } from '../../src/core/cert.ts';
-import type { DomainPolicy, Strategy } from '../../src/core/strategies.ts';
 import type { MeshOptions } from '../../src/net/mesh.ts';
-import { enroll } from '../../src/node/enroll.ts';
-import { FieldNode, type FieldNodeOptions } from '../../src/node/field-node.ts';
+import type { FieldNode } from '../../src/node/field-node.ts';
+import { createTeam, type Domains, type Team } from '../fixtures/team.ts';
 export { rng } from '../core/helpers.ts';
 
 export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
@@ -36,12 +34,6 @@ export async function startMesh(node: FieldNode, peers: readonly FieldNode[] = [
   const addresses = peers.flatMap((p) => p.addresses());
   if (addresses.length < peers.length) throw new Error('startMesh: a static peer is not started');
   await node.start({ ...LOOPBACK, ...options, peers: [...addresses, ...(options.peers ?? [])] });
-}
-
-export interface TeamNodeOptions {
-  readonly user?: string;
-  readonly role?: Exclude<Role, 'server'>;
-  readonly node?: Partial<FieldNodeOptions>;
 }
 
 /**
@@ -68,44 +60,11 @@ export function useLoopback() {
   return {
     track,
     dir,
-    async team(domains: Readonly<Record<string, DomainPolicy | Strategy>>, name = 'team-net') {
-      const root = await dir('fm-team-');
-      const hqDir = join(root, 'hq');
-      const hqOptions: FieldNodeOptions = { dataDir: hqDir, team: name, user: 'hq-admin', role: 'server', domains };
-      const first = await FieldNode.open(hqOptions);
-      const hqDevice = first.device;
-      await first.close();
-      const optionsByDir = new Map<string, FieldNodeOptions>([[hqDir, hqOptions]]);
-      return {
-        name,
-        root,
-        hqDir,
-        hqDevice,
-        domains,
-        /** HQ's own node (role server). */
-        async hq(): Promise<FieldNode> {
-          return track(await FieldNode.open(hqOptions));
-        },
-        /** Enrolls device `id` (its data dir under the team root) and opens its node. */
-        async node(id: string, options: TeamNodeOptions = {}): Promise<FieldNode> {
-          const dataDir = join(root, id);
-          const user = options.user ?? id;
-          await enroll({ hqDataDir: hqDir, dataDir, team: name, user, role: options.role ?? 'field' });
-          const nodeOptions: FieldNodeOptions = { dataDir, team: name, user, domains, ...options.node };
-          optionsByDir.set(dataDir, nodeOptions);
-          return track(await FieldNode.open(nodeOptions));
-        },
-        /** Opens a node's data dir again (after close), with the options it was opened with. */
-        async reopen(node: FieldNode): Promise<FieldNode> {
-          const options = optionsByDir.get(node.dataDir);
-          if (options === undefined) throw new Error(`unknown data dir ${node.dataDir}`);
-          return track(await FieldNode.open(options));
-        },
-      };
+    async team(domains: Domains, name = 'team-net'): Promise<Team> {
+      return createTeam({ root: await dir('fm-team-'), domains, name, hqUser: 'hq-admin', track });
     },
   };
 }
-
 
 /** What a node shows of its data: version vector, state hash, open conflicts and every op id. */
 export async function observed(node: FieldNode) {

@@ -8,7 +8,8 @@
  * namespace it created on `teardown()`, and also, synchronously, on process exit, SIGINT, SIGTERM
  * and SIGHUP (for labs still alive then).
  *
- * Needs root and iproute2 (`ip`). Every call to `ip` goes through child_process.execFile (no shell).
+ * Needs root and iproute2 (`ip`; `tc` and the kernel's netem qdisc for Link.impair). Every call to
+ * `ip` and `tc` goes through child_process.execFile (no shell).
  * Several runs may share a machine: names carry the test process's pid, and
  * `sweepStaleNamespaces()` removes only namespaces whose creating process is gone.
  *
@@ -18,6 +19,13 @@
  *   const link = await lab.attach(a, sw, { address: '10.77.0.2/24' }); // a's eth0 on the bridge
  *   const p = lab.spawn(a, process.execPath, ['server.js']);     // `ip netns exec …a node server.js`
  *   await link.cut(); await link.restore();
+ *   await link.impair({ delayMs: 150, jitterMs: 50, lossPercent: 10 }); // tc netem, both directions
+ *   await link.clearImpairment();
+ *   const r = await lab.router('r');                             // forwarding on
+ *   await lab.attach(r, sw, { ifname: 'lan0', address: '10.77.0.1/24' });
+ *   const b = await lab.host('b');
+ *   const wan = await lab.veth({ ns: r, ifname: 'wan0', address: '10.78.0.1/24' }, { ns: b, ifname: 'eth0', address: '10.78.0.2/24' });
+ *   await b.addRoute('10.77.0.0/24', { via: '10.78.0.1' });     // and `gateway: '10.77.0.1'` when attaching a
  *   await lab.teardown();
  */
 import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
@@ -26,6 +34,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 const IP = 'ip';
+const TC = 'tc';
 
 /** FMT_DEBUG_LOG=<file>: the lab appends what it spawns and tears down there (for leak hunting). */
 const dbg = (message: string): void => {
@@ -93,6 +102,28 @@ export async function netnsUnavailable(): Promise<string | null> {
     await ip(['netns', 'del', probe]).catch(() => undefined);
   }
   return null;
+}
+
+/**
+ * Why links cannot be impaired with tc netem here, or null when they can: needs `tc` (iproute2)
+ * and a kernel with the netem qdisc (sch_netem), probed on the loopback of a namespace of its own.
+ */
+export async function netemUnavailable(): Promise<string | null> {
+  try {
+    await run(TC, ['-V']);
+  } catch (err) {
+    return `tc (iproute2) is not usable: ${(err as Error).message}`;
+  }
+  const probe = `fmt${process.pid}-netem-probe`;
+  await ip(['netns', 'add', probe]);
+  try {
+    await run(IP, ['netns', 'exec', probe, TC, 'qdisc', 'add', 'dev', 'lo', 'root', 'netem', 'delay', '1ms']);
+    return null;
+  } catch (err) {
+    return `this kernel has no tc netem qdisc (module sch_netem): ${(err as CommandError).stderr.trim() || (err as Error).message}`;
+  } finally {
+    await ip(['netns', 'del', probe]).catch(() => undefined);
+  }
 }
 
 /** A network namespace of a lab. */
@@ -164,6 +195,15 @@ export interface LinkEnd {
   readonly ifname: string;
 }
 
+/** What tc netem does to every packet leaving either end of a link. */
+export interface Impairment {
+  readonly delayMs?: number;
+  /** Random variation of the delay, ± this much. */
+  readonly jitterMs?: number;
+  /** Share of packets dropped, 0-100. */
+  readonly lossPercent?: number;
+}
+
 /** A veth pair: a cable between two namespaces (or a host and a switch). */
 export class Link {
   /** The host (or router) end. */
@@ -174,6 +214,8 @@ export class Link {
   readonly address: string | null;
   /** Routes added on the `a` side by Lab.attach (re-added by restore()). */
   readonly routes: { dest: string; to: { via?: string; dev?: string } }[] = [];
+  /** Ends with a netem qdisc from impair() (so clearImpairment() removes only what is there). */
+  private readonly impaired = new Set<LinkEnd>();
 
   constructor(a: LinkEnd, b: LinkEnd, address: string | null) {
     this.a = a;
@@ -195,6 +237,30 @@ export class Link {
   async cut(side: 'a' | 'b' = 'b'): Promise<void> {
     const end = side === 'a' ? this.a : this.b;
     await end.ns.ip(['link', 'set', end.ifname, 'down']);
+  }
+
+  /**
+   * Degrades the cable in both directions with tc netem (see netemUnavailable()): unlike cut(), both
+   * ends stay up with carrier, so nothing on either side learns of the fault but from lost or late
+   * packets, as with a radio link at the edge of its range. Replaces any earlier impairment.
+   */
+  async impair(impairment: Impairment): Promise<void> {
+    const netem = [
+      ...(impairment.delayMs !== undefined ? ['delay', `${impairment.delayMs}ms`, ...(impairment.jitterMs !== undefined ? [`${impairment.jitterMs}ms`] : [])] : []),
+      ...(impairment.lossPercent !== undefined ? ['loss', `${impairment.lossPercent}%`] : []),
+    ];
+    for (const end of [this.a, this.b]) {
+      await end.ns.exec(TC, ['qdisc', 'replace', 'dev', end.ifname, 'root', 'netem', ...netem]);
+      this.impaired.add(end);
+    }
+  }
+
+  /** Removes any impairment: the ends impaired go back to their default queueing discipline. */
+  async clearImpairment(): Promise<void> {
+    for (const end of [...this.impaired]) {
+      await end.ns.exec(TC, ['qdisc', 'del', 'dev', end.ifname, 'root']);
+      this.impaired.delete(end);
+    }
   }
 
   /** Reconnects the cable: both ends up again, and any routes attach() created are back. */
@@ -417,6 +483,13 @@ export class Lab {
   /** A host: a namespace with loopback up (attach it to switches, or link it to routers). */
   host(name: string): Promise<Namespace> {
     return this.namespace(name);
+  }
+
+  /** A router: a namespace with IPv4 forwarding on (link it to switches and hosts, then add routes). */
+  async router(name: string): Promise<Namespace> {
+    const ns = await this.namespace(name);
+    await ns.enableForwarding();
+    return ns;
   }
 
   /** A switch: a namespace of its own holding a bridge (multicast snooping off: it floods, like a dumb switch). */

@@ -2,36 +2,23 @@
  * Testing level 4 (DESIGN.md): real `fieldmesh` processes, each in its own Linux network
  * namespace, plugged into one virtual switch (a bridge inside a namespace of its own). They are
  * given no peer addresses: they must find each other by real mDNS, sync, and converge; then one
- * device's cable is cut, everyone writes, the cable comes back and the device catches up.
+ * device's cable is cut, everyone writes, the cable comes back and the device catches up; then the
+ * same device's link goes silent and comes back lossy and slow (tc netem), and it catches up again.
  *
  * Nothing touches the root namespace: every namespace, veth and bridge is created by the lab and
  * removed after the run (also on failure and on SIGINT/SIGTERM, see harness.ts), and mDNS only
  * ever runs inside the lab's namespaces, on 10.77.0.0/24.
  *
- * Needs root and iproute2. It FAILS (not skips) when either is missing: CI runs it as root.
+ * Needs root and iproute2: without them it skips, saying why, except in CI (env CI set), where it fails.
  */
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { callRunning } from '../../src/cli/control.ts';
-import { Lab, type Link, type Namespace, type Proc, netnsUnavailable, run, sweepStaleNamespaces, until } from './harness.ts';
+import { Fieldmesh, NETNS_PROBLEM, SKIP_NETNS, control, skipWhen, sortedLogs, type Peer, type Status } from './fieldmesh.ts';
+import { Lab, type Link, type Namespace, type Proc, netemUnavailable, sweepStaleNamespaces, until } from './harness.ts';
 
-const NODE = process.execPath;
-const CLI = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
 const LISTEN = '/ip4/0.0.0.0/tcp/4001';
 const SUBNET = '10.77.0';
 const DEVICES = 3;
-
-interface Status {
-  device: string;
-  counts: Record<string, number>;
-  devices: { device: string; lastSeq: number; counts: Record<string, number> }[];
-  stateHash: string;
-}
-interface Peer {
-  device: string;
-  address: string;
-}
 
 interface Device {
   readonly name: string;
@@ -44,27 +31,9 @@ interface Device {
   written: number;
 }
 
-/**
- * `fieldmesh -d DIR --json ARGS…`, inside `ns` when given, else in the root namespace (for init
- * and enroll, which use no network). The CLI takes 1-3 s of CPU to start: generous bound.
- */
-async function cli(dir: string, args: readonly string[], ns?: Namespace): Promise<unknown> {
-  const argv = [CLI, '-d', dir, '--json', ...args];
-  const { stdout } = ns === undefined ? await run(NODE, argv, { timeoutMs: 60_000 }) : await ns.exec(NODE, argv, { timeoutMs: 60_000 });
-  return JSON.parse(stdout.trim().split('\n').at(-1)!);
-}
-
-/** A command on a running node, straight through its control socket (cheap enough to poll). */
-async function control<T>(dir: string, method: string, params: Record<string, unknown> = {}): Promise<T> {
-  const response = await callRunning(dir, method, params, 10_000);
-  if (response === undefined) throw new Error(`no node is running on ${dir}`);
-  return response.result as T;
-}
-
-const sortedDevices = (s: Status) => [...s.devices].sort((a, b) => a.device.localeCompare(b.device));
-
-describe('fieldmesh in network namespaces: mDNS discovery, sync, link cut', () => {
+describe.skipIf(SKIP_NETNS)('fieldmesh in network namespaces: mDNS discovery, sync, link cut', () => {
   let lab: Lab | undefined;
+  let fm: Fieldmesh;
   const devices: Device[] = [];
 
   /**
@@ -76,7 +45,7 @@ describe('fieldmesh in network namespaces: mDNS discovery, sync, link cut', () =
   const put = async (d: Device, entity: string, fields: Record<string, string | number>, via: 'cli' | 'direct' = 'cli') => {
     const result =
       via === 'cli'
-        ? ((await cli(d.dir, ['put', 'evidence', entity, ...Object.entries(fields).map(([k, v]) => `${k}=${v}`)], d.ns)) as { seq: number })
+        ? await fm.cli<{ seq: number }>(d.dir, ['put', 'evidence', entity, ...Object.entries(fields).map(([k, v]) => `${k}=${v}`)], d.ns)
         : await control<{ seq: number }>(d.dir, 'put', { domain: 'evidence', entity, fields, type: 'update' });
     d.written += 1;
     expect(result.seq).toBe(d.written);
@@ -119,11 +88,11 @@ describe('fieldmesh in network namespaces: mDNS discovery, sync, link cut', () =
         const expected = writers.filter((w) => w.written > 0).map((w) => ({ device: w.id, lastSeq: w.written })).sort((a, b) => a.device.localeCompare(b.device));
         const ids = new Set(expected.map((e) => e.device));
         for (const s of statuses) {
-          const have = sortedDevices(s)
+          const have = sortedLogs(s)
             .filter((x) => writers.length === devices.length || ids.has(x.device))
             .map((x) => ({ device: x.device, lastSeq: x.lastSeq }));
           if (JSON.stringify(have) !== JSON.stringify(expected)) return undefined;
-          if (s.stateHash !== first.stateHash || JSON.stringify(sortedDevices(s)) !== JSON.stringify(sortedDevices(first))) return undefined;
+          if (s.stateHash !== first.stateHash || JSON.stringify(sortedLogs(s)) !== JSON.stringify(sortedLogs(first))) return undefined;
           // `status` reads its parts one after the other, not as one snapshot: an op landing in
           // between shows in `devices` but not yet in `counts`. Poll until they agree.
           const total = (counts: Record<string, number>) => Object.values(counts).reduce((x, y) => x + y, 0);
@@ -135,20 +104,18 @@ describe('fieldmesh in network namespaces: mDNS discovery, sync, link cut', () =
     );
 
   beforeAll(async () => {
-    const problem = await netnsUnavailable();
-    if (problem !== null) {
-      throw new Error(`The network-namespace tests (test/netns) must run as root with iproute2 installed; they do not skip. Cannot run here: ${problem}`);
-    }
+    if (NETNS_PROBLEM !== null) throw new Error(`the network-namespace tests (test/netns) must run as root with iproute2 installed in CI: ${NETNS_PROBLEM}`);
     await sweepStaleNamespaces();
     lab = new Lab();
+    fm = new Fieldmesh(lab);
     const tmp = lab.tempDir();
     const hq = join(tmp, 'hq');
-    await cli(hq, ['init', '--team', 'T', '--user', 'boss']);
+    await fm.cli(hq, ['init', '--team', 'T', '--user', 'boss']);
     const dirs: string[] = [];
     for (let i = 1; i <= DEVICES; i++) {
       const dir = join(tmp, `f${i}`);
       // One at a time: enroll opens HQ's data dir.
-      await cli(dir, ['enroll', '--hq', hq, '--user', `u${i}`]);
+      await fm.cli(dir, ['enroll', '--hq', hq, '--user', `u${i}`]);
       dirs.push(dir);
     }
 
@@ -159,7 +126,7 @@ describe('fieldmesh in network namespaces: mDNS discovery, sync, link cut', () =
       devices.push({ name: `f${i}`, dir: dirs[i - 1]!, ns, link, proc: undefined as unknown as Proc, id: '', written: 0 });
     }
     // No --peer, no --hq: the only way to find each other is mDNS on the lab's LAN.
-    for (const d of devices) d.proc = lab.spawn(d.ns, NODE, [CLI, '-d', d.dir, '--json', 'start', '--mdns', '--listen', LISTEN], { label: d.name });
+    for (const d of devices) d.proc = fm.spawn(d.name, d.dir, d.ns, ['--mdns', '--listen', LISTEN]);
     for (const d of devices) {
       const started = await d.proc.waitForJson<{ event: string; device: string; addresses: string[] }>((e) => e.event === 'started', 30_000);
       d.id = started.device;
@@ -191,12 +158,12 @@ describe('fieldmesh in network namespaces: mDNS discovery, sync, link cut', () =
     await fullMesh();
     // The same through the CLI: `status --json` agrees everywhere, `peers --json` lists the two others, found on the LAN.
     const [viaCli, peersViaCli, seen] = await Promise.all([
-      Promise.all(devices.map((d) => cli(d.dir, ['status'], d.ns) as Promise<Status>)),
-      Promise.all(devices.map((d) => cli(d.dir, ['peers'], d.ns) as Promise<Peer[]>)),
+      Promise.all(devices.map((d) => fm.cli<Status>(d.dir, ['status'], d.ns))),
+      Promise.all(devices.map((d) => fm.cli<Peer[]>(d.dir, ['peers'], d.ns))),
       control<{ fields: Record<string, unknown> }>(devices[2]!.dir, 'get', { domain: 'evidence', entity: 'ev-f1-2' }),
     ]);
     expect(new Set(viaCli.map((s) => s.stateHash)).size).toBe(1);
-    expect(viaCli.map((s) => JSON.stringify(sortedDevices(s)))).toEqual(Array(DEVICES).fill(JSON.stringify(sortedDevices(viaCli[0]!))));
+    expect(viaCli.map((s) => JSON.stringify(sortedLogs(s)))).toEqual(Array(DEVICES).fill(JSON.stringify(sortedLogs(viaCli[0]!))));
     devices.forEach((d, i) => {
       const peers = peersViaCli[i]!;
       expect(peers.map((p) => p.device).sort()).toEqual(devices.filter((o) => o !== d).map((o) => o.id).sort());
@@ -255,6 +222,26 @@ describe('fieldmesh in network namespaces: mDNS discovery, sync, link cut', () =
     }
     // And c is back among everyone's peers, found again by mDNS.
     await fullMesh();
+  }, 120_000);
+
+  it('a device whose link goes silent (tc netem), then lossy and slow, catches up over the bad link', async (ctx) => {
+    skipWhen(ctx, await netemUnavailable());
+    const [a, b, c] = devices as [Device, Device, Device];
+    const total = () => devices.reduce((n, d) => n + d.written, 0);
+    try {
+      // Every packet lost both ways, carrier up: unlike a pulled cable, nothing tells either side.
+      await c.link.impair({ lossPercent: 100 });
+      await Promise.all([put(c, 'ev-silent-c', { title: 'unheard' }, 'direct'), put(a, 'ev-silent-a', { title: 'not heard by f3' }, 'direct')]);
+      await converged([a, b], [a, b], 30_000);
+      expect((await control<Status>(c.dir, 'status')).devices.find((x) => x.device === a.id)?.lastSeq).toBe(a.written - 1);
+      // The link comes back bad: a tenth of the packets lost, 150 ± 50 ms each way.
+      await c.link.impair({ delayMs: 150, jitterMs: 50, lossPercent: 10 });
+      await put(b, 'ev-lossy-b', { title: 'sent over a bad link' }, 'direct');
+      const statuses = await converged(devices, devices, 60_000);
+      expect(statuses[0]!.counts, JSON.stringify(statuses)).toEqual({ pending: total(), synced: 0, failed: 0, conflict: 0 });
+    } finally {
+      await c.link.clearImpairment();
+    }
   }, 120_000);
 
   it('every node stops cleanly on SIGTERM', async () => {
