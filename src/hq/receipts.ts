@@ -108,9 +108,16 @@ export class ReceiptIssuer {
       const waiting = (await this.node.awaitingVerdict(this.maxVerdicts + this.retries.size)).filter((o) => (this.retries.get(o.id)?.nextAttemptMs ?? 0) <= now()).slice(0, this.maxVerdicts);
       if (waiting.length === 0) break;
       const verdicts = [];
-      for (const summary of waiting) {
+      let ops: Awaited<ReturnType<FieldNode['readOps']>> = [];
+      try {
+        ops = await this.node.readOps(waiting.map((w) => w.id));
+      } catch (err) {
+        for (const summary of waiting) this.transient(summary.id, err as Error, now());
+        break;
+      }
+      for (const [i, summary] of waiting.entries()) {
         try {
-          const op = await this.node.op(summary.id);
+          const op = ops[i];
           if (op === undefined || !isEntityOp(op)) throw new FieldmeshError('OP_UNREADABLE', `op ${summary.id} cannot be read`);
           const verdict = this.policy.judge(op, this.node.roleOf(op.device));
           verdicts.push(verdict.accepted ? { op: op.id, accepted: true, reason: '', detail: '' } : { op: op.id, accepted: false, reason: verdict.reason, detail: verdict.detail });

@@ -542,11 +542,23 @@ export class FieldNode {
 
   /** The signed op with this id, or undefined. */
   async op(id: OpId): Promise<Op | undefined> {
-    const meta = await this.store.reader().get<OpMeta>(TABLES.op, id);
-    if (meta === undefined) return undefined;
-    const bytes = await this.store.reader().getRaw(TABLES.log, logKey(meta.device, meta.seq));
-    // Its signature was checked when it was stored; verify() re-checks every one.
-    return bytes === undefined ? undefined : parseOp(bytes).op;
+    return (await this.readOps([id]))[0];
+  }
+
+  /** Ops by id (undefined for those not held), read in two round trips however many. */
+  async readOps(ids: readonly OpId[]): Promise<(Op | undefined)[]> {
+    const reader = this.store.reader();
+    await reader.prefetch(ids.map((id) => [TABLES.op, id] as const));
+    const metas = await Promise.all(ids.map((id) => reader.get<OpMeta>(TABLES.op, id)));
+    const held = metas.filter((m) => m !== undefined);
+    const envelopes = await reader.getRawMany(TABLES.log, held.map((m) => logKey(m.device, m.seq)));
+    let next = 0;
+    // Signatures were checked when the ops were stored; verify() re-checks every one.
+    return metas.map((m) => {
+      if (m === undefined) return undefined;
+      const bytes = envelopes[next++];
+      return bytes === undefined ? undefined : parseOp(bytes).op;
+    });
   }
 
   /** Highest contiguous seq held per device. */

@@ -108,6 +108,18 @@ export class Txn {
     }
   }
 
+  /** Raw bytes of many rows in one round trip (committed rows only: for readers). */
+  async getRawMany(table: Table, keys: readonly string[]): Promise<(Uint8Array | undefined)[]> {
+    const full = keys.map((key) => tableKey(table, key));
+    let records: (Uint8Array | undefined)[];
+    try {
+      records = full.length === 0 ? [] : await this.db.getMany(full);
+    } catch (err) {
+      throw corrupt(this.where, full[0]!, (err as Error).message);
+    }
+    return records.map((record, i) => (record === undefined ? undefined : openRecord(full[i]!, record, this.where)));
+  }
+
   /** Raw bytes (op envelopes), checksummed but not decoded. */
   async getRaw(table: Table, key: string): Promise<Uint8Array | undefined> {
     const full = tableKey(table, key);
