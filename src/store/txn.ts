@@ -202,20 +202,24 @@ export async function* scan<T>(db: Db, where: string, table: Table, range?: { gt
   }
 }
 
+const SCAN_CHUNK = 128;
+
 /** Raw records (full key, sealed value) of a table; LevelDB read errors become StoreCorruptError. */
 export async function* scanRecords(db: Db, where: string, table: Table, range?: { gte: string; lt: string }, options: { limit?: number; reverse?: boolean } = {}): AsyncGenerator<[string, Uint8Array]> {
   const full = tableRange(table, range);
   const iterator = db.iterator({ ...full, limit: options.limit ?? -1, reverse: options.reverse ?? false });
+  // Rows come from LevelDB a chunk at a time: one native call per chunk, not per row.
+  const chunk = options.limit !== undefined && options.limit > 0 ? Math.min(options.limit, SCAN_CHUNK) : SCAN_CHUNK;
   try {
     while (true) {
-      let entry: [string, Uint8Array] | undefined;
+      let entries: [string, Uint8Array][];
       try {
-        entry = await iterator.next();
+        entries = await iterator.nextv(chunk);
       } catch (err) {
         throw corrupt(where, full.gte, (err as Error).message);
       }
-      if (entry === undefined) return;
-      yield entry;
+      if (entries.length === 0) return;
+      yield* entries;
     }
   } finally {
     await iterator.close();
