@@ -13,9 +13,11 @@ import { fileURLToPath } from 'node:url';
 import { coreSuite } from './core.ts';
 import { storeSuite } from './store.ts';
 import { netSuite } from './net.ts';
+import { hqSuite } from './hq.ts';
+import { simSuite } from './sim.ts';
 import { formatTable, toJson, type Result, type Suite } from './harness.ts';
 
-const SUITES: readonly Suite[] = [coreSuite, storeSuite, netSuite];
+const SUITES: readonly Suite[] = [coreSuite, storeSuite, netSuite, hqSuite, simSuite];
 
 const RESULTS_FILE = fileURLToPath(new URL('./results.json', import.meta.url));
 

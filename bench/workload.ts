@@ -12,23 +12,15 @@ import { entityKey } from '../src/core/materialize.ts';
 import type { Op, OpId, Verdict } from '../src/core/op.ts';
 import { MERGE_FUNCTIONS, type ResolutionConfig } from '../src/core/strategies.ts';
 import type { Fields } from '../src/core/value.ts';
+import { mulberry32 as prng } from '../src/sim/prng.ts';
+
+/** The shared seeded PRNG (mulberry32): the same seed gives the same workload everywhere. */
+export { prng };
 
 const PKCS8_ED25519_PREFIX = Uint8Array.from([0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20]);
 
 export const T0 = Date.UTC(2026, 10, 25, 8, 0, 0);
 export const TEAM = 'sar-north';
-
-/** Seeded PRNG (mulberry32): the same seed gives the same workload everywhere. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** A device writing to its own log, with a key derived from its name. */
 export class BenchDevice {

@@ -90,6 +90,13 @@ function decodeAndVerify(bytes: Uint8Array): Certificate {
   return { ...body, bytes };
 }
 
+/**
+ * The time a peer's certificate is judged at: the wall clock, but never before the node's HLC
+ * high-water mark or its own enrollment. A device whose clock was set back (a dead RTC battery, a
+ * jump) knows time has passed at least that far, and so does not refuse (and blame) honest peers.
+ */
+export const admissionTimeMs = (wallMs: number, hlcWallMs: number, ownIssuedMs: number): number => Math.max(wallMs, hlcWallMs, ownIssuedMs);
+
 export interface TrustRoot {
   readonly team: string;
   readonly hqDevice: DeviceId;

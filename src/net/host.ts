@@ -25,6 +25,8 @@ export interface MeshHost {
   addCertificates(encoded: readonly Uint8Array[]): Promise<DeviceId[]>;
   addForkProof(proof: ForkProof): Promise<boolean>;
   isRevoked(device: DeviceId): boolean;
+  /** The time peers' certificates are judged at (core/cert.ts admissionTimeMs). */
+  admissionNowMs(): number;
   onAdvanced(listener: (tips: Readonly<Record<DeviceId, number>>) => void): () => void;
   onFork(listener: (proof: ForkProof) => void): () => void;
 }

@@ -169,6 +169,14 @@ export class Mesh {
     this.libp2p = null;
   }
 
+  /**
+   * Passes certificates on to every peer (but the one they came from): certificates learned from a
+   * session, a bundle or an enrollment reach the peers before the ops that need them.
+   */
+  shareCertificates(certs: readonly Uint8Array[], from?: SessionDriver): void {
+    for (const driver of this.drivers.values()) if (driver !== from) driver.dispatch(driver.session.sendCerts(certs));
+  }
+
   /** The static peers (uplink included): connected or not, dial attempts, last error, next dial. */
   links(): LinkInfo[] {
     return (this.options.peers ?? []).map((address) => {
@@ -269,7 +277,7 @@ export class Mesh {
     const local = { team: node.team, hq: node.hqDevice, cert: node.certificate!.bytes, vv: node.versionVector(), certs: () => node.certificates(), forks: () => forks };
     const admit = (bytes: Uint8Array) => {
       const cert = decodeCertificate(bytes);
-      checkAdmission(cert, { team: node.team, hqDevice: node.hqDevice }, Date.now(), (d) => node.isRevoked(d));
+      checkAdmission(cert, { team: node.team, hqDevice: node.hqDevice }, node.admissionNowMs(), (d) => node.isRevoked(d));
       return cert.device;
     };
     const session = new SyncSession(local, admit, this.limits);
@@ -307,9 +315,7 @@ export class Mesh {
       }
       if (!this.stopping) this.scheduleRedial(this.options.redialMinMs ?? 500);
     },
-    learnedCerts: (from: SessionDriver, certs: readonly Uint8Array[]): void => {
-      for (const driver of this.drivers.values()) if (driver !== from) driver.dispatch(driver.session.sendCerts(certs));
-    },
+    learnedCerts: (from: SessionDriver, certs: readonly Uint8Array[]): void => this.shareCertificates(certs, from),
     caughtUp: (driver: SessionDriver): void => {
       const device = driver.session.device;
       if (device !== null) this.events.emit('event', { kind: 'peer:caughtUp', device } satisfies MeshEvent);

@@ -29,7 +29,7 @@ import { verifyStore, type VerifyReport } from '../store/verify.ts';
 import { createHash } from 'node:crypto';
 import { loadOrCreateDeviceKey, type DeviceKey } from './device-key.ts';
 import { hqCertificate, readDeviceCertificate, saveCertificate } from './enroll.ts';
-import { checkAdmission, decodeCertificate, issueCertificate, type Certificate } from '../core/cert.ts';
+import { admissionTimeMs, checkAdmission, decodeCertificate, issueCertificate, type Certificate } from '../core/cert.ts';
 import { badChoice, conflictNotFound, entityExists, entityNotFound, unknownDomain } from './errors.ts';
 import { Subscription } from './subscription.ts';
 import { Mesh, type LinkInfo, type MeshEvent, type MeshOptions, type PeerInfo } from '../net/mesh.ts';
@@ -187,6 +187,11 @@ export class FieldNode {
     if (hq?.fresh === true) await saveCertificate(options.dataDir, hq.cert);
     if (cert !== null) await store.addCertificates([cert]);
     return new FieldNode({ ...options, role: cert?.role ?? options.role }, key, store, resolution, cert);
+  }
+
+  /** The time peers' certificates are judged at: our clock, never before our HLC or our own enrollment. */
+  admissionNowMs(): number {
+    return admissionTimeMs(this.now(), this.store.clock.wallMs, this.cert?.issuedMs ?? 0);
   }
 
   /** This device's enrollment certificate (null when unenrolled: it cannot sync). */
@@ -353,7 +358,7 @@ export class FieldNode {
     if (bundle.team !== this.team || bundle.hq !== this.hqDevice) {
       throw new RuleViolationError('WRONG_TEAM', `bundle of team ${bundle.team} (HQ ${bundle.hq}), not ${this.team}`, { team: bundle.team, hq: bundle.hq });
     }
-    const certificates = (await this.addCertificates(bundle.certs)).length;
+    const certificates = this.share(await this.addCertificates(bundle.certs)).length;
     let forkProofs = 0;
     for (const proof of bundle.forks) if (await this.addForkProof(proof)) forkProofs++;
     const result = await this.ingest(bundle.runs.flatMap((r) => {
@@ -368,8 +373,14 @@ export class FieldNode {
     if (this.role !== 'server' || this.device !== this.hqDevice) throw new RuleViolationError('NOT_HQ', 'only the team\'s HQ node enrolls devices');
     const now = this.now();
     const cert = issueCertificate({ team: this.team, device, user, role, issuedMs: now, expiresMs: now + validForMs }, this.key.signer);
-    await this.addCertificates([cert.bytes]);
+    this.share(await this.addCertificates([cert.bytes]));
     return cert;
+  }
+
+  /** New certificates learned outside a session go to the peers we sync with, ahead of the ops that need them. */
+  private share(devices: readonly DeviceId[]): readonly DeviceId[] {
+    if (devices.length > 0) this.mesh?.shareCertificates(devices.map((d) => this.store.certificates.get(d)!));
+    return devices;
   }
 
   /** The role in the certificate of a device we know (null when we hold none). */

@@ -169,17 +169,8 @@ export function resignedWith(op: Op, edit: (raw: unknown[]) => void, signer: Dev
   return signEnvelope(encode(raw), signer);
 }
 
-/** Mulberry32: a tiny seeded PRNG so fast-check only has to shrink one integer. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** The simulator's seeded PRNG (mulberry32), so fast-check only has to shrink one integer. */
+export { mulberry32 as rng } from '../../src/sim/prng.ts';
 
 export const pick = <T>(rand: () => number, list: readonly T[]): T => list[Math.floor(rand() * list.length)]!;
 

@@ -1,0 +1,127 @@
+/**
+ * The invariants checked once a run has healed and settled (docs/testing.md lists them all):
+ *  - convergence: every node is up and holds the same logs, byte for byte, and the same state hash;
+ *  - from-scratch agreement: that state and every op's status equal core/materialize over the same ops;
+ *  - nothing lost: every mutation that resolved on its device is present on every node;
+ *  - receipts: HQ judged every op, and every node's status agrees with HQ's verdict;
+ *  - no forks among honest devices, and nothing past a fork point counts;
+ *  - causal order: no op waits for its base, and every applied op's base ops are applied.
+ * Violations are reported to the run's context; the first one fails the seed.
+ */
+import { createHash } from 'node:crypto';
+import { isVisible, materialize, stateHash, viewDigestBytes } from '../core/materialize.ts';
+import { isEntityOp, parseOp, type Op, type OpId } from '../core/op.ts';
+import type { OpStatus } from '../core/status.ts';
+import type { EntityState } from '../core/entity.ts';
+import { viewOf } from '../core/view.ts';
+import type { OpMeta } from '../store/apply.ts';
+import type { Store } from '../store/store.ts';
+import { TABLES } from '../store/tables.ts';
+import type { SimContext } from './context.ts';
+import type { SimNode } from './node.ts';
+
+/** What one node holds, read from its store. */
+interface Snapshot {
+  readonly node: SimNode;
+  readonly logs: Map<string, Uint8Array>;
+  readonly hash: string;
+  readonly metas: Map<OpId, OpMeta>;
+  readonly waiting: number;
+  readonly forks: number;
+}
+
+/** FieldNode.stateHash over a store: every visible entity's digest in key order. */
+export async function storeStateHash(store: Store): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const [, state] of store.scan<EntityState>(TABLES.entity)) {
+    const view = viewOf(state, store.resolution);
+    if (isVisible(view)) hash.update(viewDigestBytes(view));
+  }
+  return hash.digest('hex');
+}
+
+async function snapshot(node: SimNode, hashOf: (node: SimNode) => Promise<string>): Promise<Snapshot> {
+  const store = node.store;
+  const logs = new Map<string, Uint8Array>();
+  for await (const [key, bytes] of store.scan<Uint8Array>(TABLES.log)) logs.set(key, bytes);
+  const metas = new Map<OpId, OpMeta>();
+  for await (const [id, meta] of store.scan<OpMeta>(TABLES.op)) metas.set(id, meta);
+  let waiting = 0;
+  for await (const _ of store.scan(TABLES.waiting)) waiting++;
+  return { node, logs, hash: await hashOf(node), metas, waiting, forks: store.forks.size };
+}
+
+const sameBytes = (a: Uint8Array, b: Uint8Array): boolean => Buffer.from(a.buffer, a.byteOffset, a.length).equals(b);
+const statusText = (s: OpStatus | undefined): string => (s === undefined ? 'none' : s.reason === undefined ? s.status : `${s.status}(${s.reason})`);
+
+export async function checkSettled(sim: SimContext, nodes: readonly SimNode[], hashOf: (node: SimNode) => Promise<string>): Promise<void> {
+  const down = nodes.filter((n) => n.state !== 'up');
+  if (down.length > 0) {
+    sim.violate('convergence', `nodes still down after healing: ${down.map((n) => n.name).join(', ')}`);
+    return;
+  }
+  const snaps: Snapshot[] = [];
+  for (const node of nodes) snaps.push(await snapshot(node, hashOf));
+  const first = snaps[0]!;
+  for (const s of snaps.slice(1)) {
+    const missing = [...first.logs.keys()].filter((k) => !s.logs.has(k));
+    const extra = [...s.logs.keys()].filter((k) => !first.logs.has(k));
+    if (missing.length > 0 || extra.length > 0) {
+      sim.violate('convergence', `${s.node.name} holds ${s.logs.size} ops, ${first.node.name} ${first.logs.size} (${missing.length} missing, ${extra.length} extra)`);
+      return;
+    }
+    for (const [key, bytes] of first.logs) {
+      if (!sameBytes(bytes, s.logs.get(key)!)) {
+        sim.violate('convergence', `${s.node.name} and ${first.node.name} hold different ops at ${key.replace('\u0000', '#')}`);
+        return;
+      }
+    }
+    if (s.hash !== first.hash) {
+      sim.violate('convergence', `${s.node.name} shows state ${s.hash.slice(0, 12)}, ${first.node.name} ${first.hash.slice(0, 12)}, over the same ops`);
+      return;
+    }
+  }
+
+  const ops: Op[] = [...first.logs.values()].map((bytes) => parseOp(bytes).op);
+  const byId = new Map(ops.map((op) => [op.id, op]));
+  const expected = materialize(ops, nodes[0]!.team.resolution);
+  const expectedHash = stateHash([...expected.entities.values()].map((e) => e.view));
+  if (first.hash !== expectedHash) sim.violate('matches-materialize', `nodes show state ${first.hash.slice(0, 12)}, materialize over the same ops gives ${expectedHash.slice(0, 12)}`);
+
+  for (const node of nodes) {
+    for (const [seq, id] of node.resolved) {
+      if (!byId.has(id)) sim.violate('nothing-lost', `${node.name}'s op #${seq} (${id.slice(0, 12)}) resolved on its device but is on no node`);
+    }
+  }
+
+  const hqDevice = nodes[0]!.device;
+  const verdicts = expected.authority.verdicts;
+  for (const s of snaps) {
+    if (s.forks > 0) sim.violate('no-honest-forks', `${s.node.name} holds ${s.forks} fork proof(s), but every device is honest`);
+    if (s.waiting > 0) sim.violate('causal-order', `${s.node.name} still has ${s.waiting} op(s) waiting for their base after convergence`);
+    for (const op of ops) {
+      const meta = s.metas.get(op.id);
+      const want = expected.statuses.get(op.id);
+      if (meta === undefined) {
+        sim.violate('convergence', `${s.node.name} has no metadata for op ${op.device.slice(-6)}#${op.seq}`);
+        return;
+      }
+      if (statusText(meta.status) !== statusText(want)) {
+        sim.violate('matches-materialize', `${s.node.name}: op ${op.id.slice(0, 12)} is ${statusText(meta.status)}, materialize says ${statusText(want)}`);
+        return;
+      }
+      if (isEntityOp(op) && op.device !== hqDevice) {
+        const verdict = verdicts.get(op.id);
+        if (verdict === undefined) sim.violate('receipts', `HQ never judged op ${op.id.slice(0, 12)} of ${op.device.slice(-6)}#${op.seq}`);
+        else if (!verdict.accepted && meta.status.reason !== `REJECTED:${verdict.reason}`) sim.violate('receipts', `${s.node.name}: op ${op.id.slice(0, 12)} rejected by HQ (${verdict.reason}) is ${statusText(meta.status)}`);
+        else if (verdict.accepted && meta.status.status !== 'synced' && meta.status.status !== 'conflict' && meta.status.reason !== 'BAD_BASE') sim.violate('receipts', `${s.node.name}: op ${op.id.slice(0, 12)} accepted by HQ is ${statusText(meta.status)}`);
+        if (meta.status.status === 'pending') sim.violate('receipts', `${s.node.name}: op ${op.id.slice(0, 12)} still pending after HQ judged everything`);
+      }
+      if (isEntityOp(op) && meta.clock !== null) {
+        for (const b of op.base) {
+          if (s.metas.get(b)?.clock == null) sim.violate('causal-order', `${s.node.name} applied ${op.id.slice(0, 12)} but not its base ${b.slice(0, 12)}`);
+        }
+      }
+    }
+  }
+}

@@ -1,0 +1,247 @@
+/**
+ * A simulated device: the real Store on a SimDisk, written to as FieldNode writes (authorOp inside
+ * Store.write, ingest through store/ingest.ts), with a physical clock derived from virtual time
+ * plus its own offset and drift. It crashes (the Store is dropped without close, unflushed batches
+ * are lost) and restarts (Store.open on the same disk). FieldNode itself cannot run here: it opens
+ * LevelDB in a data dir and has no database seam; this class mirrors the few methods sync needs.
+ */
+import { authorOp, type OpDraft } from '../core/author.ts';
+import { admissionTimeMs, checkAdmission, decodeCertificate } from '../core/cert.ts';
+import { EMPTY_TIP, verifyForkProof, type ForkProof, type LogTip } from '../core/chain.ts';
+import { RuleViolationError } from '../core/errors.ts';
+import { compareHlc, type Hlc } from '../core/hlc.ts';
+import type { DeviceId } from '../core/keys.ts';
+import { parseOp, type Op } from '../core/op.ts';
+import type { VersionVector } from '../core/version-vector.ts';
+import { viewOf, type EntityView } from '../core/view.ts';
+import { ingest, type IngestResult } from '../store/ingest.ts';
+import { Store } from '../store/store.ts';
+import { TABLES } from '../store/tables.ts';
+import type { SimContext } from './context.ts';
+import { SimDisk } from './disk.ts';
+import { SIM_EPOCH_MS, SIM_TEAM, type Member, type Team } from './team.ts';
+
+/** As FieldNode's default: a remote clock further ahead than this is flagged. */
+export const SIM_MAX_DRIFT_MS = 300_000;
+
+export type NodeState = 'down' | 'opening' | 'up';
+
+/** What the network hears from a node. */
+export interface NodeListener {
+  up(node: SimNode): void;
+  down(node: SimNode): void;
+  advanced(node: SimNode, tips: Readonly<Record<DeviceId, number>>): void;
+  fork(node: SimNode, proof: ForkProof): void;
+}
+
+export class SimNode {
+  readonly member: Member;
+  readonly team: Team;
+  readonly disk: SimDisk;
+  private readonly sim: SimContext;
+  private readonly listener: NodeListener;
+  private storeRef: Store | null = null;
+  state: NodeState = 'down';
+  /** Bumped at every crash: continuations of work started before it are ignored. */
+  generation = 0;
+  /** Physical clock = epoch + virtual time × (1 + driftPpm / 1e6) + offsetMs. */
+  offsetMs: number;
+  readonly driftPpm: number;
+  /** Own ops whose mutation resolved (durable), by seq: they must never be lost. */
+  readonly resolved = new Map<number, string>();
+  /** The node's HLC as of its last durable batch before a crash (it may never go backwards). */
+  private clockAtCrash: Hlc | null = null;
+  /** Armed by the crash fault: runs (a crash) as soon as the next batch is written, before it is durable. */
+  powerLossOnNextWrite: (() => void) | null = null;
+  /** Called with ops newly stored here, in arrival order (the broken variant listens). */
+  onStored: ((ops: readonly Op[]) => void) | null = null;
+
+  constructor(sim: SimContext, team: Team, member: Member, listener: NodeListener) {
+    this.sim = sim;
+    this.team = team;
+    this.member = member;
+    this.listener = listener;
+    this.disk = new SimDisk({ ackBeforeFlush: sim.config.variant === 'ack-before-flush' });
+    this.offsetMs = sim.prng.int(-sim.config.clockOffsetMaxMs, sim.config.clockOffsetMaxMs);
+    this.driftPpm = sim.prng.int(-200, 200);
+    let flushScheduled = false;
+    this.disk.onUnflushed = () => {
+      const powerLoss = this.powerLossOnNextWrite;
+      if (powerLoss !== null) {
+        // Before the fsync completes: the batch being written is lost.
+        this.powerLossOnNextWrite = null;
+        sim.scheduler.after(0, `${this.name} loses power mid-write`, powerLoss);
+      }
+      if (flushScheduled) return;
+      flushScheduled = true;
+      sim.scheduler.after(sim.prng.int(1, 4), `${this.name} fsync`, () => {
+        flushScheduled = false;
+        this.disk.flush().catch(sim.unexpected(`${this.name} flush`));
+      });
+    };
+  }
+
+  get name(): string {
+    return this.member.name;
+  }
+
+  get device(): DeviceId {
+    return this.member.signer.device;
+  }
+
+  get isHq(): boolean {
+    return this.member.index === 0;
+  }
+
+  /** The open store; only while up. */
+  get store(): Store {
+    if (this.storeRef === null || this.state !== 'up') throw new Error(`${this.name} is ${this.state}`);
+    return this.storeRef;
+  }
+
+  physicalNow(): number {
+    return SIM_EPOCH_MS + Math.floor(this.sim.now * (1 + this.driftPpm / 1e6)) + this.offsetMs;
+  }
+
+  /** Runs `then` with the result of `work` unless the node crashed in between. */
+  private guard<T>(work: Promise<T>, where: string, then: (value: T) => void): void {
+    const generation = this.generation;
+    work.then((value) => {
+      if (this.generation === generation) then(value);
+    }, (err: unknown) => {
+      if (this.generation === generation) this.sim.unexpected(`${this.name} ${where}`)(err);
+    });
+  }
+
+  /** Opens the store on the disk (first start or restart); the node is up once its certificates are durable. */
+  start(): void {
+    if (this.state !== 'down') return;
+    this.state = 'opening';
+    const certs = this.isHq ? this.team.members.map((m) => m.cert) : [this.member.cert];
+    const opened = Store.open({
+      dir: `sim:${this.name}`,
+      identity: { team: SIM_TEAM, device: this.device, hqDevice: this.team.resolution.hqDevice },
+      resolution: this.team.resolution,
+      database: this.disk,
+    }).then(async (store) => {
+      await store.addCertificates(certs.map((bytes) => decodeCertificate(bytes)));
+      return store;
+    });
+    this.guard(opened, 'open', (store) => {
+      this.storeRef = store;
+      this.state = 'up';
+      this.checkRecovered(store);
+      store.events.on('tips', (tips: Record<DeviceId, number>) => this.listener.advanced(this, tips));
+      store.events.on('fork', (proof: ForkProof) => this.listener.fork(this, proof));
+      this.listener.up(this);
+    });
+  }
+
+  /** Durability after a restart: every resolved mutation is still here, and the clock did not go back. */
+  private checkRecovered(store: Store): void {
+    const tip = store.tipOf(this.device).seq;
+    for (const seq of this.resolved.keys()) {
+      if (seq > tip) {
+        this.sim.violate('durable-mutations', `${this.name} lost its own op #${seq} (resolved before the crash) in a crash: its log now ends at #${tip}`);
+        break;
+      }
+    }
+    if (this.clockAtCrash !== null && compareHlc(store.clock, this.clockAtCrash) < 0) {
+      this.sim.violate('clock-monotonic', `${this.name}'s HLC went back across a restart: ${JSON.stringify(this.clockAtCrash)} -> ${JSON.stringify(store.clock)}`);
+    }
+  }
+
+  /** Power loss: the store is dropped without close, unflushed batches are lost. */
+  crash(): void {
+    if (this.state === 'down') return;
+    if (this.state === 'up') this.clockAtCrash = this.storeRef!.clock;
+    this.generation++;
+    this.state = 'down';
+    this.powerLossOnNextWrite = null;
+    this.storeRef = null;
+    this.disk.crash().catch(this.sim.unexpected(`${this.name} crash`));
+    this.listener.down(this);
+  }
+
+  jumpClock(toOffsetMs: number): void {
+    this.offsetMs = toOffsetMs;
+  }
+
+  versionVector(): VersionVector {
+    return this.store.versionVector();
+  }
+
+  isEnrolled(device: DeviceId): boolean {
+    return device === this.team.resolution.hqDevice || this.store.certificates.has(device);
+  }
+
+  /** The admission check a session applies to the peer's certificate (as the mesh does). */
+  admit(bytes: Uint8Array): DeviceId {
+    const cert = decodeCertificate(bytes);
+    checkAdmission(cert, { team: SIM_TEAM, hqDevice: this.team.resolution.hqDevice }, admissionTimeMs(this.physicalNow(), this.store.clock.wallMs, decodeCertificate(this.member.cert).issuedMs), (d) => this.store.revocations.has(d));
+    return cert.device;
+  }
+
+  /** As FieldNode.addCertificates: HQ-signed certificates of this team; returns the new devices. */
+  addCertificates(encoded: readonly Uint8Array[]): Promise<DeviceId[]> {
+    const certs = encoded.map((bytes) => {
+      const cert = decodeCertificate(bytes);
+      checkAdmission(cert, { team: SIM_TEAM, hqDevice: this.team.resolution.hqDevice }, cert.issuedMs, () => false);
+      return cert;
+    });
+    return this.store.addCertificates(certs);
+  }
+
+  /** As FieldNode.addForkProof. */
+  async addForkProof(proof: ForkProof): Promise<boolean> {
+    verifyForkProof(proof);
+    if (!this.isEnrolled(proof.device)) throw new RuleViolationError('UNENROLLED', `fork proof of a device not enrolled: ${proof.device}`);
+    const store = this.store;
+    if ((store.forks.get(proof.device) ?? Number.POSITIVE_INFINITY) <= proof.seq) return false;
+    return store.write((ctx) => ctx.recordFork(proof.device, proof.seq, { device: proof.device, seq: proof.seq, ops: proof.ops }));
+  }
+
+  /** As FieldNode.ingest: all or nothing. Resolves once durable. */
+  ingest(encoded: readonly Uint8Array[], device?: DeviceId): Promise<IngestResult> {
+    const store = this.store;
+    const tracking = this.onStored !== null;
+    return store
+      .write(async (ctx) => {
+        const ops = tracking ? encoded.map((b) => parseOp(b).op) : [];
+        const before = new Map<DeviceId, number>();
+        for (const op of ops) if (!before.has(op.device)) before.set(op.device, (await ctx.txn.get<LogTip>(TABLES.tip, op.device))?.seq ?? 0);
+        const result = await ingest(ctx, encoded, { team: SIM_TEAM, nowMs: this.physicalNow(), maxDriftMs: SIM_MAX_DRIFT_MS, isEnrolled: (d) => this.isEnrolled(d), ...(device !== undefined ? { device } : {}) });
+        const fresh = ops.filter((op) => op.seq > before.get(op.device)! && (ctx.tips.get(op.device)?.seq ?? 0) >= op.seq);
+        return { result, fresh };
+      })
+      .then(({ result, fresh }) => {
+        if (fresh.length > 0) this.onStored?.(fresh);
+        return result;
+      });
+  }
+
+  /**
+   * Writes one op to the node's own log, as FieldNode.author does: for an entity op the draft is
+   * made from the entity's view inside the batch, so it sees every op stored before it; returning
+   * null writes nothing. `onDurable` runs once the op is durable (never, if the node crashes first).
+   */
+  author(target: { readonly domain: string; readonly entity: string } | null, draftFor: (view: EntityView | null) => OpDraft | null, onDurable: (op: Op) => void): void {
+    const store = this.store;
+    const written = store.write(async (ctx) => {
+      const view = target === null ? null : viewOf(await ctx.entityState(target.domain, target.entity), this.team.resolution);
+      const draft = draftFor(view);
+      if (draft === null) return null;
+      const tip = (await ctx.txn.get<LogTip>(TABLES.tip, this.device)) ?? EMPTY_TIP;
+      const { op, state } = authorOp({ signer: this.member.signer, team: SIM_TEAM, user: `user-${this.name}` }, { tip, clock: ctx.clock }, this.physicalNow(), draft);
+      ctx.clock = state.clock;
+      await ctx.addOp(op);
+      return op;
+    });
+    this.guard(written, 'author', (op) => {
+      if (op === null) return;
+      this.resolved.set(op.seq, op.id);
+      this.onStored?.([op]);
+      onDurable(op);
+    });
+  }
+}
