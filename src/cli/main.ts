@@ -235,11 +235,11 @@ function describeLink(link: LinkInfo): string {
 }
 
 nodeCommand('status', 'per-status counts, per-device queues and the state hash').action(async () => {
-  print(await onNode('status', {}), (v: { device: string; counts: Record<string, number>; devices: { device: string; lastSeq: number; counts: Record<string, number> }[]; links: LinkInfo[]; stateHash: string }) =>
+  print(await onNode('status', {}), (v: { device: string; counts: Record<string, number>; devices: { device: string; lastSeq: number; lastSyncedSeq: number; counts: Record<string, number> }[]; links: LinkInfo[]; stateHash: string }) =>
     [
       `device ${v.device}`,
       `counts ${toJson(v.counts)}`,
-      ...v.devices.map((d) => `  ${d.device.slice(-8)} last #${d.lastSeq} ${toJson(d.counts)}`),
+      ...v.devices.map((d) => `  ${d.device.slice(-8)} last #${d.lastSeq}, last synced #${d.lastSyncedSeq} ${toJson(d.counts)}`),
       ...v.links.map(describeLink),
       `state ${v.stateHash}`,
     ].join('\n'),

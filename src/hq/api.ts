@@ -154,6 +154,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
         user: enrolled.get(device)?.user ?? null,
         role: enrolled.get(device)?.role ?? null,
         lastSeq: byDevice.get(device)?.lastSeq ?? 0,
+        lastSyncedSeq: byDevice.get(device)?.lastSyncedSeq ?? 0,
         counts: byDevice.get(device)?.counts ?? zero,
         revoked: node.isRevoked(device),
         connected: peer !== undefined,

@@ -22,7 +22,7 @@ import { viewOf, type Conflict, type EntityView } from '../core/view.ts';
 import type { EntityState } from '../core/entity.ts';
 import type { OpMeta } from '../store/apply.ts';
 import { ingest, type IngestResult } from '../store/ingest.ts';
-import { entityKeyOf, split, under, logKey } from '../store/keys.ts';
+import { entityKeyOf, logKey, parseSeq, split, under } from '../store/keys.ts';
 import { Store, type StoreLimits } from '../store/store.ts';
 import { TABLES } from '../store/tables.ts';
 import { verifyStore, type VerifyReport } from '../store/verify.ts';
@@ -119,6 +119,8 @@ export interface SubscribeFilter {
 export interface DeviceStatus {
   readonly device: DeviceId;
   readonly lastSeq: number;
+  /** Seq of the device's last op HQ accepted (0 if none). */
+  readonly lastSyncedSeq: number;
   readonly counts: Readonly<Record<StatusName, number>>;
 }
 
@@ -537,7 +539,14 @@ export class FieldNode {
       counts[status] += n;
       byDevice.set(device, counts);
     }
-    return [...byDevice].map(([device, counts]) => ({ device, lastSeq: this.store.tipOf(device).seq, counts }));
+    const out: DeviceStatus[] = [];
+    for (const [device, counts] of byDevice) {
+      // The synced queue is ordered by seq: its last row is the device's last synced op.
+      let lastSyncedSeq = 0;
+      for await (const [key] of this.store.scan(TABLES.status, under('synced', device), { limit: 1, reverse: true })) lastSyncedSeq = parseSeq(split(key)[2]!);
+      out.push({ device, lastSeq: this.store.tipOf(device).seq, lastSyncedSeq, counts });
+    }
+    return out;
   }
 
   async conflicts(): Promise<Conflict[]> {

@@ -133,7 +133,7 @@ describe('commands on data dirs no node holds', () => {
       expect(queried.map((v: { entity: string; fields: unknown }) => [v.entity, v.fields])).toEqual([['case-7', { title: 'Warehouse fire', status: 'escalated' }]]);
       const status = await cli.json(['-d', hq, 'status']);
       expect(status).toMatchObject({ device: hqDevice, team: TEAM, role: 'server', counts: { pending: 0, synced: 1, failed: 0, conflict: 0 }, stateHash: expect.stringMatching(HEX64) });
-      expect(status.devices).toEqual([{ device: hqDevice, lastSeq: 1, counts: { pending: 0, synced: 1, failed: 0, conflict: 0 } }]);
+      expect(status.devices).toEqual([{ device: hqDevice, lastSeq: 1, lastSyncedSeq: 1, counts: { pending: 0, synced: 1, failed: 0, conflict: 0 } }]);
       expect(await cli.json(['-d', hq, 'vv'])).toEqual({ [hqDevice!]: 1 });
       // The gateway is revoked before HQ sees its ops: those up to --after-seq stay valid.
       const revoked = await cli.ok(['-d', hq, 'revoke', gwEnroll.device, '--after-seq', '3', '--reason', 'stolen']);

@@ -174,8 +174,8 @@ describe('ops, devices and queues', () => {
     const devices = await call('GET', '/v1/devices');
     expect(devices.status).toBe(200);
     const byDevice = new Map(devices.body.map((d: { device: string }) => [d.device, d]));
-    expect(byDevice.get(alice.device)).toMatchObject({ device: alice.device, lastSeq: 3, role: 'field', revoked: false, connected: false, counts: { pending: 3, synced: 0, failed: 0, conflict: 0 } });
-    expect(byDevice.get(server.device)).toMatchObject({ role: 'server', lastSeq: 1, counts: { synced: 1 } });
+    expect(byDevice.get(alice.device)).toMatchObject({ device: alice.device, lastSeq: 3, lastSyncedSeq: 0, role: 'field', revoked: false, connected: false, counts: { pending: 3, synced: 0, failed: 0, conflict: 0 } });
+    expect(byDevice.get(server.device)).toMatchObject({ role: 'server', lastSeq: 1, lastSyncedSeq: 1, counts: { synced: 1 } });
 
     // HQ judges: the queue empties, the ops turn synced.
     const issuer = ctx.startIssuer();
@@ -241,7 +241,7 @@ describe('enrollment and revocation', () => {
 
     const devices = await call('GET', '/v1/devices');
     const doraRow = devices.body.find((d: { device: string }) => d.device === dora.device);
-    expect(doraRow).toMatchObject({ role: 'field', revoked: false, connected: true, lastSeq: 1, counts: { synced: 1 } });
+    expect(doraRow).toMatchObject({ role: 'field', revoked: false, connected: true, lastSeq: 1, lastSyncedSeq: 1, counts: { synced: 1 } });
     expect((await call('GET', `/v1/entities/note/from-dora`)).body.fields).toEqual({ text: 'hello HQ' });
     expect((await call('GET', `/v1/ops?device=${dora.device}`)).body.map((o: { id: string }) => o.id)).toEqual([note.id]);
 

@@ -254,8 +254,8 @@ describe('ops, queue and counts', () => {
     const devices = await node.devices();
     expect(devices.sort((x, y) => (x.device < y.device ? -1 : 1))).toEqual(
       [
-        { device: node.device, lastSeq: 6, counts: { pending: 3, synced: 2, failed: 1, conflict: 0 } },
-        { device: HQ.device, lastSeq: 2, counts: { pending: 0, synced: 2, failed: 0, conflict: 0 } },
+        { device: node.device, lastSeq: 6, lastSyncedSeq: 2, counts: { pending: 3, synced: 2, failed: 1, conflict: 0 } },
+        { device: HQ.device, lastSeq: 2, lastSyncedSeq: 2, counts: { pending: 0, synced: 2, failed: 0, conflict: 0 } },
       ].sort((x, y) => (x.device < y.device ? -1 : 1)),
     );
 

@@ -192,7 +192,7 @@ describe('crash safety (SIGKILL at random moments)', () => {
         expect(counts.pending + counts.synced + counts.failed + counts.conflict).toBe(seq);
         expect(counts).toEqual({ pending: seq, synced: 0, failed: 0, conflict: 0 });
         expect(await node.counts()).toEqual(counts);
-        expect(await node.devices()).toEqual([{ device: node.device, lastSeq: seq, counts }]);
+        expect(await node.devices()).toEqual([{ device: node.device, lastSeq: seq, lastSyncedSeq: 0, counts }]);
 
         // At the end, verify() on the dir itself, and the materialized state equals core's
         // from scratch over the same ops.
