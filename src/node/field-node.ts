@@ -159,6 +159,18 @@ export class FieldNode {
     this.maxBacklog = options.maxSubscriberBacklog ?? 10_000;
   }
 
+  /** Views of entity states (immutable, and shared through the store's cache): a repeated read costs no resolution. */
+  private readonly views = new WeakMap<EntityState, EntityView>();
+
+  private viewFor(state: EntityState): EntityView {
+    let view = this.views.get(state);
+    if (view === undefined) {
+      view = viewOf(state, this.resolution);
+      this.views.set(state, view);
+    }
+    return view;
+  }
+
   /** Store events reach subscribers; the store computes entity views only while someone listens. */
   private readonly forward = (event: NodeEvent) => {
     for (const listener of this.subscriptions.keys()) listener(event);
@@ -272,7 +284,7 @@ export class FieldNode {
 
   private async author(domain: string, entity: string, draftFor: (view: EntityView) => OpDraft): Promise<MutationResult> {
     return this.store.write(async (ctx) => {
-      const view = viewOf(await ctx.entityState(domain, entity), this.resolution);
+      const view = this.viewFor(await ctx.entityState(domain, entity));
       const draft = draftFor(view);
       const tip = (await ctx.txn.get<LogTip>(TABLES.tip, this.device)) ?? EMPTY_TIP;
       const { op, state } = authorOp({ signer: this.key.signer, team: this.team, user: this.user }, { tip, clock: ctx.clock }, this.now(), draft);
@@ -446,7 +458,7 @@ export class FieldNode {
   async get(domain: string, entity: string): Promise<EntityView | null> {
     const state = await this.store.reader().get<EntityState>(TABLES.entity, entityKeyOf(domain, entity));
     if (state === undefined) return null;
-    const view = viewOf(state, this.resolution);
+    const view = this.viewFor(state);
     return isVisible(view) ? view : null;
   }
 
@@ -456,7 +468,7 @@ export class FieldNode {
     const where = Object.entries(options.where ?? {});
     const out: EntityView[] = [];
     for await (const [, state] of this.store.scan<EntityState>(TABLES.entity, under(domain))) {
-      const view = viewOf(state, this.resolution);
+      const view = this.viewFor(state);
       if (!isVisible(view)) continue;
       if (where.every(([f, v]) => JSON.stringify(view.fields[f]) === JSON.stringify(v))) out.push(view);
       if (out.length >= limit) break;
@@ -469,46 +481,61 @@ export class FieldNode {
     const limit = filter.limit ?? 1000;
     const out: OpSummary[] = [];
     const reader = this.store.reader();
-    const consider = async (id: OpId) => {
-      const meta = await reader.get<OpMeta>(TABLES.op, id);
-      if (meta === undefined) return;
-      if (filter.type !== undefined && meta.type !== filter.type) return;
-      if (filter.domain !== undefined && meta.domain !== filter.domain) return;
-      if (filter.entity !== undefined && meta.entity !== filter.entity) return;
-      if (filter.device !== undefined && meta.device !== filter.device) return;
-      if (filter.status !== undefined && meta.status.status !== filter.status) return;
-      out.push(summary(id, meta));
+    const matches = (meta: OpMeta) =>
+      (filter.type === undefined || meta.type === filter.type) &&
+      (filter.domain === undefined || meta.domain === filter.domain) &&
+      (filter.entity === undefined || meta.entity === filter.entity) &&
+      (filter.device === undefined || meta.device === filter.device) &&
+      (filter.status === undefined || meta.status.status === filter.status);
+    // Candidates a chunk at a time, their rows read in one round trip per chunk.
+    let chunk: OpId[] = [];
+    const consider = async () => {
+      await reader.prefetch(chunk.map((id) => [TABLES.op, id] as const));
+      for (const id of chunk) {
+        const meta = await reader.get<OpMeta>(TABLES.op, id);
+        if (out.length < limit && meta !== undefined && matches(meta)) out.push(summary(id, meta));
+      }
+      chunk = [];
     };
+    for await (const id of this.candidateOps(filter)) {
+      chunk.push(id);
+      if (chunk.length >= Math.min(limit - out.length, 128)) await consider();
+      if (out.length >= limit) break;
+    }
+    await consider();
+    return out;
+  }
+
+  /** Ids of the ops a filter may match, from the narrowest index it allows, in (device, seq) order within it. */
+  private async *candidateOps(filter: OpFilter): AsyncGenerator<OpId> {
     if (filter.status !== undefined) {
       const range = filter.device !== undefined ? under(filter.status, filter.device) : under(filter.status);
-      for await (const [, id] of this.store.scan<OpId>(TABLES.status, range)) {
-        await consider(id);
-        if (out.length >= limit) break;
-      }
-    } else if (filter.domain !== undefined) {
+      for await (const [, id] of this.store.scan<OpId>(TABLES.status, range)) yield id;
+      return;
+    }
+    if (filter.domain !== undefined) {
       const range = filter.entity !== undefined ? under(filter.domain, filter.entity) : under(filter.domain);
-      for await (const [, id] of this.store.scan<OpId>(TABLES.byEntity, range)) {
-        await consider(id);
-        if (out.length >= limit) break;
-      }
-    } else {
-      // Every op has exactly one status row: merging the four status indexes by (device, seq)
-      // lists every op in log order without reading the logs themselves.
-      const streams = STATUSES.map((status) => this.store.scan<OpId>(TABLES.status, filter.device !== undefined ? under(status, filter.device) : under(status)));
+      for await (const [, id] of this.store.scan<OpId>(TABLES.byEntity, range)) yield id;
+      return;
+    }
+    // Every op has exactly one status row: merging the four status indexes by (device, seq)
+    // lists every op in log order without reading the logs themselves.
+    const streams = STATUSES.map((status) => this.store.scan<OpId>(TABLES.status, filter.device !== undefined ? under(status, filter.device) : under(status)));
+    try {
       const heads = await Promise.all(streams.map((it) => it.next()));
       const position = (r: IteratorResult<[string, OpId]>) => split(r.value![0]).slice(1).join('\u0000');
-      while (out.length < limit) {
+      for (;;) {
         let best = -1;
         heads.forEach((r, i) => {
           if (r.done !== true && (best < 0 || position(r) < position(heads[best]!))) best = i;
         });
-        if (best < 0) break;
-        await consider(heads[best]!.value![1]);
+        if (best < 0) return;
+        yield heads[best]!.value![1];
         heads[best] = await streams[best]!.next();
       }
+    } finally {
       await Promise.all(streams.map((it) => it.return(undefined)));
     }
-    return out;
   }
 
   /** A device's ops HQ has not acknowledged yet, in seq order (default: this device). */
@@ -554,7 +581,7 @@ export class FieldNode {
     const reader = this.store.reader();
     for await (const [key] of this.store.scan<OpId>(TABLES.conflict)) {
       const state = await reader.get<EntityState>(TABLES.entity, key);
-      const conflict = state === undefined ? null : viewOf(state, this.resolution).conflict;
+      const conflict = state === undefined ? null : this.viewFor(state).conflict;
       if (conflict !== null) out.push(conflict);
     }
     return out;
@@ -590,7 +617,7 @@ export class FieldNode {
   async stateHash(): Promise<string> {
     const hash = createHash('sha256');
     for await (const [, state] of this.store.scan<EntityState>(TABLES.entity)) {
-      const view = viewOf(state, this.resolution);
+      const view = this.viewFor(state);
       if (isVisible(view)) hash.update(viewDigestBytes(view));
     }
     return hash.digest('hex');

@@ -280,7 +280,7 @@ export class Store {
   }
 
   scan<T>(table: (typeof TABLES)[keyof typeof TABLES], range?: { gte: string; lt: string }, options?: { limit?: number; reverse?: boolean }) {
-    return scan<T>(this.db, this.dir, table, range, options);
+    return scan<T>(this.db, this.dir, table, range, options, this.cache);
   }
 
   /** Sealed records of a table, unchecked: for verify, which reports bad records instead of stopping. */

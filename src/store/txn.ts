@@ -22,6 +22,11 @@ export type Db = AbstractLevel<string | Uint8Array, string, Uint8Array>;
 export class Lru {
   private readonly map = new Map<string, unknown>();
   private readonly capacity: number;
+  /**
+   * Bumped by every commit: a read from disk that started before a commit may return what that
+   * commit replaced, so it is cached only if no commit happened meanwhile.
+   */
+  epoch = 0;
   constructor(capacity: number) {
     this.capacity = capacity;
   }
@@ -67,6 +72,14 @@ export class Txn {
     return own !== undefined ? own : this.parent?.writes.get(full);
   }
 
+  /**
+   * Whether values read from disk since `epoch` may be cached. A batch being built has only its
+   * parent in flight, whose keys it never reads from disk; a plain reader may have raced any commit.
+   */
+  private fresh(epoch: number): boolean {
+    return this.parent !== null || this.cache.epoch === epoch;
+  }
+
   get size(): number {
     return this.writes.size;
   }
@@ -77,9 +90,10 @@ export class Txn {
     if (pending !== undefined) return pending === DELETED ? undefined : (pending as T);
     const cached = this.cache.get(full);
     if (cached !== undefined) return cached === ABSENT ? undefined : (cached as T);
+    const epoch = this.cache.epoch;
     const record = await readRecord(this.db, full, this.where);
     const value = record === undefined ? undefined : openValue<T>(full, record, this.where);
-    if (!UNCACHED.has(table)) this.cache.set(full, value === undefined ? ABSENT : value);
+    if (!UNCACHED.has(table) && this.fresh(epoch)) this.cache.set(full, value === undefined ? ABSENT : value);
     return value;
   }
 
@@ -96,12 +110,14 @@ export class Txn {
     }
     if (keys.size === 0) return;
     const list = [...keys];
+    const epoch = this.cache.epoch;
     let records: (Uint8Array | undefined)[];
     try {
       records = await this.db.getMany(list);
     } catch (err) {
       throw corrupt(this.where, list[0]!, (err as Error).message);
     }
+    if (!this.fresh(epoch)) return; // reads go to disk instead
     for (let i = 0; i < list.length; i++) {
       const record = records[i];
       this.cache.set(list[i]!, record === undefined ? ABSENT : openValue(list[i]!, record, this.where));
@@ -179,6 +195,7 @@ export class Txn {
     }
     // `sync` is classic-level's (LevelDB fsync); other backends ignore it.
     await batch.write({ sync: true } as object);
+    this.cache.epoch++;
     for (const [key, pending] of this.writes) {
       if (UNCACHED.has(key[0]!)) continue;
       this.cache.set(key, pending === DELETED ? ABSENT : pending);
@@ -195,10 +212,16 @@ async function readRecord(db: Db, key: string, where: string): Promise<Uint8Arra
   }
 }
 
-/** Committed rows of a table in key order (a read-only query; the change's own writes are not seen). */
-export async function* scan<T>(db: Db, where: string, table: Table, range?: { gte: string; lt: string }, options: { limit?: number; reverse?: boolean } = {}): AsyncGenerator<[string, T]> {
+/**
+ * Committed rows of a table in key order (a read-only query; the change's own writes are not
+ * seen). Entity states the cache holds are taken from it, already decoded (and possibly newer):
+ * queries over many entities then skip decoding, and views computed from them can be reused.
+ */
+export async function* scan<T>(db: Db, where: string, table: Table, range?: { gte: string; lt: string }, options: { limit?: number; reverse?: boolean } = {}, cache?: Lru): AsyncGenerator<[string, T]> {
   for await (const [key, record] of scanRecords(db, where, table, range, options)) {
-    yield [stripTable(key), table === 'l' ? (openRecord(key, record, where) as T) : openValue<T>(key, record, where)];
+    const cached = table === TABLES.entity ? cache?.get(key) : undefined;
+    if (cached !== undefined && cached !== ABSENT) yield [stripTable(key), cached as T];
+    else yield [stripTable(key), table === 'l' ? (openRecord(key, record, where) as T) : openValue<T>(key, record, where)];
   }
 }
 
