@@ -184,6 +184,14 @@ export function timeRuns(fn: () => unknown, { runs = 3, warmup = 1, clock = 'wal
 }
 
 /** Whether a result meets its target (undefined when it has none or lacks the compared number). */
+/** An integer setting from the environment (a figure's size), at least `min` and a multiple of `step`. */
+export function envCount(name: string, fallback: number, { min = 1, step = 1 }: { min?: number; step?: number } = {}): number {
+  const raw = process.env[name];
+  const n = raw === undefined || raw === '' ? fallback : Number(raw);
+  if (!Number.isSafeInteger(n) || n < min || n % step !== 0) throw new Error(`${name} must be an integer >= ${min}${step > 1 ? `, a multiple of ${step}` : ''}; got ${raw}`);
+  return n;
+}
+
 export function targetMet(r: Result): boolean | undefined {
   if (r.target === undefined) return undefined;
   const x = r.target.on === 'ratio' ? r.ratio : r.value;

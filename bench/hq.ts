@@ -31,7 +31,7 @@ import { Policy } from '../src/hq/policy.ts';
 import { ReceiptIssuer } from '../src/hq/receipts.ts';
 import type { MeshOptions } from '../src/net/mesh.ts';
 import { FieldNode, type FieldNodeOptions } from '../src/node/field-node.ts';
-import { against, formatNumber, type Result, type Suite } from './harness.ts';
+import { against, envCount, formatNumber, type Result, type Suite } from './harness.ts';
 import { BENCH_TEAM, certify, enrollDir, FLEET_DOMAIN, FleetWriter, fleetSigners, median, namedDeviceDir, namedSigner, percentile, removeDir, sleep, tempRoot, type FleetSpec } from './fleet.ts';
 
 const DOMAINS = { [FLEET_DOMAIN]: { strategy: 'merge' as const, merge: { tags: MERGE_FUNCTIONS.union } } };
@@ -77,13 +77,6 @@ const HTTP_PAGE = 100;
 const TOKEN = 'bench-token';
 
 /** A count from the environment: a multiple of `step`, at least one step. */
-function envCount(name: string, fallback: number, step: number): number {
-  const raw = process.env[name];
-  const n = raw === undefined || raw === '' ? fallback : Number(raw);
-  if (!Number.isSafeInteger(n) || n < step || n % step !== 0) throw new Error(`${name} must be a positive multiple of ${step}; got ${raw}`);
-  return n;
-}
-
 export const hqSuite: Suite = {
   name: 'hq',
   description: 'HQ ingest with receipts vs store-only, uplink through a gateway (5 devices), API latency under 200 concurrent requests',
@@ -191,7 +184,7 @@ interface IngestFigures {
 }
 
 async function ingestRounds(root: string, log: (line: string) => void): Promise<IngestFigures> {
-  const n = envCount('FIELDMESH_BENCH_HQ_OPS', 10_000, FIELD_DEVICES * RUN_OPS);
+  const n = envCount('FIELDMESH_BENCH_HQ_OPS', 10_000, { min: FIELD_DEVICES * RUN_OPS, step: FIELD_DEVICES * RUN_OPS });
   const team = benchTeam('ingest');
   const writer = new FleetWriter(team.spec);
   const chunks = Array.from({ length: n / FIELD_DEVICES / RUN_OPS }, () => team.fieldDevices.map((_, d) => writer.run(d, RUN_OPS)));
@@ -275,7 +268,7 @@ function freePort(): Promise<number> {
 }
 
 async function uplinkRun(root: string, log: (line: string) => void): Promise<UplinkFigures> {
-  const perDevice = envCount('FIELDMESH_BENCH_UPLINK_OPS', 10_000, RUN_OPS);
+  const perDevice = envCount('FIELDMESH_BENCH_UPLINK_OPS', 10_000, { min: RUN_OPS, step: RUN_OPS });
   const total = perDevice * FIELD_DEVICES;
   const team = benchTeam('uplink');
   const opened: FieldNode[] = [];

@@ -33,7 +33,7 @@ import type { OpId } from '../src/core/op.ts';
 import type { VersionVector } from '../src/core/version-vector.ts';
 import type { SyncSession } from '../src/core/sync/session.ts';
 import { FieldNode, type FieldNodeOptions } from '../src/node/field-node.ts';
-import { against, formatNumber, type Result, type Suite } from './harness.ts';
+import { against, envCount, formatNumber, type Result, type Suite } from './harness.ts';
 import { BENCH_TEAM, certify, enrollDir, levelSyncedBatches, levelSyncedPuts, median, openRawLevel, percentile, removeDir, sleep, tempRoot } from './fleet.ts';
 import { BenchDevice, teamWorkload, TEAM } from './workload.ts';
 
@@ -48,13 +48,6 @@ const PINGS = 200;
 const CHAIN = 5;
 const LIVE_OPS = 50;
 const INGEST_CHUNK = 1000;
-
-function catchupOps(): number {
-  const raw = process.env.FIELDMESH_BENCH_CATCHUP_OPS;
-  const n = raw === undefined || raw === '' ? 20_000 : Number(raw);
-  if (!Number.isSafeInteger(n) || n < 1000) throw new Error(`FIELDMESH_BENCH_CATCHUP_OPS must be an integer >= 1000, got ${raw}`);
-  return n;
-}
 
 /** The team config (domains) of teamWorkload, without generating a history. */
 const workloadDomains = () => teamWorkload({ ops: 1 }).config.domains!;
@@ -349,7 +342,7 @@ const vvEqual = (a: VersionVector, b: VersionVector) => {
 const vvSum = (vv: VersionVector) => Object.values(vv).reduce((s, n) => s + n, 0);
 
 async function catchUp(root: string, children: ChildProcess[], log: (line: string) => void): Promise<CatchUp> {
-  const n = catchupOps();
+  const n = envCount('FIELDMESH_BENCH_CATCHUP_OPS', 20_000, { min: 1000 });
   log(`generating a team history of ${n.toLocaleString('en-US')} signed ops (10 devices incl. HQ; bench/workload.ts) ...`);
   const t0 = performance.now();
   const workload = teamWorkload({ ops: n, devices: 10 });

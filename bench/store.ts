@@ -18,7 +18,7 @@ import { Level } from 'level';
 import { parseOp, signingBytes } from '../src/core/op.ts';
 import { MERGE_FUNCTIONS } from '../src/core/strategies.ts';
 import { FieldNode } from '../src/node/field-node.ts';
-import { against, formatNumber, type Result, type Suite } from './harness.ts';
+import { against, envCount, formatNumber, type Result, type Suite } from './harness.ts';
 import {
   BENCH_TEAM,
   certify,
@@ -50,13 +50,6 @@ const REOPEN_DEVICES = 20;
 const REOPEN_RUN_OPS = 100;
 const REOPEN_SMALL_OPS = 10_000;
 const REOPEN_RUNS = 3;
-
-function reopenOps(): number {
-  const raw = process.env.FIELDMESH_BENCH_REOPEN_OPS;
-  const n = raw === undefined || raw === '' ? 100_000 : Number(raw);
-  if (!Number.isSafeInteger(n) || n < REOPEN_SMALL_OPS * 2) throw new Error(`FIELDMESH_BENCH_REOPEN_OPS must be an integer >= ${REOPEN_SMALL_OPS * 2}, got ${raw}`);
-  return n;
-}
 
 export const storeSuite: Suite = {
   name: 'store',
@@ -188,7 +181,7 @@ interface ChildArgs {
 }
 
 async function reopen(root: string, log: (line: string) => void): Promise<Result[]> {
-  const total = reopenOps();
+  const total = envCount('FIELDMESH_BENCH_REOPEN_OPS', 100_000, { min: REOPEN_SMALL_OPS * 2 });
   const chunkOps = REOPEN_DEVICES * REOPEN_RUN_OPS;
   const chunks = Math.ceil(total / chunkOps);
   const bigOps = chunks * chunkOps;
