@@ -4,7 +4,10 @@
  *  - from-scratch agreement: that state and every op's status equal core/materialize over the same ops;
  *  - nothing lost: every mutation that resolved on its device is present on every node;
  *  - receipts: HQ judged every op, and every node's status agrees with HQ's verdict;
- *  - no forks among honest devices, and nothing past a fork point counts;
+ *  - forks only of devices restored from a backup (the rollback fault), every node holding the
+ *    same proof (one fork point) once healed, and nothing at or past a fork point counts: logs
+ *    may differ only there, and each node's state and statuses equal materialize over its own ops
+ *    and the fork points;
  *  - causal order: no op waits for its base, and every applied op's base ops are applied.
  * Violations are reported to the run's context; the first one fails the seed.
  */
@@ -27,7 +30,8 @@ interface Snapshot {
   readonly hash: string;
   readonly metas: Map<OpId, OpMeta>;
   readonly waiting: number;
-  readonly forks: number;
+  /** Device -> the fork point (lowest forked seq) of every fork proof held. */
+  readonly forks: ReadonlyMap<string, number>;
 }
 
 /** FieldNode.stateHash over a store: every visible entity's digest in key order. */
@@ -48,7 +52,7 @@ async function snapshot(node: SimNode, hashOf: (node: SimNode) => Promise<string
   for await (const [id, meta] of store.scan<OpMeta>(TABLES.op)) metas.set(id, meta);
   let waiting = 0;
   for await (const _ of store.scan(TABLES.waiting)) waiting++;
-  return { node, logs, hash: await hashOf(node), metas, waiting, forks: store.forks.size };
+  return { node, logs, hash: await hashOf(node), metas, waiting, forks: new Map(store.forks) };
 }
 
 const sameBytes = (a: Uint8Array, b: Uint8Array): boolean => Buffer.from(a.buffer, a.byteOffset, a.length).equals(b);
@@ -63,14 +67,42 @@ export async function checkSettled(sim: SimContext, nodes: readonly SimNode[], h
   const snaps: Snapshot[] = [];
   for (const node of nodes) snaps.push(await snapshot(node, hashOf));
   const first = snaps[0]!;
+
+  // Forks: only of devices restored from a backup, and once healed every node holds the same proof.
+  const rolledBack = new Set(nodes.filter((n) => n.rollbacks > 0).map((n) => n.device));
+  const nameOf = new Map(nodes.map((n) => [n.device as string, n.name]));
+  const forkAt = new Map<string, number>();
+  const violationsBefore = sim.violations.length;
+  for (const s of snaps) {
+    for (const [device, seq] of s.forks) {
+      if (!rolledBack.has(device)) sim.violate('no-honest-forks', `${s.node.name} holds a fork proof of ${nameOf.get(device) ?? device} at #${seq}, a device never restored from a backup`);
+      forkAt.set(device, Math.min(seq, forkAt.get(device) ?? Number.POSITIVE_INFINITY));
+    }
+  }
+  for (const [device, seq] of forkAt) {
+    for (const s of snaps) {
+      const held = s.forks.get(device);
+      if (held === undefined) sim.violate('fork-proofs', `${s.node.name} holds no proof that ${nameOf.get(device)} forked (others prove it forked at #${seq}) after healing`);
+      else if (held !== seq) sim.violate('fork-proofs', `${s.node.name} puts ${nameOf.get(device)}'s fork point at #${held}, another node at #${seq}`);
+    }
+  }
+  if (sim.violations.length > violationsBefore) return;
+  /** Log entries at or past a fork point: they may differ from node to node (stored before the proof). */
+  const pastFork = (key: string): boolean => {
+    const [device, seqHex] = key.split('\u0000') as [string, string];
+    const seq = forkAt.get(device);
+    return seq !== undefined && Number.parseInt(seqHex, 16) >= seq;
+  };
+
   for (const s of snaps.slice(1)) {
-    const missing = [...first.logs.keys()].filter((k) => !s.logs.has(k));
-    const extra = [...s.logs.keys()].filter((k) => !first.logs.has(k));
+    const missing = [...first.logs.keys()].filter((k) => !s.logs.has(k) && !pastFork(k));
+    const extra = [...s.logs.keys()].filter((k) => !first.logs.has(k) && !pastFork(k));
     if (missing.length > 0 || extra.length > 0) {
       sim.violate('convergence', `${s.node.name} holds ${s.logs.size} ops, ${first.node.name} ${first.logs.size} (${missing.length} missing, ${extra.length} extra)`);
       return;
     }
     for (const [key, bytes] of first.logs) {
+      if (pastFork(key)) continue;
       if (!sameBytes(bytes, s.logs.get(key)!)) {
         sim.violate('convergence', `${s.node.name} and ${first.node.name} hold different ops at ${key.replace('\u0000', '#')}`);
         return;
@@ -82,14 +114,35 @@ export async function checkSettled(sim: SimContext, nodes: readonly SimNode[], h
     }
   }
 
-  const ops: Op[] = [...first.logs.values()].map((bytes) => parseOp(bytes).op);
-  const byId = new Map(ops.map((op) => [op.id, op]));
-  const expected = materialize(ops, nodes[0]!.team.resolution);
-  const expectedHash = stateHash([...expected.entities.values()].map((e) => e.view));
-  if (first.hash !== expectedHash) sim.violate('matches-materialize', `nodes show state ${first.hash.slice(0, 12)}, materialize over the same ops gives ${expectedHash.slice(0, 12)}`);
+  // From-scratch agreement: each node against materialize over the ops it holds and the fork
+  // points (ops of a forked device from its fork point on are excluded). Nodes whose logs are
+  // identical share one materialization.
+  const forkPoints = [...forkAt].map(([device, seq]) => ({ device, seq }));
+  const expectations = new Map<string, { ops: Op[]; expected: ReturnType<typeof materialize> }>();
+  const expectationOf = (s: Snapshot) => {
+    const signature = [...s.logs.keys()].filter(pastFork).map((k) => `${k}=${createHash('sha256').update(s.logs.get(k)!).digest('hex')}`).join(',');
+    let found = expectations.get(signature);
+    if (found === undefined) {
+      const ops = [...s.logs.values()].map((bytes) => parseOp(bytes).op);
+      const expected = materialize(ops, nodes[0]!.team.resolution, forkPoints);
+      const expectedHash = stateHash([...expected.entities.values()].map((e) => e.view));
+      if (s.hash !== expectedHash) sim.violate('matches-materialize', `${s.node.name} shows state ${s.hash.slice(0, 12)}, materialize over the same ops gives ${expectedHash.slice(0, 12)}`);
+      found = { ops, expected };
+      expectations.set(signature, found);
+    }
+    return found;
+  };
+  const ownOps = new Map(snaps.map((s) => [s, expectationOf(s)]));
+  const { expected } = ownOps.get(first)!;
+  const byId = new Set<OpId>();
+  for (const { ops } of ownOps.values()) for (const op of ops) byId.add(op.id);
+  const forkedOp = (op: Op): boolean => (forkAt.get(op.device) ?? Number.POSITIVE_INFINITY) <= op.seq;
 
   for (const node of nodes) {
+    const forkedFrom = forkAt.get(node.device) ?? Number.POSITIVE_INFINITY;
     for (const [seq, id] of node.resolved) {
+      // A restored device's mutations from its fork point on are refused everywhere, by the rules.
+      if (seq >= forkedFrom) continue;
       if (!byId.has(id)) sim.violate('nothing-lost', `${node.name}'s op #${seq} (${id.slice(0, 12)}) resolved on its device but is on no node`);
     }
   }
@@ -97,7 +150,7 @@ export async function checkSettled(sim: SimContext, nodes: readonly SimNode[], h
   const hqDevice = nodes[0]!.device;
   const verdicts = expected.authority.verdicts;
   for (const s of snaps) {
-    if (s.forks > 0) sim.violate('no-honest-forks', `${s.node.name} holds ${s.forks} fork proof(s), but every device is honest`);
+    const { ops, expected } = ownOps.get(s)!;
     if (s.waiting > 0) sim.violate('causal-order', `${s.node.name} still has ${s.waiting} op(s) waiting for their base after convergence`);
     for (const op of ops) {
       const meta = s.metas.get(op.id);
@@ -110,7 +163,8 @@ export async function checkSettled(sim: SimContext, nodes: readonly SimNode[], h
         sim.violate('matches-materialize', `${s.node.name}: op ${op.id.slice(0, 12)} is ${statusText(meta.status)}, materialize says ${statusText(want)}`);
         return;
       }
-      if (isEntityOp(op) && op.device !== hqDevice) {
+      // HQ never judges (or no longer counts) ops at or past their device's fork point.
+      if (isEntityOp(op) && op.device !== hqDevice && !forkedOp(op)) {
         const verdict = verdicts.get(op.id);
         if (verdict === undefined) sim.violate('receipts', `HQ never judged op ${op.id.slice(0, 12)} of ${op.device.slice(-6)}#${op.seq}`);
         else if (!verdict.accepted && meta.status.reason !== `REJECTED:${verdict.reason}`) sim.violate('receipts', `${s.node.name}: op ${op.id.slice(0, 12)} rejected by HQ (${verdict.reason}) is ${statusText(meta.status)}`);

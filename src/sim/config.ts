@@ -5,7 +5,7 @@
 import { InvalidInputError } from '../core/errors.ts';
 
 /** Every fault the simulator can inject (docs/testing.md maps each to what a real network or device does). */
-export const FAULT_TYPES = ['reset', 'delay', 'partition', 'uplink', 'crash', 'clock', 'duplicate'] as const;
+export const FAULT_TYPES = ['reset', 'delay', 'partition', 'uplink', 'crash', 'clock', 'duplicate', 'rollback'] as const;
 export type FaultType = (typeof FAULT_TYPES)[number];
 
 /** Deliberately broken variants (sim-only) that prove the checkers can fail. */

@@ -178,11 +178,22 @@ export class SessionEnd {
     });
   }
 
-  /** This end is over. Honest peers never blame each other: a blame is a violation. */
+  /**
+   * A blame an honest peer earns by forwarding the log of a device restored from a backup: past
+   * our tip, the other branch of the fork does not chain to the op we hold (PREV_MISMATCH), and
+   * no proof can be built from ops at different seqs. The rule, not the peer, causes it.
+   */
+  private forwardedFork(code: string, message: string): boolean {
+    if (code !== 'PREV_MISMATCH') return false;
+    for (const device of this.sim.rolledBack) if (message.includes(`${device}#`)) return true;
+    return false;
+  }
+
+  /** This end is over. Honest peers never blame each other (forwarded forks apart): a blame is a violation. */
   finish(code: string, blame: boolean, message = ''): void {
     if (this.done) return;
     this.done = true;
-    if (blame) this.sim.violate('honest-peers', `${this.node.name} blamed ${this.peer.node.name}: ${code} ${message}`.trimEnd());
+    if (blame && !this.forwardedFork(code, message)) this.sim.violate('honest-peers', `${this.node.name} blamed ${this.peer.node.name}: ${code} ${message}`.trimEnd());
     this.connection.hooks.ended(this, code);
   }
 }

@@ -39,6 +39,8 @@ export class SimContext {
   readonly prng: Prng;
   readonly violations: Violation[] = [];
   readonly stats: SimStats;
+  /** Devices restored from a backup so far (the rollback fault): their logs fork. */
+  readonly rolledBack = new Set<string>();
 
   constructor(config: SimConfig) {
     this.config = config;

@@ -77,6 +77,21 @@ export class SimDisk extends MemoryLevel<string, Uint8Array> {
     }
   }
 
+  /** Everything durable on the disk now, copied (a backup); empty when the disk is not open. */
+  async backup(): Promise<[Buffer, Buffer][]> {
+    if (this.status !== 'open') return [];
+    // As stored (memory-level keeps keys and values as buffers): restore() writes them back raw.
+    const entries = await this.iterator({ keyEncoding: 'buffer', valueEncoding: 'buffer' }).all();
+    return entries.map(([key, value]) => [Buffer.from(key), Buffer.from(value)]);
+  }
+
+  /** Restores a backup: the disk holds exactly its entries (any unflushed batch must be gone already). */
+  async restore(entries: readonly (readonly [Buffer, Buffer])[]): Promise<void> {
+    const keys = await this.keys({ keyEncoding: 'buffer' }).all();
+    const operations: EncodedOp[] = [...keys.map((key): EncodedOp => ({ type: 'del', key })), ...entries.map(([key, value]): EncodedOp => ({ type: 'put', key, value: Buffer.from(value) }))];
+    await memoryBatch.call(this, operations, {});
+  }
+
   /** Power loss: every batch not flushed is gone (undone, when it was acknowledged early). */
   async crash(): Promise<void> {
     const batches = this.unflushed;

@@ -1,7 +1,8 @@
 /**
  * Fault injection during the fault phase: at exponentially spaced virtual times, one fault of an
  * enabled type. Each fault that lasts (partition, uplink cut, latency spike, crash) schedules its
- * own end; at the end of the phase `healAll` ends every one of them.
+ * own end; at the end of the phase `healAll` ends every one of them. A rollback also schedules,
+ * at a random earlier moment, the backup of its field device's disk that it later restores.
  */
 import type { FaultType } from './config.ts';
 import type { SimContext } from './context.ts';
@@ -16,10 +17,32 @@ export function scheduleFaults(sim: SimContext, nodes: readonly SimNode[], netwo
     at += Math.max(1, Math.round(-Math.log(1 - sim.prng.next()) * faultEveryMs));
     if (at >= faultPhaseMs) return;
     const type = sim.prng.pick(faults);
+    if (type === 'rollback') {
+      scheduleRollback(sim, nodes, at);
+      continue;
+    }
     sim.scheduler.at(at, `fault ${type}`, () => {
       if (inject(sim, type, nodes, network)) sim.stats.faults[type]++;
     });
   }
+}
+
+/**
+ * A field device restored from an old backup: its disk is copied at a random moment before `at`
+ * (what is durable then), and at `at` the device dies, gets that copy back and restarts. It then
+ * re-authors seqs it had already used (and maybe gossiped): a real fork of its log.
+ */
+function scheduleRollback(sim: SimContext, nodes: readonly SimNode[], at: number): void {
+  const fieldDevices = nodes.filter((n) => n.member.role === 'field');
+  if (fieldDevices.length === 0) return;
+  const node = sim.prng.pick(fieldDevices);
+  let backup: [Buffer, Buffer][] = [];
+  sim.scheduler.at(sim.prng.int(0, at - 1), `back up ${node.name}'s disk`, () => {
+    node.disk.backup().then((entries) => (backup = entries), sim.unexpected(`${node.name} backup`));
+  });
+  sim.scheduler.at(at, 'fault rollback', () => {
+    if (node.rollBack(backup, sim.prng.int(100, 10_000))) sim.stats.faults.rollback++;
+  });
 }
 
 /** Injects one fault; false when there was nothing to apply it to. */
@@ -79,6 +102,8 @@ function inject(sim: SimContext, type: FaultType, nodes: readonly SimNode[], net
       node.jumpClock(prng.int(-sim.config.clockJumpMaxMs, sim.config.clockJumpMaxMs));
       return true;
     }
+    case 'rollback':
+      return false; // scheduled apart (scheduleRollback)
     case 'duplicate': {
       const up = nodes.filter((n) => n.state === 'up');
       if (up.length < 2) return false;

@@ -53,6 +53,12 @@ export class SimNode {
   private clockAtCrash: Hlc | null = null;
   /** Armed by the crash fault: runs (a crash) as soon as the next batch is written, before it is durable. */
   powerLossOnNextWrite: (() => void) | null = null;
+  /** Set by a rollback until the restored store opens (the clock and own log may go back then). */
+  private restoredFromBackup = false;
+  /** Rollbacks this device suffered (the checker expects forks only of such devices). */
+  rollbacks = 0;
+  /** Own ops resolved before a rollback that the backup did not hold: lost with it, by seq. */
+  readonly lostInRollback = new Map<number, string>();
   /** Called with ops newly stored here, in arrival order (the broken variant listens). */
   onStored: ((ops: readonly Op[]) => void) | null = null;
 
@@ -140,6 +146,18 @@ export class SimNode {
   /** Durability after a restart: every resolved mutation is still here, and the clock did not go back. */
   private checkRecovered(store: Store): void {
     const tip = store.tipOf(this.device).seq;
+    if (this.restoredFromBackup) {
+      // Restored from an old backup: what it did not hold is gone, and the HLC is the backup's.
+      this.restoredFromBackup = false;
+      this.clockAtCrash = null;
+      for (const [seq, id] of this.resolved) {
+        if (seq > tip) {
+          this.lostInRollback.set(seq, id);
+          this.resolved.delete(seq);
+        }
+      }
+      return;
+    }
     for (const seq of this.resolved.keys()) {
       if (seq > tip) {
         this.sim.violate('durable-mutations', `${this.name} lost its own op #${seq} (resolved before the crash) in a crash: its log now ends at #${tip}`);
@@ -161,6 +179,26 @@ export class SimNode {
     this.storeRef = null;
     this.disk.crash().catch(this.sim.unexpected(`${this.name} crash`));
     this.listener.down(this);
+  }
+
+  /**
+   * Restored from an old backup: the process dies, its disk is replaced by the backup's contents,
+   * and it restarts after `restartAfterMs`. It then re-authors seqs it had already used.
+   */
+  rollBack(backup: readonly (readonly [Buffer, Buffer])[], restartAfterMs: number): boolean {
+    if (backup.length === 0 || this.isHq || this.member.role !== 'field') return false;
+    this.crash();
+    this.rollbacks++;
+    this.sim.rolledBack.add(this.device);
+    this.restoredFromBackup = true;
+    const generation = this.generation;
+    this.disk
+      .restore(backup)
+      .then(() => {
+        if (this.generation === generation) this.sim.scheduler.after(restartAfterMs, `restart ${this.name} from its backup`, () => this.start());
+      })
+      .catch(this.sim.unexpected(`${this.name} restore`));
+    return true;
   }
 
   jumpClock(toOffsetMs: number): void {
@@ -210,7 +248,13 @@ export class SimNode {
         const ops = tracking ? encoded.map((b) => parseOp(b).op) : [];
         const before = new Map<DeviceId, number>();
         for (const op of ops) if (!before.has(op.device)) before.set(op.device, (await ctx.txn.get<LogTip>(TABLES.tip, op.device))?.seq ?? 0);
+        // Devices proven forked before this batch: none of their ops at or past the fork point may be stored.
+        const forkedBefore = [...ctx.forkedAt];
         const result = await ingest(ctx, encoded, { team: SIM_TEAM, nowMs: this.physicalNow(), maxDriftMs: SIM_MAX_DRIFT_MS, isEnrolled: (d) => this.isEnrolled(d), ...(device !== undefined ? { device } : {}) });
+        for (const [forked, seq] of forkedBefore) {
+          const moved = ctx.tips.get(forked);
+          if (moved !== undefined && moved.seq >= seq) this.sim.violate('fork-point', `${this.name} stored op #${moved.seq} of ${forked.slice(-6)} after holding a proof that it forked at #${seq}`);
+        }
         const fresh = ops.filter((op) => op.seq > before.get(op.device)! && (ctx.tips.get(op.device)?.seq ?? 0) >= op.seq);
         return { result, fresh };
       })

@@ -8,7 +8,7 @@ import { crc32 } from 'node:zlib';
 import { decode, encode } from 'cborg';
 import { FieldmeshError } from '../core/errors.ts';
 import { codecFor } from './codecs.ts';
-import { encodeFastInto } from '../core/fast-cbor.ts';
+import { DECLINED, decodeFast, encodeFastInto } from '../core/fast-cbor.ts';
 import type { Table } from './tables.ts';
 
 /** The data dir is damaged or not ours: never served, always reported with the path. */
@@ -52,7 +52,9 @@ export const sealValue = (key: string, value: unknown): Uint8Array => sealRecord
 export function openValue<T>(key: string, record: Uint8Array, where: string): T {
   const payload = openRecord(key, record, where);
   try {
-    return codecFor(key[0] as Table).decode(decode(payload)) as T;
+    // Records are written canonically, so core's fast decoder reads nearly all of them; cborg the rest.
+    const fast = decodeFast(payload);
+    return codecFor(key[0] as Table).decode(fast !== DECLINED ? fast : decode(payload)) as T;
   } catch (err) {
     throw corrupt(where, key, `undecodable record: ${(err as Error).message}`);
   }
