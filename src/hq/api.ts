@@ -29,8 +29,15 @@ const error = { type: 'object', properties: { error: { type: 'object', propertie
 const anyObject = { type: 'object', additionalProperties: true } as const;
 const limitQuery = { type: 'integer', minimum: 1, maximum: 10_000, default: 1000 } as const;
 
-/** Byte strings in field values travel as { "$bytes": base64 }, both ways. */
-const toJson = (value: unknown): unknown => JSON.parse(JSON.stringify(value, (_k, v) => (v instanceof Uint8Array ? { $bytes: Buffer.from(v).toString('base64') } : v)));
+/** Byte strings in field values travel as { "$bytes": base64 }, both ways; undefined members are left out. */
+function toJson(value: unknown): unknown {
+  if (value instanceof Uint8Array) return { $bytes: Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString('base64') };
+  if (Array.isArray(value)) return value.map(toJson);
+  if (value === null || typeof value !== 'object') return value;
+  const out: Record<string, unknown> = {};
+  for (const [key, member] of Object.entries(value)) if (member !== undefined) out[key] = toJson(member);
+  return out;
+}
 function fromJson(value: unknown): unknown {
   if (Array.isArray(value)) return value.map(fromJson);
   if (value !== null && typeof value === 'object') {
