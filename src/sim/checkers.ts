@@ -109,7 +109,7 @@ export async function checkSettled(sim: SimContext, nodes: readonly SimNode[], h
       }
     }
     if (s.hash !== first.hash) {
-      sim.violate('convergence', `${s.node.name} shows state ${s.hash.slice(0, 12)}, ${first.node.name} ${first.hash.slice(0, 12)}, over the same ops`);
+      sim.violate('convergence', `${s.node.name} shows state ${s.hash.slice(0, 12)}, ${first.node.name} ${first.hash.slice(0, 12)}, over the same ops${forkAt.size > 0 ? ' (past fork points apart)' : ''}`);
       return;
     }
   }

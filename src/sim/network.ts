@@ -189,6 +189,8 @@ export class SimNetwork implements NodeListener {
 
   up(node: SimNode): void {
     for (const link of this.linksOfNode(node)) if (this.reachable(link)) this.kick(link, this.sim.prng.int(100, 2000));
+    // As hq/receipts.ts at start: HQ judges what it already holds (a crash may have cut a pass short).
+    if (node.isHq) this.onHqAdvanced({});
   }
 
   down(node: SimNode): void {

@@ -131,12 +131,21 @@ export class SimNode {
       database: this.disk,
     }).then(async (store) => {
       await store.addCertificates(certs.map((bytes) => decodeCertificate(bytes)));
-      return store;
+      // Restored from a backup: which of its own ops the backup holds (by seq).
+      const own = new Map<number, string>();
+      if (this.restoredFromBackup) {
+        const tip = store.tipOf(this.device).seq;
+        if (tip > 0) for (const bytes of await store.loadRange(this.device, 1, tip, Number.MAX_SAFE_INTEGER)) {
+          const op = parseOp(bytes).op;
+          own.set(op.seq, op.id);
+        }
+      }
+      return { store, own };
     });
-    this.guard(opened, 'open', (store) => {
+    this.guard(opened, 'open', ({ store, own }) => {
       this.storeRef = store;
       this.state = 'up';
-      this.checkRecovered(store);
+      this.checkRecovered(store, own);
       store.events.on('tips', (tips: Record<DeviceId, number>) => this.listener.advanced(this, tips));
       store.events.on('fork', (proof: ForkProof) => this.listener.fork(this, proof));
       this.listener.up(this);
@@ -144,14 +153,14 @@ export class SimNode {
   }
 
   /** Durability after a restart: every resolved mutation is still here, and the clock did not go back. */
-  private checkRecovered(store: Store): void {
+  private checkRecovered(store: Store, own: ReadonlyMap<number, string>): void {
     const tip = store.tipOf(this.device).seq;
     if (this.restoredFromBackup) {
-      // Restored from an old backup: what it did not hold is gone, and the HLC is the backup's.
+      // Restored from an old backup: own ops it did not hold are gone, and the HLC is the backup's.
       this.restoredFromBackup = false;
       this.clockAtCrash = null;
       for (const [seq, id] of this.resolved) {
-        if (seq > tip) {
+        if (own.get(seq) !== id) {
           this.lostInRollback.set(seq, id);
           this.resolved.delete(seq);
         }

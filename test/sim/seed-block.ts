@@ -4,7 +4,7 @@
  * test files so that vitest runs them in parallel; together they cover seeds 1..1000.
  */
 import { expect, it } from 'vitest';
-import { FAULT_TYPES } from '../../src/sim/config.ts';
+import { DEFAULT_FAULTS } from '../../src/sim/config.ts';
 import { formatFailure } from '../../src/sim/report.ts';
 import { defaultWorkers, soak } from '../../src/sim/soak.ts';
 
@@ -19,7 +19,7 @@ export function seedBlock(first: number, count: number): void {
     expect(failures, failures.join('\n\n')).toEqual([]);
     expect(summary.seeds).toBe(count);
     // Every fault type was injected across the block, and the team did work.
-    for (const fault of FAULT_TYPES) expect(summary.faults[fault], fault).toBeGreaterThan(0);
+    for (const fault of DEFAULT_FAULTS) expect(summary.faults[fault], fault).toBeGreaterThan(0);
     expect(summary.mutations).toBeGreaterThan(count * 5);
   }, BLOCK_TIMEOUT_MS);
 }
