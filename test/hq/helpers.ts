@@ -5,7 +5,6 @@
  * temp dirs removed. Every wait is bounded by a deadline.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
-import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, expect } from 'vitest';
@@ -43,17 +42,7 @@ export async function within<T>(what: string, promise: Promise<T>, ms = 10_000):
 /** Mesh options for the tests: loopback only, no mDNS, quick redials. */
 export const LOOPBACK: MeshOptions = { mdns: false, listen: ['/ip4/127.0.0.1/tcp/0'], redialMinMs: 100, redialMaxMs: 800 };
 
-/** A loopback TCP port free right now. */
-export function freePort(): Promise<number> {
-  return new Promise((done, fail) => {
-    const server = createServer();
-    server.once('error', fail);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as AddressInfo;
-      server.close(() => done(port));
-    });
-  });
-}
+export { freePort } from '../fixtures/ports.ts';
 
 /** Awaits `promise`, which must reject with an instance of `cls` carrying `code`; returns the error. */
 export async function expectRejects<E extends FieldmeshError>(promise: Promise<unknown>, cls: abstract new (...args: never[]) => E, code: string): Promise<E> {
