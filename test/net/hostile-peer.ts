@@ -35,19 +35,12 @@ import type { MeshEvent, MeshOptions } from '../../src/net/mesh.ts';
 import { loadOrCreateDeviceKey } from '../../src/node/device-key.ts';
 import { enroll } from '../../src/node/enroll.ts';
 import { FieldNode } from '../../src/node/field-node.ts';
+import { sleep, waitFor } from './helpers.ts';
 
-export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+export { sleep };
 
-/** Polls `check` every `everyMs` until it returns a truthy value; throws after `timeoutMs`. */
-export async function waitUntil<T>(check: () => T | Promise<T>, what: string, timeoutMs = 10_000, everyMs = 20): Promise<NonNullable<T>> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await check();
-    if (value) return value as NonNullable<T>;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(everyMs);
-  }
-}
+/** waitFor (helpers.ts) with the check first, as these tests read: polls every `everyMs`, throws after `timeoutMs`. */
+export const waitUntil = <T>(check: () => T | Promise<T>, what: string, timeoutMs = 10_000, everyMs = 20): Promise<NonNullable<T>> => waitFor(what, check, timeoutMs, everyMs);
 
 /**
  * Per-test cleanup: closers run when the test finishes (passed or failed), in reverse order of
