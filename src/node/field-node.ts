@@ -318,26 +318,41 @@ export class FieldNode {
   async awaitingVerdict(limit: number): Promise<OpSummary[]> {
     const out: OpSummary[] = [];
     const reader = this.store.reader();
-    let ids: OpId[] = [];
-    // Candidates in chunks, their rows read in one round trip per chunk.
-    const take = async () => {
-      await reader.prefetch(ids.flatMap((id) => [[TABLES.op, id] as const, [TABLES.verdict, id] as const]));
-      for (const id of ids) {
-        const meta = await reader.get<OpMeta>(TABLES.op, id);
-        if (out.length >= limit || meta === undefined || meta.device === this.hqDevice || meta.domain === null) continue;
+    for (const status of ['pending', 'conflict'] as const) {
+      const ids = this.idsIn(TABLES.status, under(status));
+      for await (const [id, meta] of this.withMeta(reader, ids, Math.min(limit, 256), [TABLES.verdict])) {
+        if (out.length >= limit) return out;
+        if (meta.device === this.hqDevice || meta.domain === null) continue;
         if ((await reader.get(TABLES.verdict, id)) === undefined) out.push(summary(id, meta));
       }
-      ids = [];
-    };
-    for (const status of ['pending', 'conflict'] as const) {
-      for await (const [, id] of this.store.scan<OpId>(TABLES.status, under(status))) {
-        if (out.length >= limit) return out;
-        ids.push(id);
-        if (ids.length >= Math.min(limit, 256)) await take();
-      }
-      await take();
     }
     return out;
+  }
+
+  /** The op ids an index range holds (the value of its rows). */
+  private async *idsIn(table: typeof TABLES.status | typeof TABLES.byEntity, range: { gte: string; lt: string }): AsyncGenerator<OpId> {
+    for await (const [, id] of this.store.scan<OpId>(table, range)) yield id;
+  }
+
+  /**
+   * Ops' metadata for a stream of ids (ops not held are skipped), read `chunk` ids at a time in
+   * one round trip each, with the rows of `alsoRead` for the same ids.
+   */
+  private async *withMeta(reader: ReturnType<Store['reader']>, ids: AsyncIterable<OpId>, chunk: number, alsoRead: readonly (typeof TABLES.verdict)[] = []): AsyncGenerator<readonly [OpId, OpMeta]> {
+    let batch: OpId[] = [];
+    const flush = async function* () {
+      await reader.prefetch(batch.flatMap((id) => [[TABLES.op, id] as const, ...alsoRead.map((t) => [t, id] as const)]));
+      for (const id of batch) {
+        const meta = await reader.get<OpMeta>(TABLES.op, id);
+        if (meta !== undefined) yield [id, meta] as const;
+      }
+      batch = [];
+    };
+    for await (const id of ids) {
+      batch.push(id);
+      if (batch.length >= chunk) yield* flush();
+    }
+    yield* flush();
   }
 
   /**
@@ -480,29 +495,16 @@ export class FieldNode {
   async ops(filter: OpFilter = {}): Promise<OpSummary[]> {
     const limit = filter.limit ?? 1000;
     const out: OpSummary[] = [];
-    const reader = this.store.reader();
     const matches = (meta: OpMeta) =>
       (filter.type === undefined || meta.type === filter.type) &&
       (filter.domain === undefined || meta.domain === filter.domain) &&
       (filter.entity === undefined || meta.entity === filter.entity) &&
       (filter.device === undefined || meta.device === filter.device) &&
       (filter.status === undefined || meta.status.status === filter.status);
-    // Candidates a chunk at a time, their rows read in one round trip per chunk.
-    let chunk: OpId[] = [];
-    const consider = async () => {
-      await reader.prefetch(chunk.map((id) => [TABLES.op, id] as const));
-      for (const id of chunk) {
-        const meta = await reader.get<OpMeta>(TABLES.op, id);
-        if (out.length < limit && meta !== undefined && matches(meta)) out.push(summary(id, meta));
-      }
-      chunk = [];
-    };
-    for await (const id of this.candidateOps(filter)) {
-      chunk.push(id);
-      if (chunk.length >= Math.min(limit - out.length, 128)) await consider();
+    for await (const [id, meta] of this.withMeta(this.store.reader(), this.candidateOps(filter), Math.min(limit, 128))) {
       if (out.length >= limit) break;
+      if (matches(meta)) out.push(summary(id, meta));
     }
-    await consider();
     return out;
   }
 
@@ -510,12 +512,12 @@ export class FieldNode {
   private async *candidateOps(filter: OpFilter): AsyncGenerator<OpId> {
     if (filter.status !== undefined) {
       const range = filter.device !== undefined ? under(filter.status, filter.device) : under(filter.status);
-      for await (const [, id] of this.store.scan<OpId>(TABLES.status, range)) yield id;
+      yield* this.idsIn(TABLES.status, range);
       return;
     }
     if (filter.domain !== undefined) {
       const range = filter.entity !== undefined ? under(filter.domain, filter.entity) : under(filter.domain);
-      for await (const [, id] of this.store.scan<OpId>(TABLES.byEntity, range)) yield id;
+      yield* this.idsIn(TABLES.byEntity, range);
       return;
     }
     // Every op has exactly one status row: merging the four status indexes by (device, seq)
