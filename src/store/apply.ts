@@ -214,6 +214,7 @@ export class ApplyContext {
           this.txn.put(TABLES.waiting, waitingKey(m, op.id), '');
           this.parked.park(m, op.id);
         }
+        this.parked.keep(op);
       }
       const meta = this.metaOf(op, null, badBase, badBase ? 0 : missing.length, previousOwnSeq);
       if (!fresh) {
@@ -237,14 +238,21 @@ export class ApplyContext {
 
   /** Ops parked on `id` lose one missing base each; those with none left apply now. */
   private async wake(id: OpId): Promise<void> {
-    for (const waiter of this.parked.release(id)) {
+    const waiters = this.parked.release(id);
+    if (waiters.length === 0) return;
+    // Parked long enough, their rows may have left the cache: one round trip for all of them.
+    await this.txn.prefetch(waiters.flatMap((w): [Table, string][] => [[TABLES.op, w], [TABLES.verdict, w]]));
+    for (const waiter of waiters) {
       this.txn.del(TABLES.waiting, waitingKey(id, waiter));
       const meta = await this.txn.get<OpMeta>(TABLES.op, waiter);
-      if (meta === undefined || meta.clock !== null || meta.badBase) continue;
+      if (meta === undefined || meta.clock !== null || meta.badBase) {
+        this.parked.take(waiter);
+        continue;
+      }
       const waitingOn = meta.waitingOn - 1;
       this.txn.put(TABLES.op, waiter, { ...meta, waitingOn });
       if (waitingOn > 0) continue;
-      const op = await this.loadOp(meta.device, meta.seq);
+      const op = this.parked.take(waiter) ?? (await this.loadOp(meta.device, meta.seq));
       if (isEntityOp(op)) await this.tryApply(op, false, meta.previousOwnSeq);
     }
   }

@@ -20,7 +20,7 @@ import { StoreClosedError, StoreCorruptError, StoreLockedError, StoreMismatchErr
 import { FieldmeshError } from '../core/errors.ts';
 import { logKey, split } from './keys.ts';
 import { TABLES, tableKey } from './tables.ts';
-import { Lru, scan, scanRecords, Txn, type Db } from './txn.ts';
+import { RowCache, scan, scanRecords, Txn, type Db } from './txn.ts';
 
 /** Version of the on-disk layout of primary data (logs, fork proofs, settings). */
 export const STORAGE_FORMAT = 1;
@@ -39,13 +39,15 @@ export interface StoreIdentity {
 export interface StoreLimits {
   /** Most jobs (mutations, ingests) sharing one synced batch. @default 1024 */
   readonly maxJobsPerBatch: number;
-  /** Decoded rows kept in memory. @default 20000 */
+  /** Decoded rows kept in memory. @default 50000 */
   readonly cacheEntries: number;
+  /** Parked ops (waiting for a base) kept parsed in memory; the rest are read back from the log. @default 20000 */
+  readonly parkedOpsInMemory: number;
   /** Ops per batch when rebuilding derived tables. @default 2000 */
   readonly rebuildBatchOps: number;
 }
 
-export const DEFAULT_STORE_LIMITS: StoreLimits = { maxJobsPerBatch: 1024, cacheEntries: 20_000, rebuildBatchOps: 2000 };
+export const DEFAULT_STORE_LIMITS: StoreLimits = { maxJobsPerBatch: 1024, cacheEntries: 50_000, parkedOpsInMemory: 20_000, rebuildBatchOps: 2000 };
 
 export interface OpenStoreOptions {
   readonly dir: string;
@@ -89,7 +91,7 @@ export class Store {
   /** Whether open() rebuilt the derived tables. */
   rebuilt = false;
   private readonly db: Db;
-  private readonly cache: Lru;
+  private readonly cache: RowCache;
   private readonly tips = new Map<DeviceId, LogTip>();
   private readonly certs = new Map<DeviceId, Uint8Array>();
   private revokedAfter = new Map<DeviceId, number>();
@@ -109,7 +111,7 @@ export class Store {
     this.identity = options.identity;
     this.resolution = options.resolution;
     this.limits = { ...DEFAULT_STORE_LIMITS, ...options.limits };
-    this.cache = new Lru(this.limits.cacheEntries);
+    this.cache = new RowCache(this.limits.cacheEntries);
     this.events.setMaxListeners(1000);
   }
 
@@ -340,7 +342,7 @@ export class Store {
     const jobs = this.queue.splice(0, this.limits.maxJobsPerBatch);
     const txn = new Txn(this.db, this.dir, this.cache, parent?.txn ?? null);
     const h = this.head;
-    this.parked ??= await ParkedIndex.load(this.waitingPairs());
+    this.parked ??= await ParkedIndex.load(this.waitingPairs(), this.limits.parkedOpsInMemory);
     const ctx = new ApplyContext(txn, this.resolution, h.revokedAfter, h.forkedAt, this.parked, h.orphanVerdicts);
     ctx.clock = h.clock;
     ctx.wantViews = this.events.listenerCount('entity') > 0;

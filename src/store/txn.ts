@@ -16,33 +16,41 @@ const ABSENT = Symbol('absent');
 export type Db = AbstractLevel<string | Uint8Array, string, Uint8Array>;
 
 /**
- * A bounded cache of decoded committed values. Eviction is oldest-written first: rows that are
- * written often (entity states, counters) stay, without reordering on every read.
+ * A bounded cache of decoded committed values, in two generations: rows go into the young one;
+ * when it is full it becomes the old one and the previous old one is dropped. Every step is O(1):
+ * evicting from one big Map would walk the slots its deletes left behind on every eviction.
+ * Rows written often (entity states, counters) keep landing in the young generation and stay.
  */
-export class Lru {
-  private readonly map = new Map<string, unknown>();
-  private readonly capacity: number;
+export class RowCache {
+  private young = new Map<string, unknown>();
+  private old = new Map<string, unknown>();
+  private readonly generation: number;
   /**
    * Bumped by every commit: a read from disk that started before a commit may return what that
    * commit replaced, so it is cached only if no commit happened meanwhile.
    */
   epoch = 0;
   constructor(capacity: number) {
-    this.capacity = capacity;
+    this.generation = Math.max(1, Math.floor(capacity / 2));
   }
   get(key: string): unknown {
-    return this.map.get(key);
+    const value = this.young.get(key);
+    return value !== undefined ? value : this.old.get(key);
   }
   set(key: string, value: unknown): void {
-    this.map.delete(key);
-    this.map.set(key, value);
-    if (this.map.size > this.capacity) this.map.delete(this.map.keys().next().value!);
+    this.young.set(key, value);
+    if (this.young.size >= this.generation) {
+      this.old = this.young;
+      this.young = new Map();
+    }
   }
   delete(key: string): void {
-    this.map.delete(key);
+    this.young.delete(key);
+    this.old.delete(key);
   }
   clear(): void {
-    this.map.clear();
+    this.young.clear();
+    this.old.clear();
   }
 }
 
@@ -56,11 +64,11 @@ export class Txn {
   private readonly written = new Map<Table, string[]>();
   private readonly db: Db;
   private readonly where: string;
-  private readonly cache: Lru;
+  private readonly cache: RowCache;
   /** The batch being committed while this one is built: its writes are not on disk yet. */
   parent: Txn | null;
 
-  constructor(db: Db, where: string, cache: Lru, parent: Txn | null = null) {
+  constructor(db: Db, where: string, cache: RowCache, parent: Txn | null = null) {
     this.db = db;
     this.where = where;
     this.cache = cache;
@@ -217,7 +225,7 @@ async function readRecord(db: Db, key: string, where: string): Promise<Uint8Arra
  * seen). Entity states the cache holds are taken from it, already decoded (and possibly newer):
  * queries over many entities then skip decoding, and views computed from them can be reused.
  */
-export async function* scan<T>(db: Db, where: string, table: Table, range?: { gte: string; lt: string }, options: { limit?: number; reverse?: boolean } = {}, cache?: Lru): AsyncGenerator<[string, T]> {
+export async function* scan<T>(db: Db, where: string, table: Table, range?: { gte: string; lt: string }, options: { limit?: number; reverse?: boolean } = {}, cache?: RowCache): AsyncGenerator<[string, T]> {
   for await (const [key, record] of scanRecords(db, where, table, range, options)) {
     const cached = table === TABLES.entity ? cache?.get(key) : undefined;
     if (cached !== undefined && cached !== ABSENT) yield [stripTable(key), cached as T];

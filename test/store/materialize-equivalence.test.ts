@@ -150,11 +150,12 @@ function expected(ops: Iterable<Op>) {
  * comparing with materialize after every ingest call. With `receiptsLast`, a receipt is fed only
  * once every op it judges has been.
  */
-async function check(seed: number, steps: number, receiptsLast: boolean): Promise<void> {
+async function check(seed: number, steps: number, receiptsLast: boolean, parkedOpsInMemory?: number): Promise<void> {
   const { logs, all } = simulate(seed, steps);
   const rand = rng(seed ^ 0x5bd1e995);
   const root = await mkdtemp(join(tmpdir(), 'fm-prop-'));
-  const open = () => FieldNode.open({ dataDir: root, team: TEAM, user: 'observer', hqDevice: HQ_SIGNER.device, domains: DOMAINS });
+  const storeLimits = parkedOpsInMemory === undefined ? {} : { parkedOpsInMemory };
+  const open = () => FieldNode.open({ dataDir: root, team: TEAM, user: 'observer', hqDevice: HQ_SIGNER.device, domains: DOMAINS, storeLimits });
   let node = await open();
   // The observer holds HQ's certificate of every field device (else it refuses their ops).
   const issuedMs = Date.now() - 3600_000;
@@ -215,6 +216,13 @@ describe('incremental store == materialize from scratch', () => {
     await fc.assert(
       fc.asyncProperty(fc.integer({ min: 1, max: 2 ** 31 - 1 }), fc.integer({ min: 20, max: 120 }), (seed, steps) => check(seed, steps, false)),
       { numRuns: 25 },
+    );
+  }, 120_000);
+
+  it('the same when parked ops are read back from the log instead of kept in memory', async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.integer({ min: 1, max: 2 ** 31 - 1 }), fc.integer({ min: 20, max: 120 }), fc.integer({ min: 0, max: 3 }), (seed, steps, kept) => check(seed, steps, false, kept)),
+      { numRuns: 15 },
     );
   }, 120_000);
 
