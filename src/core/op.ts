@@ -121,7 +121,7 @@ export const opIdToBytes = (id: OpId): Uint8Array => Buffer.from(id, 'hex');
 // needs) makes V8 move it off its heap, which cost more than the conversion itself.
 const HEX_DIGITS = new TextEncoder().encode('0123456789abcdef');
 const hexOut = Buffer.alloc(64);
-function opIdFromBytes(bytes: Uint8Array): OpId {
+export function opIdFromBytes(bytes: Uint8Array): OpId {
   if (bytes.length !== 32) return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('hex');
   for (let i = 0; i < 32; i++) {
     const b = bytes[i]!;

@@ -5,7 +5,7 @@
  * their plain values as CBOR.
  */
 import type { EntityState, OpRef, Write } from '../core/entity.ts';
-import { OP_TYPES, type OpType } from '../core/op.ts';
+import { OP_TYPES, opIdFromBytes, opIdToBytes, type OpType } from '../core/op.ts';
 import type { OpStatus, StatusName } from '../core/status.ts';
 import type { Value } from '../core/value.ts';
 import type { OpMeta } from './apply.ts';
@@ -53,26 +53,76 @@ const opMeta: Codec<OpMeta> = {
   },
 };
 
-const refOut = (h: OpRef) => [h.op, h.device, h.seq];
-const refIn = (r: unknown[]): OpRef => ({ op: r[0] as string, device: r[1] as string, seq: r[2] as number });
-const writeOut = (w: Write) => [w.op, w.device, w.seq, w.hlc.wallMs, w.hlc.counter, w.user, w.deleted, w.value];
-const writeIn = (r: unknown[]): Write => ({
-  op: r[0] as string,
-  device: r[1] as string,
-  seq: r[2] as number,
-  hlc: { wallMs: r[3] as number, counter: r[4] as number },
-  user: r[5] as string,
-  deleted: r[6] as boolean,
-  value: r[7] as Value,
-});
+/**
+ * Entity state: the ops it names (heads and the writes of every register) are listed once, with
+ * their devices listed once too, and referred to by position. An update writing six fields would
+ * otherwise repeat its id, device, clock and user in seven writes ($exists included).
+ *   [domain, entity, devices, ops, heads, deletes, registers]
+ *   devices   := [device...]
+ *   ops       := [[id (32 bytes), device #, seq, wallMs | null, counter | null, user | null]...]
+ *                (null when the op is only a head, which has no clock or user in the state)
+ *   heads     := [op #...]            deletes := [op #...]
+ *   registers := [[field, [write...]]...], write := op # (a delete) | [op #, value]
+ */
+class EntityTables {
+  readonly devices: string[] = [];
+  readonly ops: unknown[][] = [];
+  private readonly deviceAt = new Map<string, number>();
+  private readonly opAt = new Map<string, number>();
+
+  ref(r: OpRef): number {
+    let i = this.opAt.get(r.op);
+    if (i === undefined) {
+      let d = this.deviceAt.get(r.device);
+      if (d === undefined) {
+        d = this.devices.push(r.device) - 1;
+        this.deviceAt.set(r.device, d);
+      }
+      i = this.ops.push([opIdToBytes(r.op), d, r.seq, null, null, null]) - 1;
+      this.opAt.set(r.op, i);
+    }
+    return i;
+  }
+
+  write(w: Write): number {
+    const i = this.ref(w);
+    const entry = this.ops[i]!;
+    entry[3] = w.hlc.wallMs;
+    entry[4] = w.hlc.counter;
+    entry[5] = w.user;
+    return i;
+  }
+}
+
+function entityRefs(raw: unknown[]): { refs: OpRef[]; writeOf: (i: number, deleted: boolean, value: Value) => Write } {
+  const devices = raw[2] as string[];
+  const ops = raw[3] as unknown[][];
+  const refs = ops.map((o): OpRef => ({ op: opIdFromBytes(o[0] as Uint8Array), device: devices[o[1] as number]!, seq: o[2] as number }));
+  const writeOf = (i: number, deleted: boolean, value: Value): Write => {
+    const o = ops[i]!;
+    const r = refs[i]!;
+    return { op: r.op, device: r.device, seq: r.seq, hlc: { wallMs: o[3] as number, counter: o[4] as number }, user: o[5] as string, deleted, value };
+  };
+  return { refs, writeOf };
+}
 
 const entityState: Codec<EntityState> = {
-  encode: (s) => [s.domain, s.entity, s.heads.map(refOut), s.deletes.map(writeOut), Object.entries(s.registers).map(([f, ws]) => [f, ws.map(writeOut)])],
+  encode: (s) => {
+    const t = new EntityTables();
+    const deletes = s.deletes.map((w) => t.write(w));
+    const registers = Object.entries(s.registers).map(([field, writes]) => [field, writes.map((w) => (w.deleted ? t.write(w) : [t.write(w), w.value]))]);
+    const heads = s.heads.map((h) => t.ref(h));
+    return [s.domain, s.entity, t.devices, t.ops, heads, deletes, registers];
+  },
   decode: (raw) => {
     const r = raw as unknown[];
+    const { refs, writeOf } = entityRefs(r);
     const registers: Record<string, readonly Write[]> = {};
-    for (const [field, writes] of r[4] as [string, unknown[][]][]) registers[field] = writes.map(writeIn);
-    return { domain: r[0] as string, entity: r[1] as string, heads: (r[2] as unknown[][]).map(refIn), deletes: (r[3] as unknown[][]).map(writeIn), registers };
+    for (const [field, writes] of r[6] as [string, (number | [number, Value])[]][]) {
+      registers[field] = writes.map((w) => (typeof w === 'number' ? writeOf(w, true, null) : writeOf(w[0], false, w[1])));
+    }
+    const deletes = (r[5] as number[]).map((i) => writeOf(i, true, null));
+    return { domain: r[0] as string, entity: r[1] as string, heads: (r[4] as number[]).map((i) => refs[i]!), deletes, registers };
   },
 };
 

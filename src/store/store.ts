@@ -25,7 +25,7 @@ import { RowCache, scan, scanRecords, Txn, type Db } from './txn.ts';
 /** Version of the on-disk layout of primary data (logs, fork proofs, settings). */
 export const STORAGE_FORMAT = 1;
 /** Version of the derived tables; a change rebuilds them from the logs on open. */
-export const DERIVED_FORMAT = 1;
+export const DERIVED_FORMAT = 2;
 /** Migrations of primary data: MIGRATIONS[n] upgrades format n to n + 1. */
 const MIGRATIONS: Record<number, (db: Db) => Promise<void>> = {};
 const DERIVED_TABLES = [TABLES.op, TABLES.entity, TABLES.byEntity, TABLES.status, TABLES.count, TABLES.waiting, TABLES.verdict, TABLES.revoked, TABLES.conflict, TABLES.ownLast];

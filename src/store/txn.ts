@@ -60,8 +60,6 @@ const DELETED = Symbol('deleted');
 export class Txn {
   /** Full key -> new value, or DELETED. Values of the log table are raw bytes, the others are encoded on commit. */
   private readonly writes = new Map<string, unknown>();
-  /** Full keys written, by table: a range query looks at its own table's writes only. */
-  private readonly written = new Map<Table, string[]>();
   private readonly db: Db;
   private readonly where: string;
   private readonly cache: RowCache;
@@ -155,20 +153,11 @@ export class Txn {
 
   /** Writes a row: raw bytes in the log table, a value to encode in the others. */
   put(table: Table, key: string, value: unknown): void {
-    this.write(table, tableKey(table, key), value);
+    this.writes.set(tableKey(table, key), value);
   }
 
   del(table: Table, key: string): void {
-    this.write(table, tableKey(table, key), DELETED);
-  }
-
-  private write(table: Table, full: string, value: unknown): void {
-    if (!this.writes.has(full)) {
-      const keys = this.written.get(table);
-      if (keys === undefined) this.written.set(table, [full]);
-      else keys.push(full);
-    }
-    this.writes.set(full, value);
+    this.writes.set(tableKey(table, key), DELETED);
   }
 
   /** Keys (without table prefix) in a range, the change's own puts and deletes included. */
@@ -176,10 +165,11 @@ export class Txn {
     const full = tableRange(table, range);
     const found = new Set<string>();
     for await (const key of this.db.keys(full)) found.add(key);
+    // Rare (rebuilds only): walking every pending write is cheaper than indexing them all by table.
     for (const txn of this.parent === null ? [this] : [this.parent, this]) {
-      for (const key of txn.written.get(table) ?? []) {
+      for (const [key, value] of txn.writes) {
         if (key >= full.gte && key < full.lt) {
-          if (txn.writes.get(key) === DELETED) found.delete(key);
+          if (value === DELETED) found.delete(key);
           else found.add(key);
         }
       }
