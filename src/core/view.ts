@@ -66,5 +66,17 @@ export function viewOf(state: EntityState, config: ResolutionConfig): EntityView
   return { domain: state.domain, entity: state.entity, exists, fields: exists ? fields : {}, conflict, heads: state.heads.map((h) => h.op) };
 }
 
+/**
+ * Whether `op` is a candidate of the entity's open conflict: the same answer as
+ * `conflictOps(viewOf(state, config)).includes(op)`, without resolving every field.
+ */
+export function inOpenConflict(state: EntityState, op: OpId, config: ResolutionConfig): boolean {
+  if (policyOf(config, state.domain).strategy !== 'manual') return false;
+  for (const candidates of Object.values(state.registers)) {
+    if (candidates.some((w) => w.op === op) && disagree(candidates)) return true;
+  }
+  return false;
+}
+
 /** The op ids that are candidates of an open conflict (their status is `conflict`). */
 export const conflictOps = (view: EntityView): OpId[] => view.conflict?.fields.flatMap((f) => f.candidates.map((c) => c.op)) ?? [];

@@ -15,7 +15,7 @@ import { baseOmitsOwnOp, materializeEntity } from '../core/materialize.ts';
 import { isEntityOp, parseOp, type EntityOp, type Op, type OpId } from '../core/op.ts';
 import { statusOf, type OpStatus } from '../core/status.ts';
 import { policyOf, type ResolutionConfig } from '../core/strategies.ts';
-import { conflictOps, viewOf, type EntityView } from '../core/view.ts';
+import { conflictOps, inOpenConflict, viewOf, type EntityView } from '../core/view.ts';
 import { byEntityKey, countKey, entityKeyOf, logKey, statusKey, under, waitingKey, split } from './keys.ts';
 import { TABLES, type Table } from './tables.ts';
 import type { ParkedIndex } from './parked.ts';
@@ -229,7 +229,7 @@ export class ApplyContext {
     const authority = await this.authorityFor([op.id], existing === undefined);
     const state = applyEntityOp(await this.entityState(op.domain, op.entity), op, clock, exclusionOf(op, authority) === null);
     this.txn.put(TABLES.entity, entityKeyOf(op.domain, op.entity), state);
-    const inConflict = this.manual(op.domain) && conflictOps(viewOf(state, this.resolution)).includes(op.id);
+    const inConflict = inOpenConflict(state, op.id, this.resolution);
     const meta = this.metaOf(op, clock, false, 0, previousOwnSeq);
     if (existing === undefined) await this.putNewMeta(op, meta, inConflict);
     else await this.putMeta(op.id, meta, statusOf(op, authority, this.hqDevice, inConflict, false), existing);
@@ -269,8 +269,7 @@ export class ApplyContext {
     if (meta === undefined) return;
     let inConflict = false;
     if (meta.domain !== null && meta.entity !== null && meta.clock !== null && this.manual(meta.domain)) {
-      const state = await this.entityState(meta.domain, meta.entity);
-      inConflict = conflictOps(viewOf(state, this.resolution)).includes(id);
+      inConflict = inOpenConflict(await this.entityState(meta.domain, meta.entity), id, this.resolution);
     }
     const status = statusOf({ id, device: meta.device, seq: meta.seq }, await this.authorityFor([id]), this.hqDevice, inConflict, meta.badBase);
     await this.putMeta(id, meta, status);
