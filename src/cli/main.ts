@@ -55,7 +55,9 @@ function parseFields(pairs: readonly string[]): Record<string, unknown> {
 
 async function openNode(dataDir: string): Promise<FieldNode> {
   const config = await readConfig(dataDir);
-  return FieldNode.open({ dataDir, team: config.team, user: config.user, role: config.role, domains: toPolicies(config.domains) });
+  // The team's domain rules, checked before a change is signed (HQ would refuse it anyway).
+  const checkChange = new Policy(toRules(config.domains)).checker(config.role);
+  return FieldNode.open({ dataDir, team: config.team, user: config.user, role: config.role, domains: toPolicies(config.domains), checkChange });
 }
 
 /** Runs a command on the node of --data: through the running node if there is one. */

@@ -7,8 +7,11 @@
  */
 import { Ajv, type ValidateFunction } from 'ajv';
 import type { Role } from '../core/cert.ts';
-import { InvalidInputError } from '../core/errors.ts';
+import { InvalidInputError, RuleViolationError } from '../core/errors.ts';
 import type { EntityOp } from '../core/op.ts';
+
+/** What the rules look at in an op (or in a change before it is signed). */
+type Change = Pick<EntityOp, 'type' | 'domain' | 'fields'> & { readonly exists?: boolean };
 
 export interface DomainRules {
   /** Roles allowed to write the domain. @default all roles */
@@ -44,6 +47,25 @@ export class Policy {
   }
 
   judge(op: EntityOp, authorRole: Role | null): Verdict {
+    return this.check(op, authorRole);
+  }
+
+  /**
+   * The same rules as a check a node runs on its own changes before signing them
+   * (FieldNodeOptions.checkChange): a refused change throws with the reason as its code, an
+   * InvalidInputError for bad fields or domain (SCHEMA, UNKNOWN_DOMAIN), a RuleViolationError for
+   * a role that may not write the domain (ROLE_NOT_ALLOWED).
+   */
+  checker(role: Role): (change: Change) => void {
+    return (change) => {
+      const verdict = this.check(change, role);
+      if (verdict.accepted) return;
+      const Refusal = verdict.reason === 'ROLE_NOT_ALLOWED' ? RuleViolationError : InvalidInputError;
+      throw new Refusal(verdict.reason, `${change.domain}: ${verdict.detail}`, { domain: change.domain, reason: verdict.reason });
+    };
+  }
+
+  private check(op: Change, authorRole: Role | null): Verdict {
     const rules = this.rules.get(op.domain);
     if (rules === undefined) return { accepted: false, reason: 'UNKNOWN_DOMAIN', detail: `HQ declares no domain ${op.domain}` };
     if (rules.writers !== null && (authorRole === null || !rules.writers.includes(authorRole))) {

@@ -55,7 +55,16 @@ export interface FieldNodeOptions {
   /** Events a subscriber may fall behind before its subscription fails. @default 10000 */
   readonly maxSubscriberBacklog?: number;
   readonly storeLimits?: Partial<StoreLimits>;
+  /**
+   * Checks each local change before it is signed, e.g. against the team's domain rules (see
+   * `hq/policy.ts` `Policy.checker`), so that a change HQ would refuse fails now, with a clear
+   * error, instead of weeks later with a receipt. Throws an InvalidInputError to refuse it.
+   */
+  readonly checkChange?: (change: EntityDraft) => void;
 }
+
+/** A change to an entity as drafted, before it is signed. */
+export type EntityDraft = Exclude<OpDraft, { type: 'receipt' | 'revoke' }>;
 
 export interface MutationInput {
   readonly type: DataOpType;
@@ -142,6 +151,7 @@ export class FieldNode {
   private readonly now: () => number;
   private readonly maxDriftMs: number;
   private readonly maxBacklog: number;
+  private readonly checkChange: ((change: EntityDraft) => void) | undefined;
   private readonly subscriptions = new Map<(e: NodeEvent) => void, Subscription<NodeEvent>>();
 
   private constructor(options: FieldNodeOptions, key: DeviceKey, store: Store, resolution: ResolutionConfig, cert: Certificate | null) {
@@ -157,6 +167,7 @@ export class FieldNode {
     this.now = options.now ?? Date.now;
     this.maxDriftMs = options.maxDriftMs ?? 300_000;
     this.maxBacklog = options.maxSubscriberBacklog ?? 10_000;
+    this.checkChange = options.checkChange;
   }
 
   /** Views of entity states (immutable, and shared through the store's cache): a repeated read costs no resolution. */
@@ -282,10 +293,11 @@ export class FieldNode {
     });
   }
 
-  private async author(domain: string, entity: string, draftFor: (view: EntityView) => OpDraft): Promise<MutationResult> {
+  private async author(domain: string, entity: string, draftFor: (view: EntityView) => EntityDraft): Promise<MutationResult> {
     return this.store.write(async (ctx) => {
       const view = this.viewFor(await ctx.entityState(domain, entity));
       const draft = draftFor(view);
+      this.checkChange?.(draft);
       const tip = (await ctx.txn.get<LogTip>(TABLES.tip, this.device)) ?? EMPTY_TIP;
       const { op, state } = authorOp({ signer: this.key.signer, team: this.team, user: this.user }, { tip, clock: ctx.clock }, this.now(), draft);
       ctx.clock = state.clock;

@@ -267,11 +267,15 @@ describe('running nodes', () => {
     expect(resolved).toEqual({ id: expect.stringMatching(HEX64), seq: expect.any(Number), status: 'synced' });
     expect(revoked).toMatchObject({ id: expect.stringMatching(HEX64), target: dirs.lost!.device, afterSeq: 0 });
 
-    const [queryText, missing, unknownDomain] = await Promise.all([
+    const [queryText, missing, unknownDomain, badFields] = await Promise.all([
       cli.ok(['-d', alice.dataDir, 'query', 'note']),
       cli.run(['-d', alice.dataDir, 'get', 'case', 'nope']),
       cli.run(['--json', '-d', alice.dataDir, 'put', 'nodomain', 'x', 'a=1']),
+      // The team's schema is checked before signing: HQ would refuse this change anyway.
+      cli.run(['--json', '-d', alice.dataDir, 'put', 'case', 'c-bad', 'title=Shed', 'status=nonsense']),
     ]);
+    expect(badFields.code).toBe(1);
+    expect(jsonError(badFields).error).toMatchObject({ code: 'SCHEMA', message: expect.stringContaining('status') });
     expect(queryText.stdout.trim()).toBe('n-live {"text":"hello from the field"}');
     const deleted = await cli.ok(['-d', alice.dataDir, 'delete', 'note', 'n-live']);
     expect(deleted.stdout.trim()).toMatch(/^delete #4 [0-9a-f]{64} pending$/);

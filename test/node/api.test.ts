@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { InvalidInputError, RuleViolationError } from '../../src/core/errors.ts';
 import { deviceIdFromPublicKey } from '../../src/core/keys.ts';
+import { Policy } from '../../src/hq/policy.ts';
 import { FieldNode, type NodeEvent } from '../../src/node/field-node.ts';
 import { SubscriptionOverflowError, type Subscription } from '../../src/node/subscription.ts';
 import { accept, DOMAINS, expectRejects, HQ, introduce, logOf, reject, signerOf, TEAM, TestAuthor, useTemp } from './helpers.ts';
@@ -96,6 +97,21 @@ describe('mutate validation', () => {
     const big = await node.mutate({ type: 'update', domain: 'case', entity: 'c1', fields: { blob: new Uint8Array(60_000) } });
     expect(big.op.bytes.length).toBeLessThanOrEqual(64 * 1024);
     expect(((await node.get('case', 'c1'))!.fields.blob as Uint8Array).length).toBe(60_000);
+  });
+
+  it('checks changes against the team\'s domain rules before signing them (checkChange)', async () => {
+    const policy = new Policy({ case: { schema: { type: 'object', properties: { title: { type: 'string' }, status: { enum: ['open', 'closed'] } }, required: ['title'] } }, evidence: { writers: ['server'] } });
+    const node = await temp.open(await temp.dir(), { checkChange: policy.checker('field') });
+    await node.mutate({ type: 'create', domain: 'case', entity: 'c1', fields: { title: 't', status: 'open' } });
+    const hash = await node.stateHash();
+    await expectRejects(node.mutate({ type: 'update', domain: 'case', entity: 'c1', fields: { status: 'lost' } }), InvalidInputError, 'SCHEMA');
+    await expectRejects(node.mutate({ type: 'create', domain: 'case', entity: 'c2', fields: { status: 'open' } }), InvalidInputError, 'SCHEMA');
+    await expectRejects(node.mutate({ type: 'create', domain: 'evidence', entity: 'e1', fields: {} }), RuleViolationError, 'ROLE_NOT_ALLOWED');
+    // An update need not repeat required fields; a delete writes none.
+    await node.mutate({ type: 'update', domain: 'case', entity: 'c1', fields: { status: 'closed' } });
+    await node.mutate({ type: 'delete', domain: 'case', entity: 'c1' });
+    expect(await node.stateHash()).not.toBe(hash);
+    expect((await node.ops({})).map((o) => o.type)).toEqual(['create', 'update', 'delete']);
   });
 
   it('requires a certificate or hqDevice on field nodes', async () => {
