@@ -10,12 +10,22 @@ import { createConnection, createServer, type Server } from 'node:net';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { FieldmeshError } from '../core/errors.ts';
+import { FieldmeshError, InvalidInputError } from '../core/errors.ts';
+import { LIMITS } from '../core/limits.ts';
+import { nestsDeeperThan } from '../core/value.ts';
 import type { FieldNode } from '../node/field-node.ts';
 import { COMMANDS, isCommand, toJson } from './commands.ts';
 
 export const CONTROL_SOCKET = 'control.sock';
 const MAX_REQUEST_BYTES = 1024 * 1024;
+/**
+ * Deepest nesting of a request's params: field values (at most LIMITS.maxValueDepth deep) sit
+ * in params.fields or params.where. JSON.stringify and the commands recurse, so deeper input
+ * is refused up front (checked without recursion), on both ends of the socket.
+ */
+const MAX_PARAMS_DEPTH = LIMITS.maxValueDepth + 2;
+
+const tooDeep = () => new InvalidInputError('VALUE_TOO_DEEP', `request params nest deeper than ${MAX_PARAMS_DEPTH}`, { limit: MAX_PARAMS_DEPTH });
 
 export async function serveControl(node: FieldNode, dataDir: string): Promise<Server> {
   const path = join(dataDir, CONTROL_SOCKET);
@@ -28,6 +38,8 @@ export async function serveControl(node: FieldNode, dataDir: string): Promise<Se
         try {
           if (line.length > MAX_REQUEST_BYTES) throw new FieldmeshError('TOO_LARGE', 'request too large');
           const request = JSON.parse(line) as { id?: unknown; method?: unknown; params?: unknown };
+          // The request as a whole (params one level down): a deep id, echoed back, would break the reply too.
+          if (nestsDeeperThan(request, MAX_PARAMS_DEPTH + 1)) throw tooDeep();
           id = request.id ?? null;
           if (typeof request.method !== 'string' || !isCommand(request.method)) throw new FieldmeshError('BAD_METHOD', `unknown method ${String(request.method)}`);
           const result = await COMMANDS[request.method](node, (request.params ?? {}) as Record<string, unknown>);
@@ -36,7 +48,7 @@ export async function serveControl(node: FieldNode, dataDir: string): Promise<Se
           const e = err as FieldmeshError;
           socket.write(toJson({ id, error: { code: e.code ?? 'ERROR', message: e.message } }) + '\n');
         }
-      })();
+      })().catch(() => socket.destroy()); // a reply that cannot be written ends the connection, never the node
     });
     socket.on('error', () => socket.destroy());
   });
@@ -50,6 +62,9 @@ export async function serveControl(node: FieldNode, dataDir: string): Promise<Se
 /** Calls a running node; resolves undefined when no node is running on this data dir. */
 export async function callRunning(dataDir: string, method: string, params: Record<string, unknown>, timeoutMs = 30_000): Promise<{ result: unknown } | undefined> {
   const path = join(dataDir, CONTROL_SOCKET);
+  // Refused before connecting, with the code the node would give: JSON.stringify recurses.
+  if (nestsDeeperThan(params, MAX_PARAMS_DEPTH)) throw tooDeep();
+  const request = JSON.stringify({ id: 1, method, params }) + '\n';
   return new Promise((resolve, reject) => {
     const socket = createConnection(path);
     const timer = setTimeout(() => {
@@ -66,11 +81,17 @@ export async function callRunning(dataDir: string, method: string, params: Recor
       lines.once('line', (line) => {
         clearTimeout(timer);
         socket.end();
-        const response = JSON.parse(line) as { result?: unknown; error?: { code: string; message: string } };
+        let response: { result?: unknown; error?: { code: string; message: string } };
+        try {
+          response = JSON.parse(line) as typeof response;
+        } catch {
+          reject(new FieldmeshError('BAD_RESPONSE', `the node on ${dataDir} answered with something other than JSON`));
+          return;
+        }
         if (response.error !== undefined) reject(new FieldmeshError(response.error.code, response.error.message));
         else resolve({ result: response.result });
       });
-      socket.write(JSON.stringify({ id: 1, method, params }) + '\n');
+      socket.write(request);
     });
   });
 }

@@ -18,6 +18,29 @@ export function checkFieldName(name: string): void {
   }
 }
 
+/**
+ * Whether anything inside `value` sits deeper than `maxDepth` (`value` itself is depth 0; each
+ * array element or map member is one deeper than its container), by the same measure as
+ * checkValue. Iterative, with an explicit stack, so it is safe on input nested far deeper than
+ * the call stack allows (a JSON body of 5 000 nested arrays): callers run it before any
+ * recursive walk (conversions, JSON.stringify) of untrusted input. It stops at the first node
+ * past the limit; byte strings are leaves. A cyclic value is reported as too deep.
+ */
+export function nestsDeeperThan(value: unknown, maxDepth: number): boolean {
+  const pending: [unknown, number][] = [[value, 0]];
+  for (let next = pending.pop(); next !== undefined; next = pending.pop()) {
+    const [item, depth] = next;
+    if (depth > maxDepth) return true;
+    if (item === null || typeof item !== 'object' || item instanceof Uint8Array) continue;
+    for (const child of Array.isArray(item) ? item : Object.values(item)) pending.push([child, depth + 1]);
+  }
+  return false;
+}
+
+/**
+ * Checks one field value. The depth is checked on the way down before anything else, so the
+ * recursion never goes more than maxValueDepth + 1 calls deep, whatever the input's nesting.
+ */
 export function checkValue(value: unknown, path: string, depth = 0): asserts value is Value {
   if (depth > LIMITS.maxValueDepth) {
     throw new InvalidInputError('VALUE_TOO_DEEP', `${path} nests deeper than ${LIMITS.maxValueDepth}`, { path });

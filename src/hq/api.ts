@@ -1,18 +1,22 @@
 /**
- * HQ's HTTP API for HQ staff and the systems around HQ (Fastify; OpenAPI at /v1/openapi.json).
- * Every request needs `Authorization: Bearer <token>`; bad requests get a 4xx with
- * { error: { code, message } }. Live status changes stream as Server-Sent Events on /v1/events.
+ * HQ's HTTP API for HQ staff and the systems around HQ (Fastify; OpenAPI at /v1/openapi.json;
+ * reference in docs/api.md). Every request needs `Authorization: Bearer <token>`; every error,
+ * Fastify's own included (unknown route, wrong method, wrong content type, body too large), is
+ * a 4xx/5xx with { error: { code, message } }. Live status changes stream as Server-Sent Events
+ * on /v1/events; close() ends those streams so that it returns promptly.
  */
 import swagger from '@fastify/swagger';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { timingSafeEqual } from 'node:crypto';
 import { decodeCertificate, ROLES, type Role } from '../core/cert.ts';
 import { FieldmeshError, InvalidInputError, RuleViolationError } from '../core/errors.ts';
-import { isDeviceId } from '../core/keys.ts';
+import { isDeviceId, type DeviceId } from '../core/keys.ts';
+import { LIMITS } from '../core/limits.ts';
 import { STATUSES, type StatusName } from '../core/status.ts';
-import type { Fields } from '../core/value.ts';
+import { nestsDeeperThan, type Fields } from '../core/value.ts';
 import type { FieldNode, NodeEvent } from '../node/field-node.ts';
-import { OP_TYPES, type OpType } from '../core/op.ts';
+import { unknownDomain } from '../node/errors.ts';
+import { OP_TYPES, type Op, type OpType } from '../core/op.ts';
 import type { ReceiptIssuer } from './receipts.ts';
 
 export interface ApiOptions {
@@ -25,7 +29,25 @@ export interface ApiOptions {
   readonly bodyLimitBytes?: number;
 }
 
+/**
+ * Deepest nesting of a JSON request body: a body holds `fields`, whose members are field values
+ * (at most LIMITS.maxValueDepth deep), and a `{"$bytes": ...}` value adds one level for its string.
+ * Checked iteratively right after parsing, before any recursive walk of the body.
+ */
+export const MAX_BODY_DEPTH = LIMITS.maxValueDepth + 3;
+
+/** Most revocations HQ's log is searched for when a device is revoked a second time. */
+const MAX_REVOCATIONS_SCANNED = 100_000;
+
+const tooDeep = (what: string, limit: number) => new InvalidInputError('VALUE_TOO_DEEP', `${what} nests deeper than ${limit}`, { limit });
+
 const error = { type: 'object', properties: { error: { type: 'object', properties: { code: { type: 'string' }, message: { type: 'string' } } } } } as const;
+/** What a PUT answers: the op written, and whether it created or updated the entity. */
+const written = {
+  type: 'object',
+  required: ['id', 'seq', 'type', 'status'],
+  properties: { id: { type: 'string' }, seq: { type: 'integer' }, type: { enum: ['create', 'update'] }, status: { enum: [...STATUSES] } },
+} as const;
 const anyObject = { type: 'object', additionalProperties: true } as const;
 const limitQuery = { type: 'integer', minimum: 1, maximum: 10_000, default: 1000 } as const;
 
@@ -38,46 +60,127 @@ function toJson(value: unknown): unknown {
   for (const [key, member] of Object.entries(value)) if (member !== undefined) out[key] = toJson(member);
   return out;
 }
-function fromJson(value: unknown): unknown {
-  if (Array.isArray(value)) return value.map(fromJson);
+
+/** Standard base64 with its padding, as toJson writes it (Buffer.from would skip any other character silently). */
+const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+
+/**
+ * One field value from JSON: a map whose only member is "$bytes" is a byte string. The depth is
+ * checked on the way down, as checkValue counts it, so no input recurses past maxValueDepth + 1.
+ */
+function fromJson(value: unknown, path: string, depth = 0): unknown {
+  if (depth > LIMITS.maxValueDepth) throw new InvalidInputError('VALUE_TOO_DEEP', `${path} nests deeper than ${LIMITS.maxValueDepth}`, { path });
+  if (Array.isArray(value)) return value.map((item, i) => fromJson(item, `${path}[${i}]`, depth + 1));
   if (value !== null && typeof value === 'object') {
     const entries = Object.entries(value);
-    if (entries.length === 1 && entries[0]![0] === '$bytes' && typeof entries[0]![1] === 'string') return new Uint8Array(Buffer.from(entries[0]![1], 'base64'));
-    return Object.fromEntries(entries.map(([k, v]) => [k, fromJson(v)]));
+    if (entries.length === 1 && entries[0]![0] === '$bytes') {
+      const encoded = entries[0]![1];
+      if (typeof encoded !== 'string' || !BASE64.test(encoded)) throw new InvalidInputError('BAD_BYTES', `${path}: "$bytes" must be a string of padded standard base64`, { path });
+      return new Uint8Array(Buffer.from(encoded, 'base64'));
+    }
+    return Object.fromEntries(entries.map(([k, v]) => [k, fromJson(v, `${path}.${k}`, depth + 1)]));
   }
   return value;
 }
 
+/** Fields from JSON (a plain object is checked by the node; anything else is left for it to refuse). */
+function fieldsFromJson(fields: unknown): Fields {
+  if (fields === null || typeof fields !== 'object' || Array.isArray(fields)) return fields as Fields;
+  return Object.fromEntries(Object.entries(fields).map(([name, value]) => [name, fromJson(value, name)])) as Fields;
+}
+
+/** Our codes for the 4xx errors Fastify raises itself (body parsing, limits). */
+const FASTIFY_CODES: Readonly<Record<number, string>> = { 400: 'BAD_REQUEST', 404: 'NOT_FOUND', 405: 'METHOD_NOT_ALLOWED', 413: 'TOO_LARGE', 415: 'UNSUPPORTED_MEDIA_TYPE' };
+
 export async function buildApi(node: FieldNode, options: ApiOptions): Promise<FastifyInstance> {
   // removeAdditional: false, so unknown properties are refused (400) rather than silently dropped.
-  const app = Fastify({ bodyLimit: options.bodyLimitBytes ?? 1024 * 1024, logger: false, ajv: { customOptions: { removeAdditional: false } } });
+  // return503OnClosing: false, so a request that arrives while closing gets our error shape (onRequest below).
+  const app = Fastify({ bodyLimit: options.bodyLimitBytes ?? 1024 * 1024, logger: false, return503OnClosing: false, ajv: { customOptions: { removeAdditional: false } } });
   await app.register(swagger, {
     openapi: {
-      info: { title: 'fieldmesh HQ API', version: '1.0.0', description: 'Entities, ops, devices, conflicts and live status of a fieldmesh team.' },
+      info: { title: 'fieldmesh HQ API', version: '1.0.0', description: 'Entities, ops, devices, conflicts and live status of a fieldmesh team. Reference: docs/api.md.' },
       components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
       security: [{ bearer: [] }],
     },
   });
+
+  // Bodies are JSON only: Fastify's text/plain parser would hand a string to routes that want an
+  // object (a 400 "body must be object"); without it any other type is a 415.
+  app.removeAllContentTypeParsers();
+  const parseJson = app.getDefaultJsonParser('error', 'error');
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
+    // An empty JSON body is no body: routes whose body fields are all optional take it.
+    const text = body as string;
+    if (text === '') return done(null, undefined);
+    parseJson(request, text, (err, parsed) => {
+      if (err !== null) return done(err, undefined);
+      // Before anything walks the body recursively (schema checks, $bytes conversion, the core's checks).
+      if (nestsDeeperThan(parsed, MAX_BODY_DEPTH)) return done(tooDeep('request body', MAX_BODY_DEPTH), undefined);
+      done(null, parsed);
+    });
+  });
+
+  let closing = false;
   const expected = Buffer.from(`Bearer ${options.token}`);
   app.addHook('onRequest', async (request, reply) => {
     const given = Buffer.from(request.headers.authorization ?? '');
     if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
-      await reply.code(401).header('www-authenticate', 'Bearer').send({ error: { code: 'UNAUTHORIZED', message: 'missing or wrong bearer token' } });
+      return reply.code(401).header('www-authenticate', 'Bearer').send({ error: { code: 'UNAUTHORIZED', message: 'missing or wrong bearer token' } });
     }
+    if (closing) return reply.code(503).header('connection', 'close').send({ error: { code: 'SHUTTING_DOWN', message: 'HQ\'s API is shutting down' } });
   });
   app.setErrorHandler(async (err: Error & { validation?: unknown; statusCode?: number; code?: string }, _request, reply) => {
     if (err.validation !== undefined) return reply.code(400).send({ error: { code: 'BAD_REQUEST', message: err.message } });
     if (err instanceof InvalidInputError) return reply.code(400).send({ error: { code: err.code, message: err.message } });
     if (err instanceof RuleViolationError) {
-      const notFound = err.code === 'ENTITY_NOT_FOUND' || err.code === 'CONFLICT_NOT_FOUND';
+      const notFound = err.code === 'ENTITY_NOT_FOUND' || err.code === 'CONFLICT_NOT_FOUND' || err.code === 'DEVICE_NOT_FOUND';
       return reply.code(notFound ? 404 : 409).send({ error: { code: err.code, message: err.message } });
     }
     if (err instanceof FieldmeshError) return reply.code(500).send({ error: { code: err.code, message: err.message } });
-    if (typeof err.statusCode === 'number' && err.statusCode < 500) return reply.code(err.statusCode).send({ error: { code: err.code ?? 'BAD_REQUEST', message: err.message } });
+    if (typeof err.statusCode === 'number' && err.statusCode < 500) {
+      const code = err.code === undefined || err.code.startsWith('FST_') ? (FASTIFY_CODES[err.statusCode] ?? 'BAD_REQUEST') : err.code;
+      return reply.code(err.statusCode).send({ error: { code, message: err.message } });
+    }
     return reply.code(500).send({ error: { code: 'INTERNAL', message: err.message } });
   });
 
+  // Every route's path and methods, so that a known path with a wrong method is a 405, not a 404.
+  const routes: { readonly pattern: RegExp; readonly methods: Set<string> }[] = [];
+  app.addHook('onRoute', (route) => {
+    const source = `^${route.url.split('/').map((part) => (part.startsWith(':') ? '[^/]+' : part.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'))).join('/')}$`;
+    let entry = routes.find((r) => r.pattern.source === source);
+    if (entry === undefined) routes.push((entry = { pattern: new RegExp(source), methods: new Set() }));
+    for (const method of [route.method].flat()) entry.methods.add(method.toUpperCase());
+    if (entry.methods.has('GET')) entry.methods.add('HEAD');
+  });
+  app.setNotFoundHandler(async (request, reply) => {
+    const path = request.url.split('?')[0]!;
+    const allowed = new Set(routes.filter((r) => r.pattern.test(path)).flatMap((r) => [...r.methods]));
+    if (allowed.size > 0) {
+      const allow = ['GET', 'HEAD', 'PUT', 'POST', 'DELETE'].filter((m) => allowed.has(m));
+      return reply.code(405).header('allow', allow.join(', ')).send({ error: { code: 'METHOD_NOT_ALLOWED', message: `${request.method} is not allowed on ${path}; allowed: ${allow.join(', ')}` } });
+    }
+    return reply.code(404).send({ error: { code: 'NOT_FOUND', message: `no route ${request.method} ${path}` } });
+  });
+
   const params = (...names: string[]) => ({ type: 'object', properties: Object.fromEntries(names.map((n) => [n, { type: 'string', minLength: 1, maxLength: 200 }])), required: names });
+  const errors = (...statuses: number[]) => Object.fromEntries(statuses.map((status) => [status, error]));
+
+  /** UNKNOWN_DOMAIN (400), as a write to an undeclared domain gives. */
+  const checkDomain = (domain: string) => {
+    const declared = node.resolution.domains ?? {};
+    if (!Object.hasOwn(declared, domain)) throw unknownDomain(domain, Object.keys(declared));
+  };
+  /** BAD_DEVICE_ID (400) for a `:device` that is no device id; runs before the body and query are validated. */
+  const deviceParam = async (request: FastifyRequest) => {
+    const { device } = request.params as { device: string };
+    const shown = device.slice(0, 80);
+    if (!isDeviceId(device)) throw new InvalidInputError('BAD_DEVICE_ID', `${JSON.stringify(shown)} is not a device id (an Ed25519 PeerId)`, { device: shown });
+  };
+  /** DEVICE_NOT_FOUND (404): HQ holds no certificate for the device (it never enrolled it, nor learned of it). */
+  const checkKnownDevice = (device: DeviceId) => {
+    if (!node.isEnrolled(device)) throw new RuleViolationError('DEVICE_NOT_FOUND', `device ${device} is not enrolled in team ${node.team}`, { device });
+  };
 
   app.get('/v1/openapi.json', { schema: { hide: true } }, async () => app.swagger());
 
@@ -91,22 +194,34 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
 
   app.get<{ Params: { domain: string }; Querystring: { limit: number; where?: string } }>(
     '/v1/entities/:domain',
-    { schema: { summary: 'Entities of a domain (where: JSON object of field equalities)', params: params('domain'), querystring: { type: 'object', properties: { limit: limitQuery, where: { type: 'string', maxLength: 4096 } } } } },
+    {
+      schema: {
+        summary: 'Entities of a domain (where: JSON object of field equalities); 400 UNKNOWN_DOMAIN for an undeclared domain',
+        params: params('domain'),
+        querystring: { type: 'object', properties: { limit: limitQuery, where: { type: 'string', maxLength: 4096 } } },
+        response: errors(400),
+      },
+    },
     async (request) => {
+      checkDomain(request.params.domain);
       let where: Fields = {};
       if (request.query.where !== undefined) {
+        let parsed: unknown;
         try {
-          where = JSON.parse(request.query.where) as Fields;
+          parsed = JSON.parse(request.query.where);
         } catch {
           throw new InvalidInputError('BAD_REQUEST', 'where must be a JSON object');
         }
-        if (typeof where !== 'object' || where === null || Array.isArray(where)) throw new InvalidInputError('BAD_REQUEST', 'where must be a JSON object');
+        if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new InvalidInputError('BAD_REQUEST', 'where must be a JSON object');
+        if (nestsDeeperThan(parsed, LIMITS.maxValueDepth + 2)) throw tooDeep('where', LIMITS.maxValueDepth + 2);
+        where = fieldsFromJson(parsed);
       }
       return toJson(await node.query(request.params.domain, { where, limit: request.query.limit }));
     },
   );
 
-  app.get<{ Params: { domain: string; entity: string } }>('/v1/entities/:domain/:entity', { schema: { summary: 'One entity', params: params('domain', 'entity'), response: { 404: error } } }, async (request, reply) => {
+  app.get<{ Params: { domain: string; entity: string } }>('/v1/entities/:domain/:entity', { schema: { summary: 'One entity', params: params('domain', 'entity'), response: errors(400, 404) } }, async (request, reply) => {
+    checkDomain(request.params.domain);
     const view = await node.get(request.params.domain, request.params.entity);
     if (view === null) return reply.code(404).send({ error: { code: 'ENTITY_NOT_FOUND', message: `${request.params.domain}/${request.params.entity} does not exist` } });
     return toJson(view);
@@ -114,22 +229,43 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
 
   app.get<{ Params: { domain: string; entity: string }; Querystring: { limit: number } }>(
     '/v1/entities/:domain/:entity/history',
-    { schema: { summary: 'The ops of one entity', params: params('domain', 'entity'), querystring: { type: 'object', properties: { limit: limitQuery } } } },
-    async (request) => node.history(request.params.domain, request.params.entity, request.query.limit),
+    {
+      schema: {
+        summary: 'The ops of one entity (a deleted entity keeps its history); 404 ENTITY_NOT_FOUND when no op ever named it',
+        params: params('domain', 'entity'),
+        querystring: { type: 'object', properties: { limit: limitQuery } },
+        response: errors(400, 404),
+      },
+    },
+    async (request) => {
+      const { domain, entity } = request.params;
+      checkDomain(domain);
+      const history = await node.history(domain, entity, request.query.limit);
+      if (history.length === 0) throw new RuleViolationError('ENTITY_NOT_FOUND', `no op names ${domain}/${entity}`, { domain, entity });
+      return history;
+    },
   );
 
   app.put<{ Params: { domain: string; entity: string }; Body: { fields: Fields } }>(
     '/v1/entities/:domain/:entity',
-    { schema: { summary: 'HQ staff edit: create or update an entity (an op in HQ\'s log)', params: params('domain', 'entity'), body: { type: 'object', properties: { fields: anyObject }, required: ['fields'], additionalProperties: false } } },
-    async (request) => {
+    {
+      schema: {
+        summary: 'HQ staff edit: create (201) or update (200) an entity (an op in HQ\'s log)',
+        params: params('domain', 'entity'),
+        body: { type: 'object', properties: { fields: anyObject }, required: ['fields'], additionalProperties: false },
+        response: { 200: written, 201: written, ...errors(400, 409, 413, 415) },
+      },
+    },
+    async (request, reply) => {
       const { domain, entity } = request.params;
+      const fields = fieldsFromJson(request.body.fields);
       const type = (await node.get(domain, entity)) === null ? 'create' : 'update';
-      const r = await node.mutate({ type, domain, entity, fields: fromJson(request.body.fields) as Fields });
-      return { id: r.id, seq: r.op.seq, type, status: r.status };
+      const r = await node.mutate({ type, domain, entity, fields });
+      return reply.code(type === 'create' ? 201 : 200).send({ id: r.id, seq: r.op.seq, type, status: r.status });
     },
   );
 
-  app.delete<{ Params: { domain: string; entity: string } }>('/v1/entities/:domain/:entity', { schema: { summary: 'HQ staff delete', params: params('domain', 'entity') } }, async (request) => {
+  app.delete<{ Params: { domain: string; entity: string } }>('/v1/entities/:domain/:entity', { schema: { summary: 'HQ staff delete', params: params('domain', 'entity'), response: errors(400, 404) } }, async (request) => {
     const r = await node.mutate({ type: 'delete', domain: request.params.domain, entity: request.params.entity });
     return { id: r.id, seq: r.op.seq, status: r.status };
   });
@@ -138,15 +274,21 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
     '/v1/ops',
     {
       schema: {
-        summary: 'Ops filtered by type, domain, entity, device, status',
+        summary: 'Ops filtered by type, domain, entity, device, status (400 for an undeclared domain or a malformed device id)',
         querystring: {
           type: 'object',
           additionalProperties: false,
           properties: { type: { enum: [...OP_TYPES] }, domain: { type: 'string' }, entity: { type: 'string' }, device: { type: 'string' }, status: { enum: [...STATUSES] }, limit: limitQuery },
         },
+        response: errors(400),
       },
     },
-    async (request) => node.ops(request.query),
+    async (request) => {
+      // A filter that can never match is a typo: refused rather than answered with an empty list.
+      if (request.query.domain !== undefined) checkDomain(request.query.domain);
+      if (request.query.device !== undefined && !isDeviceId(request.query.device)) throw new InvalidInputError('BAD_DEVICE_ID', 'device must be a device id (an Ed25519 PeerId)');
+      return node.ops(request.query);
+    },
   );
 
   app.get('/v1/devices', { schema: { summary: 'Devices (enrolled or with ops): role, user, last op, counts per status, connection' } }, async () => {
@@ -171,41 +313,88 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
     });
   });
 
-  app.get<{ Params: { device: string }; Querystring: { limit: number } }>(
+  app.get<{ Params: { device: DeviceId }; Querystring: { limit: number } }>(
     '/v1/devices/:device/queue',
-    { schema: { summary: 'A device\'s ops HQ has not acknowledged, in seq order', params: params('device'), querystring: { type: 'object', properties: { limit: limitQuery } } } },
-    async (request) => node.queue(request.params.device, request.query.limit),
+    {
+      schema: {
+        summary: 'A device\'s ops HQ has not acknowledged, in seq order ([] when none); 404 DEVICE_NOT_FOUND for a device HQ never enrolled',
+        params: params('device'),
+        querystring: { type: 'object', properties: { limit: limitQuery } },
+        response: errors(400, 404),
+      },
+      preValidation: deviceParam,
+    },
+    async (request) => {
+      checkKnownDevice(request.params.device);
+      return node.queue(request.params.device, request.query.limit);
+    },
   );
 
   app.post<{ Body: { device: string; user: string; role: Role; validDays: number } }>(
     '/v1/devices',
     {
       schema: {
-        summary: 'Enroll a device: HQ signs its certificate (base64) for the device\'s data dir (device.cert)',
+        summary: 'Enroll a device: HQ signs its certificate (base64) for the device\'s data dir (device.cert); enrolling again replaces the certificate',
         body: {
           type: 'object',
           additionalProperties: false,
           required: ['device', 'user', 'role'],
           properties: { device: { type: 'string' }, user: { type: 'string', minLength: 1, maxLength: 128 }, role: { enum: ROLES.filter((r) => r !== 'server') }, validDays: { type: 'integer', minimum: 1, maximum: 3650, default: 365 } },
         },
+        response: errors(400, 409, 415),
       },
     },
     async (request, reply) => {
-      if (!isDeviceId(request.body.device)) throw new InvalidInputError('BAD_DEVICE_ID', 'device must be an Ed25519 PeerId');
+      const { device } = request.body;
+      if (!isDeviceId(device)) throw new InvalidInputError('BAD_DEVICE_ID', 'device must be an Ed25519 PeerId');
+      // HQ's own certificate (role server) would be replaced by a field one, and shared with every peer.
+      if (device === node.hqDevice) throw new RuleViolationError('CANNOT_ENROLL_HQ', 'the device id is HQ\'s own: HQ holds its team root certificate', { device });
+      // A new certificate would not lift the revocation: the device could still not sync.
+      if (node.isRevoked(device)) throw new RuleViolationError('DEVICE_REVOKED', `device ${device} is revoked`, { device });
       const cert = await node.enrollDevice(request.body.device, request.body.user, request.body.role, request.body.validDays * 86_400_000);
       return reply.code(201).send({ device: cert.device, role: cert.role, user: cert.user, expiresMs: cert.expiresMs, certificate: Buffer.from(cert.bytes).toString('base64') });
     },
   );
 
-  app.post<{ Params: { device: string }; Body: { reason?: string; afterSeq?: number } }>(
+  /** The revoke op of HQ's log that names `target` (revocations are rare: HQ's log is searched). */
+  const revocationOf = async (target: DeviceId): Promise<Extract<Op, { type: 'revoke' }> | undefined> => {
+    const summaries = await node.ops({ type: 'revoke', device: node.hqDevice, limit: MAX_REVOCATIONS_SCANNED });
+    for (const op of await node.readOps(summaries.map((s) => s.id))) if (op?.type === 'revoke' && op.target === target) return op;
+    return undefined;
+  };
+  // One revocation at a time, so two concurrent requests for one device append one op.
+  let revoking: Promise<unknown> = Promise.resolve();
+  app.post<{ Params: { device: DeviceId }; Body: { reason?: string; afterSeq?: number } }>(
     '/v1/devices/:device/revoke',
-    { schema: { summary: 'Revoke a device: its ops after afterSeq (default: all HQ holds) are refused everywhere', params: params('device'), body: { type: 'object', additionalProperties: false, properties: { reason: { type: 'string', maxLength: 512 }, afterSeq: { type: 'integer', minimum: 0 } } } } },
+    {
+      schema: {
+        summary: 'Revoke a device: its ops after afterSeq (default: all HQ holds) are refused everywhere. The body is optional; revoking again returns the first revocation',
+        params: params('device'),
+        body: { type: 'object', additionalProperties: false, properties: { reason: { type: 'string', maxLength: 512 }, afterSeq: { type: 'integer', minimum: 0 } } },
+        response: errors(400, 404, 409, 415),
+      },
+      preValidation: [
+        async (request) => {
+          // Every body field is optional: no body at all is an empty one.
+          if (request.body === undefined || request.body === null) request.body = {};
+        },
+        deviceParam,
+      ],
+    },
     async (request) => {
       const target = request.params.device;
-      if (!isDeviceId(target)) throw new InvalidInputError('BAD_DEVICE_ID', 'device must be an Ed25519 PeerId');
-      const afterSeq = request.body?.afterSeq ?? node.versionVector()[target] ?? 0;
-      const op = await node.appendHqOp({ type: 'revoke', target, afterSeq, reason: request.body?.reason ?? '' });
-      return { id: op.id, target, afterSeq };
+      const run = revoking.then(async () => {
+        if (target !== node.hqDevice) checkKnownDevice(target); // HQ itself: appendHqOp refuses it (CANNOT_REVOKE_HQ, 409)
+        if (node.isRevoked(target)) {
+          const existing = await revocationOf(target);
+          if (existing !== undefined) return { id: existing.id, target, afterSeq: existing.afterSeq };
+        }
+        const afterSeq = request.body.afterSeq ?? node.versionVector()[target] ?? 0;
+        const op = await node.appendHqOp({ type: 'revoke', target, afterSeq, reason: request.body.reason ?? '' });
+        return { id: op.id, target, afterSeq };
+      });
+      revoking = run.catch(() => undefined);
+      return run;
     },
   );
 
@@ -213,9 +402,16 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
 
   app.post<{ Params: { id: string }; Body: { fields?: Fields; delete?: boolean } }>(
     '/v1/conflicts/:id/resolve',
-    { schema: { summary: 'Resolve a conflict with chosen values, or by deleting the entity', params: params('id'), body: { type: 'object', additionalProperties: false, properties: { fields: anyObject, delete: { type: 'boolean' } } } } },
+    {
+      schema: {
+        summary: 'Resolve a conflict with chosen values, or by deleting the entity',
+        params: params('id'),
+        body: { type: 'object', additionalProperties: false, properties: { fields: anyObject, delete: { type: 'boolean' } } },
+        response: errors(400, 404, 409, 415),
+      },
+    },
     async (request) => {
-      const choice = request.body.delete === true ? ({ delete: true } as const) : { fields: fromJson(request.body.fields ?? {}) as Fields };
+      const choice = request.body.delete === true ? ({ delete: true } as const) : { fields: fieldsFromJson(request.body.fields ?? {}) };
       const r = await node.resolve(request.params.id, choice);
       return { id: r.id, seq: r.op.seq, status: r.status };
     },
@@ -229,30 +425,54 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
     [...(options.receipts?.retrying() ?? new Map()).entries()].map(([op, r]) => ({ op, ...r })),
   );
 
-  let eventClients = 0;
-  app.get('/v1/events', { schema: { summary: 'Server-Sent Events: op status changes, entity changes and peer events as they happen' } }, async (request: FastifyRequest, reply: FastifyReply) => {
-    if (eventClients >= (options.maxEventClients ?? 64)) return reply.code(503).send({ error: { code: 'TOO_MANY_CLIENTS', message: 'too many event streams' } });
-    eventClients++;
-    reply.hijack();
-    const res = reply.raw;
-    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
-    res.write(': fieldmesh events\n\n');
-    const subscription = node.subscribe();
-    const close = () => subscription.close();
-    request.raw.on('close', close);
-    try {
-      for await (const event of subscription as AsyncIterable<NodeEvent>) {
-        // A slow client is dropped rather than buffered without bound.
-        if (!res.write(`event: ${event.kind}\ndata: ${JSON.stringify(toJson(event))}\n\n`) && res.writableLength > 1024 * 1024) break;
-      }
-    } catch {
-      /* subscription overflow: the client fell too far behind */
-    } finally {
-      eventClients--;
-      subscription.close();
-      res.end();
-    }
+  // Open event streams, each with the function that ends it: close() ends them all (preClose),
+  // since the server does not close until every connection has.
+  const streams = new Set<() => void>();
+  app.addHook('preClose', async () => {
+    closing = true;
+    for (const end of [...streams]) end();
   });
+  let eventClients = 0;
+  app.get(
+    '/v1/events',
+    { schema: { summary: 'Server-Sent Events: op status changes, entity changes and peer events as they happen; the stream ends when HQ\'s API closes', response: errors(503) } },
+    async (request: FastifyRequest, reply: FastifyReply) => {
+      // HEAD (Fastify answers it with this handler) has no body to stream: it would stay open forever.
+      if (request.method === 'HEAD') return reply.code(200).header('cache-control', 'no-cache').type('text/event-stream').send();
+      // Passed onRequest just before close() began: preClose would not know to end this stream.
+      if (closing) return reply.code(503).header('connection', 'close').send({ error: { code: 'SHUTTING_DOWN', message: 'HQ\'s API is shutting down' } });
+      if (eventClients >= (options.maxEventClients ?? 64)) return reply.code(503).send({ error: { code: 'TOO_MANY_CLIENTS', message: 'too many event streams' } });
+      eventClients++;
+      reply.hijack();
+      const res = reply.raw;
+      // connection: close, so that the socket closes when the stream ends (shutdown, slow client)
+      // rather than lingering as an idle keep-alive connection.
+      res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'close' });
+      res.write(': fieldmesh events\n\n');
+      const subscription = node.subscribe();
+      const end = () => {
+        subscription.close();
+        // A client that stopped reading would hold the socket open until its buffer drained.
+        if (res.writableNeedDrain) res.destroy();
+      };
+      streams.add(end);
+      res.on('close', end);
+      try {
+        for await (const event of subscription as AsyncIterable<NodeEvent>) {
+          // A slow client is dropped rather than buffered without bound.
+          if (!res.write(`event: ${event.kind}\ndata: ${JSON.stringify(toJson(event))}\n\n`) && res.writableLength > 1024 * 1024) break;
+        }
+      } catch {
+        /* subscription overflow: the client fell too far behind */
+      } finally {
+        eventClients--;
+        streams.delete(end);
+        res.off('close', end);
+        subscription.close();
+        res.end();
+      }
+    },
+  );
 
   await app.ready();
   return app;

@@ -2,7 +2,10 @@
  * HQ's HTTP API, served by buildApi on 127.0.0.1 (port 0) over a real HQ FieldNode, called with
  * fetch: every endpoint's happy path, enrollment of a device that then syncs with HQ over
  * loopback libp2p, the OpenAPI document, bad requests (auth, malformed bodies, unknown fields, bad
- * query values, unknown entities, stale conflicts) and the Server-Sent Events stream.
+ * query values, unknown entities, stale conflicts) and the Server-Sent Events stream; then the
+ * edges: close() with event clients connected, values nested far past the depth limit, unknown
+ * routes (404) and wrong methods (405), unknown domains and devices, revocation without a body
+ * and twice, 201 on create, content types (415) and malformed base64.
  */
 import { cp, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -91,9 +94,10 @@ describe('entities and status', () => {
     expect(status0.body.receipts).toMatchObject({ receipts: 0, accepted: 0, rejected: 0, transient: 0 });
 
     const created = await call('PUT', '/v1/entities/case/c-1', { body: { fields: { title: 'Fire', status: 'open' } } });
-    expect(created.status).toBe(200);
+    expect(created.status).toBe(201);
     expect(created.body).toEqual({ id: expect.stringMatching(/^[0-9a-f]{64}$/), seq: 1, type: 'create', status: 'synced' });
     const updated = await call('PUT', '/v1/entities/case/c-1', { body: { fields: { status: 'closed', tags: ['a', 'b'], n: 3 } } });
+    expect(updated.status).toBe(200);
     expect(updated.body).toEqual({ id: expect.any(String), seq: 2, type: 'update', status: 'synced' });
     await call('PUT', '/v1/entities/case/c-2', { body: { fields: { title: 'Flood', status: 'open' } } });
     await call('PUT', '/v1/entities/case/c-3', { body: { fields: { title: 'Storm', status: 'open' } } });
@@ -282,7 +286,7 @@ describe('devices and byte values', () => {
     const read = await call('GET', '/v1/entities/evidence/from-node');
     expect(read.body.fields).toEqual({ photo: { $bytes: 'AAEC' } });
     // Writing back what was read must give the same value, not a map with a "$bytes" key.
-    expect((await call('PUT', '/v1/entities/evidence/from-api', { body: { fields: read.body.fields } })).status).toBe(200);
+    expect((await call('PUT', '/v1/entities/evidence/from-api', { body: { fields: read.body.fields } })).status).toBe(201);
     const stored = await server.get('evidence', 'from-api');
     expect(stored?.fields.photo).toBeInstanceOf(Uint8Array);
     expect(Buffer.from(stored!.fields.photo as Uint8Array).toString('hex')).toBe('000102');
@@ -622,5 +626,267 @@ describe('events', () => {
     expect(entityOf()!.data.view).toMatchObject({ domain: 'case', entity: 'live', fields: { title: 'Live' } });
     controller.abort();
     await reader.cancel().catch(() => undefined);
+  });
+});
+
+describe('shutting down with event clients connected', () => {
+  it('close() ends every open event stream (and idle keep-alive connections): it resolves and the client sees its stream end', async () => {
+    const { app, base, call } = await setup();
+    const controller = new AbortController();
+    hq.closeLater({ close: async () => controller.abort() });
+    const response = await fetch(`${base}/v1/events`, { headers: { authorization: `Bearer ${TOKEN}` }, signal: controller.signal });
+    expect(response.status).toBe(200);
+    const reader = response.body!.getReader();
+    const decoder = new TextDecoder();
+    let text = '';
+    for (let i = 0; i < 100 && !text.includes('\n\n'); i++) {
+      const chunk = await reader.read();
+      if (chunk.done) break;
+      text += decoder.decode(chunk.value, { stream: true });
+    }
+    expect(text).toBe(': fieldmesh events\n\n');
+    // A plain request too, whose keep-alive connection stays open after it.
+    expect((await call('GET', '/v1/status')).status).toBe(200);
+
+    // Without ending the stream, close() never resolves (the server waits for every connection).
+    await app.close();
+
+    let ended = false;
+    for (let i = 0; i < 1000 && !ended; i++) ended = (await reader.read()).done;
+    expect(ended).toBe(true);
+  });
+});
+
+/** `[[[ ... ]]]` nested `depth` deep around `inner`, as JSON text (never built as a value). */
+const nestedArrays = (depth: number, inner = '1') => '['.repeat(depth) + inner + ']'.repeat(depth);
+
+describe('deeply nested values', () => {
+  it.each([
+    ['an array nested 5 000 deep (10 KB)', `{"fields":{"a":${nestedArrays(5_000)}}}`],
+    ['an array nested 3 000 deep', `{"fields":{"a":${nestedArrays(3_000)}}}`],
+    ['an array nested 200 000 deep (400 KB)', `{"fields":{"a":${nestedArrays(200_000)}}}`],
+    ['maps nested 5 000 deep', `{"fields":{"a":${'{"a":'.repeat(5_000)}1${'}'.repeat(5_000)}}}`],
+    ['a $bytes value under 5 000 arrays', `{"fields":{"a":${nestedArrays(5_000, '{"$bytes":"AAEC"}')}}}`],
+    ['a value one level past the limit (17 arrays)', `{"fields":{"a":${nestedArrays(17)}}}`],
+    ['a deep value beside the fields', `{"fields":{"a":1},"extra":${nestedArrays(5_000)}}`],
+  ])('PUT with %s is a 400 VALUE_TOO_DEEP, and nothing is written', async (_name, raw) => {
+    const { server, call } = await setup();
+    const hash = await server.stateHash();
+    expectError(await call('PUT', '/v1/entities/case/deep', { raw }), 400, 'VALUE_TOO_DEEP');
+    expect(await server.stateHash()).toBe(hash);
+    expect(await server.ops()).toEqual([]);
+  });
+
+  it('accepts values right at the limit: 16 nested arrays, and a byte string inside 16 arrays', async () => {
+    const { server, call } = await setup();
+    expect((await call('PUT', '/v1/entities/evidence/at-limit', { raw: `{"fields":{"a":${nestedArrays(16)},"b":${nestedArrays(16, '{"$bytes":"AAEC"}')}}}` })).status).toBe(201);
+    let b = (await server.get('evidence', 'at-limit'))!.fields.b;
+    for (let depth = 0; depth < 16; depth++) b = (b as readonly unknown[])[0] as typeof b;
+    expect(b).toEqual(Uint8Array.of(0, 1, 2));
+  });
+
+  it('refuses deep values in a conflict resolution and in a where query with VALUE_TOO_DEEP, not a 500', async () => {
+    const { call } = await setup();
+    await call('PUT', '/v1/entities/case/c-1', { body: { fields: { title: 'Fire' } } });
+    expectError(await call('POST', `/v1/conflicts/${'0'.repeat(64)}/resolve`, { raw: `{"fields":{"a":${nestedArrays(5_000)}}}` }), 400, 'VALUE_TOO_DEEP');
+    expectError(await call('GET', `/v1/entities/case?where=${encodeURIComponent(`{"title":${nestedArrays(1_500)}}`)}`), 400, 'VALUE_TOO_DEEP');
+    expect((await call('GET', `/v1/entities/case?where=${encodeURIComponent('{"title":"Fire"}')}`)).body).toHaveLength(1);
+  });
+});
+
+describe('unknown routes and wrong methods', () => {
+  it('answers HEAD on every GET route, /v1/events included (headers only, no stream left open)', async () => {
+    const { call } = await setup();
+    const status = await call('HEAD', '/v1/status');
+    expect([status.status, status.body]).toEqual([200, null]);
+    const events = await call('HEAD', '/v1/events');
+    expect([events.status, events.body]).toEqual([200, null]);
+    expect(events.headers.get('content-type')).toMatch(/^text\/event-stream/);
+  });
+
+  it('answers 404 NOT_FOUND for an unknown route, in the API\'s error shape', async () => {
+    const { call } = await setup();
+    for (const [method, path] of [
+      ['GET', '/v1/nothing'],
+      ['GET', '/v1/entities/case/c-7/nothing'],
+      ['POST', '/v2/status'],
+      ['GET', '/'],
+    ] as const) {
+      const reply = await call(method, path);
+      expectError(reply, 404, 'NOT_FOUND');
+      expect(reply.body.error.message).toContain(path);
+    }
+    // Without the token it is a 401 all the same: which routes exist is not told to strangers.
+    expectError(await call('GET', '/v1/nothing', { token: null }), 401, 'UNAUTHORIZED');
+  });
+
+  it.each([
+    ['PATCH', '/v1/entities/case/c-7', 'GET, HEAD, PUT, DELETE', { fields: { title: 'x' } }],
+    ['POST', '/v1/status', 'GET, HEAD', undefined],
+    ['DELETE', '/v1/devices', 'GET, HEAD, POST', undefined],
+    ['GET', '/v1/conflicts/abc/resolve', 'POST', undefined],
+    ['PUT', '/v1/entities/case', 'GET, HEAD', { fields: {} }],
+  ] as const)('answers 405 METHOD_NOT_ALLOWED with an Allow header: %s %s', async (method, path, allow, body) => {
+    const { server, call } = await setup();
+    const reply = await call(method, path, body === undefined ? {} : { body });
+    expectError(reply, 405, 'METHOD_NOT_ALLOWED');
+    expect(reply.headers.get('allow')).toBe(allow);
+    expect(await server.ops()).toEqual([]);
+  });
+});
+
+describe('unknown domains, entities and devices', () => {
+  it('GET on an undeclared domain is a 400 UNKNOWN_DOMAIN, as PUT is', async () => {
+    const { call } = await setup();
+    expectError(await call('PUT', '/v1/entities/nope/x', { body: { fields: { a: 1 } } }), 400, 'UNKNOWN_DOMAIN');
+    expectError(await call('GET', '/v1/entities/nope'), 400, 'UNKNOWN_DOMAIN');
+    expectError(await call('GET', '/v1/entities/nope/x'), 400, 'UNKNOWN_DOMAIN');
+    expectError(await call('GET', '/v1/entities/nope/x/history'), 400, 'UNKNOWN_DOMAIN');
+    expectError(await call('GET', '/v1/ops?domain=nope'), 400, 'UNKNOWN_DOMAIN');
+    expect((await call('GET', '/v1/entities/case')).body).toEqual([]);
+  });
+
+  it('history: 404 ENTITY_NOT_FOUND when no op names the entity; a deleted entity keeps its history', async () => {
+    const { call } = await setup();
+    expectError(await call('GET', '/v1/entities/case/nope/history'), 404, 'ENTITY_NOT_FOUND');
+    await call('PUT', '/v1/entities/case/gone', { body: { fields: { title: 'x' } } });
+    await call('DELETE', '/v1/entities/case/gone');
+    const history = await call('GET', '/v1/entities/case/gone/history');
+    expect(history.status).toBe(200);
+    expect(history.body.map((o: { type: string }) => o.type)).toEqual(['create', 'delete']);
+  });
+
+  it('queue: 400 BAD_DEVICE_ID for a malformed id, 404 DEVICE_NOT_FOUND for a device HQ never enrolled, [] for an enrolled one with nothing pending', async () => {
+    const { server, call } = await setup();
+    expectError(await call('GET', '/v1/devices/not-a-device/queue'), 400, 'BAD_DEVICE_ID');
+    expectError(await call('GET', '/v1/devices/not-a-device/queue?limit=0'), 400, 'BAD_DEVICE_ID');
+    expectError(await call('GET', '/v1/ops?device=not-a-device'), 400, 'BAD_DEVICE_ID');
+    const { key } = await loadOrCreateDeviceKey(await hq.dir());
+    expectError(await call('GET', `/v1/devices/${key.signer.device}/queue`), 404, 'DEVICE_NOT_FOUND');
+    expect((await call('POST', '/v1/devices', { body: { device: key.signer.device, user: 'erin', role: 'field' } })).status).toBe(201);
+    const queue = await call('GET', `/v1/devices/${key.signer.device}/queue`);
+    expect(queue.status).toBe(200);
+    expect(queue.body).toEqual([]);
+    expect((await call('GET', `/v1/devices/${server.device}/queue`)).body).toEqual([]);
+  });
+});
+
+describe('revocation edge cases', () => {
+  /** A device enrolled through the API (its key made in a temp dir). */
+  const enrolled = async (call: Awaited<ReturnType<typeof setup>>['call'], user: string) => {
+    const { key } = await loadOrCreateDeviceKey(await hq.dir());
+    expect((await call('POST', '/v1/devices', { body: { device: key.signer.device, user, role: 'field' } })).status).toBe(201);
+    return key.signer.device;
+  };
+  const revokeOps = async (call: Awaited<ReturnType<typeof setup>>['call']) => (await call('GET', '/v1/ops?type=revoke')).body.map((o: { id: string }) => o.id);
+
+  it('takes a revocation with no body at all (or an empty JSON body); a malformed id is a 400 BAD_DEVICE_ID', async () => {
+    const { server, call } = await setup();
+    expectError(await call('POST', '/v1/devices/junk/revoke'), 400, 'BAD_DEVICE_ID');
+    expectError(await call('POST', '/v1/devices/junk/revoke', { body: { after_seq: 1 } }), 400, 'BAD_DEVICE_ID');
+    const first = await enrolled(call, 'frank');
+    const noBody = await call('POST', `/v1/devices/${first}/revoke`);
+    expect(noBody.status, JSON.stringify(noBody.body)).toBe(200);
+    expect(noBody.body).toEqual({ id: expect.any(String), target: first, afterSeq: 0 });
+    const second = await enrolled(call, 'gina');
+    const emptyJson = await call('POST', `/v1/devices/${second}/revoke`, { raw: '' });
+    expect(emptyJson.status, JSON.stringify(emptyJson.body)).toBe(200);
+    expect(server.isRevoked(first) && server.isRevoked(second)).toBe(true);
+  });
+
+  it('is idempotent: revoking again returns the first revocation (200) and appends nothing, also when two requests race', async () => {
+    const { server, call } = await setup();
+    const device = await enrolled(call, 'hal');
+    const first = await call('POST', `/v1/devices/${device}/revoke`, { body: { reason: 'lost' } });
+    expect(first.status).toBe(200);
+    const again = await call('POST', `/v1/devices/${device}/revoke`, { body: { reason: 'lost again', afterSeq: 5 } });
+    expect(again.status).toBe(200);
+    expect(again.body).toEqual(first.body);
+    expect(await revokeOps(call)).toEqual([first.body.id]);
+
+    const other = await enrolled(call, 'ivy');
+    const [a, b] = await Promise.all([call('POST', `/v1/devices/${other}/revoke`), call('POST', `/v1/devices/${other}/revoke`)]);
+    expect([a.status, b.status]).toEqual([200, 200]);
+    expect(a.body).toEqual(b.body);
+    expect(await revokeOps(call)).toEqual([first.body.id, a.body.id]);
+    expect(server.isRevoked(other)).toBe(true);
+  });
+
+  it('refuses to revoke a device HQ never enrolled: 404 DEVICE_NOT_FOUND, nothing appended', async () => {
+    const { server, call } = await setup();
+    const { key } = await loadOrCreateDeviceKey(await hq.dir());
+    expectError(await call('POST', `/v1/devices/${key.signer.device}/revoke`, { body: { reason: 'who?' } }), 404, 'DEVICE_NOT_FOUND');
+    expect(server.isRevoked(key.signer.device)).toBe(false);
+    expect(await server.ops()).toEqual([]);
+  });
+});
+
+describe('status codes, content types and byte strings', () => {
+  it('PUT answers 201 when it creates the entity and 200 when it updates it (also after a delete: 201 again)', async () => {
+    const { call } = await setup();
+    const created = await call('PUT', '/v1/entities/note/n-1', { body: { fields: { text: 'a' } } });
+    expect([created.status, created.body.type]).toEqual([201, 'create']);
+    const updated = await call('PUT', '/v1/entities/note/n-1', { body: { fields: { text: 'b' } } });
+    expect([updated.status, updated.body.type]).toEqual([200, 'update']);
+    await call('DELETE', '/v1/entities/note/n-1');
+    const again = await call('PUT', '/v1/entities/note/n-1', { body: { fields: { text: 'c' } } });
+    expect([again.status, again.body.type]).toEqual([201, 'create']);
+  });
+
+  it('answers 415 UNSUPPORTED_MEDIA_TYPE for a body that is not JSON, and takes JSON with a charset', async () => {
+    const { server, call } = await setup();
+    for (const type of ['text/plain', 'application/x-www-form-urlencoded', 'application/octet-stream']) {
+      expectError(await call('PUT', '/v1/entities/case/c-1', { raw: '{"fields":{"title":"Fire"}}', headers: { 'content-type': type } }), 415, 'UNSUPPORTED_MEDIA_TYPE');
+      expectError(await call('POST', `/v1/devices/${server.device}/revoke`, { raw: '{}', headers: { 'content-type': type } }), 415, 'UNSUPPORTED_MEDIA_TYPE');
+    }
+    expect(await server.ops()).toEqual([]);
+    expect((await call('PUT', '/v1/entities/case/c-1', { raw: '{"fields":{"title":"Fire"}}', headers: { 'content-type': 'application/json; charset=utf-8' } })).status).toBe(201);
+  });
+
+  it('answers 413 TOO_LARGE in the API\'s shape for a body over the limit', async () => {
+    const { call } = await setup();
+    expectError(await call('PUT', '/v1/entities/note/big', { body: { fields: { text: 'x'.repeat(1024 * 1024) } } }), 413, 'TOO_LARGE');
+  });
+
+  it.each([
+    ['characters outside base64', '!!!notbase64'],
+    ['missing padding', 'AAE'],
+    ['base64url characters', 'AA-_'],
+    ['whitespace', 'AA EC'],
+    ['a number', 5],
+    ['null', null],
+  ])('refuses {"$bytes": ...} with %s: 400 BAD_BYTES, nothing written', async (_name, encoded) => {
+    const { server, call } = await setup();
+    const reply = await call('PUT', '/v1/entities/evidence/e-1', { body: { fields: { photo: { $bytes: encoded } } } });
+    expectError(reply, 400, 'BAD_BYTES');
+    expect(reply.body.error.message).toContain('photo');
+    expect(await server.ops()).toEqual([]);
+  });
+
+  it('takes well-formed base64 of every length, and the empty byte string', async () => {
+    const { server, call } = await setup();
+    const fields = { a: { $bytes: '' }, b: { $bytes: 'AA==' }, c: { $bytes: 'AAE=' }, d: { $bytes: 'AAEC' }, e: [{ $bytes: '/+8=' }] };
+    expect((await call('PUT', '/v1/entities/evidence/e-1', { body: { fields } })).status).toBe(201);
+    expect((await server.get('evidence', 'e-1'))!.fields).toEqual({ a: new Uint8Array(), b: Uint8Array.of(0), c: Uint8Array.of(0, 1), d: Uint8Array.of(0, 1, 2), e: [Uint8Array.of(0xff, 0xef)] });
+    expect((await call('GET', '/v1/entities/evidence/e-1')).body.fields).toEqual(fields);
+  });
+});
+
+describe('enrollment edge cases', () => {
+  it('refuses to enroll HQ\'s own device id (409 CANNOT_ENROLL_HQ: it would replace HQ\'s root certificate) and a revoked device (409 DEVICE_REVOKED); enrolling again replaces the certificate', async () => {
+    const { server, call } = await setup();
+    expectError(await call('POST', '/v1/devices', { body: { device: server.device, user: 'x', role: 'field' } }), 409, 'CANNOT_ENROLL_HQ');
+    expect(server.roleOf(server.device)).toBe('server');
+
+    const { key } = await loadOrCreateDeviceKey(await hq.dir());
+    const device = key.signer.device;
+    expect((await call('POST', '/v1/devices', { body: { device, user: 'jo', role: 'field' } })).status).toBe(201);
+    const renewed = await call('POST', '/v1/devices', { body: { device, user: 'jo', role: 'gateway', validDays: 30 } });
+    expect(renewed.status).toBe(201);
+    expect(server.roleOf(device)).toBe('gateway');
+
+    expect((await call('POST', `/v1/devices/${device}/revoke`)).status).toBe(200);
+    expectError(await call('POST', '/v1/devices', { body: { device, user: 'jo', role: 'field' } }), 409, 'DEVICE_REVOKED');
+    expect(server.roleOf(device)).toBe('gateway');
   });
 });
