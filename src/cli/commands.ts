@@ -5,9 +5,15 @@
  */
 import { readFile, writeFile } from 'node:fs/promises';
 import { InvalidInputError } from '../core/errors.ts';
+import type { DeviceId } from '../core/keys.ts';
 import { STATUSES, type StatusName } from '../core/status.ts';
 import type { Fields } from '../core/value.ts';
+import type { VersionVector } from '../core/version-vector.ts';
 import type { FieldNode, OpFilter } from '../node/field-node.ts';
+import { unknownDomain } from '../node/errors.ts';
+
+/** Most entities or ops one `query`/`ops` call lists (`--limit`). @default 1000 */
+export const MAX_LIST_LIMIT = 100_000;
 
 type Params = Record<string, unknown>;
 
@@ -17,7 +23,72 @@ const str = (p: Params, k: string): string => {
   return v;
 };
 const optStr = (p: Params, k: string): string | undefined => (typeof p[k] === 'string' ? (p[k] as string) : undefined);
-const optNum = (p: Params, k: string): number | undefined => (typeof p[k] === 'number' ? (p[k] as number) : undefined);
+/** An optional integer parameter within min..max (the CLI checks its options the same way). */
+const optInt = (p: Params, k: string, min: number, max: number): number | undefined => {
+  const v = p[k];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) throw new InvalidInputError('BAD_ARGUMENT', `${k} must be an integer from ${min} to ${max}, got ${JSON.stringify(v)}`, { param: k, min, max });
+  return v;
+};
+
+/** Reads of a domain the team does not declare are errors, not empty answers. */
+const knownDomain = (node: FieldNode, domain: string): string => {
+  const declared = node.resolution.domains ?? {};
+  if (!Object.hasOwn(declared, domain)) throw unknownDomain(domain, Object.keys(declared));
+  return domain;
+};
+
+/**
+ * A version vector as given to `bundle export --since` (parsed JSON): a plain object mapping
+ * device ids to non-negative integer seqs. Throws `BAD_VERSION_VECTOR` naming the first bad entry.
+ */
+export async function parseVersionVector(value: unknown): Promise<VersionVector> {
+  const bad = (why: string, details: Record<string, unknown> = {}) =>
+    new InvalidInputError('BAD_VERSION_VECTOR', `a version vector is a JSON object {"<device id>": seq, ...} (as \`fieldmesh vv\` prints): ${why}`, details);
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw bad(`got ${Array.isArray(value) ? 'an array' : JSON.stringify(value)}`);
+  const { isDeviceId } = await import('../core/keys.ts');
+  const out: Record<DeviceId, number> = {};
+  for (const [device, seq] of Object.entries(value)) {
+    if (!isDeviceId(device)) throw bad(`${JSON.stringify(device)} is not a device id`, { device });
+    if (typeof seq !== 'number' || !Number.isSafeInteger(seq) || seq < 0) throw bad(`seq of ${device} must be a non-negative integer, got ${JSON.stringify(seq)}`, { device, seq });
+    out[device] = seq;
+  }
+  return out;
+}
+
+export interface Refusal {
+  readonly device: DeviceId;
+  /** Ops of the device the import refused. */
+  readonly ops: number;
+  /** `revoked`: HQ revoked the device after `afterSeq`; `forked`: it signed two ops at `atSeq`. */
+  readonly reason: 'revoked' | 'forked';
+  readonly afterSeq?: number;
+  readonly atSeq?: number;
+}
+
+/** Why ops of a bundle were refused: per device, those at or past its fork point or past its revocation. */
+async function refusalsOf(node: FieldNode, bytes: Uint8Array): Promise<Refusal[]> {
+  const [{ decodeBundle }, { parseOp }] = await Promise.all([import('../core/bundle.ts'), import('../core/op.ts')]);
+  const forkedAt = new Map<DeviceId, number>();
+  for (const proof of await node.forkProofs()) forkedAt.set(proof.device, Math.min(proof.seq, forkedAt.get(proof.device) ?? Number.POSITIVE_INFINITY));
+  const revokedAfter = new Map<DeviceId, number>();
+  // Only HQ's revocations count, and the status index lists HQ's ops alone.
+  const revocations = await node.ops({ type: 'revoke', device: node.hqDevice, limit: MAX_LIST_LIMIT });
+  for (const op of await node.readOps(revocations.map((r) => r.id))) {
+    if (op?.type === 'revoke') revokedAfter.set(op.target, Math.min(op.afterSeq, revokedAfter.get(op.target) ?? Number.POSITIVE_INFINITY));
+  }
+  const out: Refusal[] = [];
+  for (const run of decodeBundle(bytes).runs) {
+    const seqs = run.ops.map((bytes) => parseOp(bytes).op.seq);
+    const fork = forkedAt.get(run.device);
+    const after = revokedAfter.get(run.device);
+    const forked = fork === undefined ? 0 : seqs.filter((s) => s >= fork).length;
+    const revoked = after === undefined ? 0 : seqs.filter((s) => s > after && (fork === undefined || s < fork)).length;
+    if (forked > 0) out.push({ device: run.device, ops: forked, reason: 'forked', atSeq: fork! });
+    if (revoked > 0) out.push({ device: run.device, ops: revoked, reason: 'revoked', afterSeq: after! });
+  }
+  return out;
+}
 
 export const COMMANDS = {
   put: async (node: FieldNode, p: Params) => {
@@ -34,8 +105,8 @@ export const COMMANDS = {
     const r = await node.mutate({ type: 'delete', domain: str(p, 'domain'), entity: str(p, 'entity') });
     return { id: r.id, seq: r.op.seq, status: r.status };
   },
-  get: async (node: FieldNode, p: Params) => node.get(str(p, 'domain'), str(p, 'entity')),
-  query: async (node: FieldNode, p: Params) => node.query(str(p, 'domain'), { where: (p.where ?? {}) as Fields, limit: optNum(p, 'limit') ?? 1000 }),
+  get: async (node: FieldNode, p: Params) => node.get(knownDomain(node, str(p, 'domain')), str(p, 'entity')),
+  query: async (node: FieldNode, p: Params) => node.query(knownDomain(node, str(p, 'domain')), { where: (p.where ?? {}) as Fields, limit: optInt(p, 'limit', 1, MAX_LIST_LIMIT) ?? 1000 }),
   ops: async (node: FieldNode, p: Params) => {
     const filter: OpFilter = {
       ...(optStr(p, 'type') ? { type: optStr(p, 'type') as OpFilter['type'] } : {}),
@@ -43,7 +114,7 @@ export const COMMANDS = {
       ...(optStr(p, 'entity') ? { entity: optStr(p, 'entity')! } : {}),
       ...(optStr(p, 'device') ? { device: optStr(p, 'device')! } : {}),
       ...(optStr(p, 'status') ? { status: optStr(p, 'status') as StatusName } : {}),
-      limit: optNum(p, 'limit') ?? 1000,
+      limit: optInt(p, 'limit', 1, MAX_LIST_LIMIT) ?? 1000,
     };
     return node.ops(filter);
   },
@@ -65,15 +136,20 @@ export const COMMANDS = {
   addresses: async (node: FieldNode) => node.addresses(),
   vv: async (node: FieldNode) => node.versionVector(),
   bundleExport: async (node: FieldNode, p: Params) => {
-    const bytes = await node.exportBundle((p.since ?? {}) as Record<string, number>);
+    const bytes = await node.exportBundle(await parseVersionVector(p.since ?? {}));
     await writeFile(str(p, 'out'), bytes);
     return { file: str(p, 'out'), bytes: bytes.length };
   },
-  bundleImport: async (node: FieldNode, p: Params) => node.importBundle(await readFile(str(p, 'file'))),
+  bundleImport: async (node: FieldNode, p: Params) => {
+    const bytes = await readFile(str(p, 'file'));
+    const result = await node.importBundle(bytes);
+    // The ingest result only counts refused ops; say whose, and why.
+    return result.refused > 0 ? { ...result, refusals: await refusalsOf(node, bytes) } : result;
+  },
   revoke: async (node: FieldNode, p: Params) => {
     const target = str(p, 'device');
     // Ops the device wrote up to what HQ holds stay valid; everything later is refused.
-    const afterSeq = optNum(p, 'afterSeq') ?? node.versionVector()[target] ?? 0;
+    const afterSeq = optInt(p, 'afterSeq', 0, Number.MAX_SAFE_INTEGER) ?? node.versionVector()[target] ?? 0;
     const op = await node.appendHqOp({ type: 'revoke', target, afterSeq, reason: optStr(p, 'reason') ?? '' });
     return { id: op.id, seq: op.seq, target, afterSeq };
   },

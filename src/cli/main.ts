@@ -4,23 +4,33 @@
  * Commands that read or write a node talk to the running node through its control socket when
  * `fieldmesh start` holds the data dir, and open the data dir themselves otherwise.
  * Exit codes: 0 done, 1 failed (a clear message on stderr), 2 bad usage, 3 verify found problems.
+ *
+ * Start-up cost is module loading, so this file imports only what every command needs (commander,
+ * the command table, the control socket client); the node, libp2p, the store, HQ's policy,
+ * receipts and HTTP API are imported by the commands that use them. A command that reaches a
+ * running node through its control socket loads none of them. Node's compile cache keeps the
+ * compiled (and type-stripped) modules between runs.
  */
-import { Command, CommanderError, Option } from 'commander';
-import { mkdir } from 'node:fs/promises';
+import { enableCompileCache } from 'node:module';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { randomBytes } from 'node:crypto';
-import { buildApi } from '../hq/api.ts';
-import { ROLES, type Role } from '../core/cert.ts';
-import { FieldmeshError } from '../core/errors.ts';
-import { FieldNode } from '../node/field-node.ts';
+import type { Role } from '../core/cert.ts';
+import { FieldmeshError, InvalidInputError } from '../core/errors.ts';
 import type { LinkInfo } from '../net/mesh.ts';
-import { enroll } from '../node/enroll.ts';
-import { COMMANDS, toJson, type CommandName } from './commands.ts';
-import { DEFAULT_DOMAINS, readConfig, toPolicies, toRules, writeConfig, type NodeConfig } from './config.ts';
-import { Policy } from '../hq/policy.ts';
-import { ReceiptIssuer } from '../hq/receipts.ts';
-import { callRunning, serveControl } from './control.ts';
-import { readFile, writeFile } from 'node:fs/promises';
+import type { FieldNode } from '../node/field-node.ts';
+import { COMMANDS, MAX_LIST_LIMIT, parseVersionVector, toJson, type CommandName, type Refusal } from './commands.ts';
+import type { NodeConfig } from './config.ts';
+import { callRunning } from './control.ts';
+
+// Harmless when it cannot (no writable temp dir): it only reports a status. NODE_COMPILE_CACHE
+// (set by bin/fieldmesh) overrides the directory; NODE_DISABLE_COMPILE_CACHE=1 turns it off.
+enableCompileCache();
+
+/** Bad usage: exits 2, like commander's own usage errors. */
+class UsageError extends InvalidInputError {}
+
+const ROLE_CHOICES = ['server', 'gateway', 'field'] as const satisfies readonly Role[];
 
 const program = new Command('fieldmesh')
   .description('Offline-first sync for field teams: signed op logs gossiped over libp2p, forwarded to HQ.')
@@ -35,12 +45,19 @@ const print = (value: unknown, text?: (v: never) => string) => {
   else console.log(text(value as never));
 };
 
+/** An integer option within min..max; anything else is a usage error (exit 2) naming the option. */
+const integer = (flag: string, min: number, max: number) => (value: string) => {
+  const n = /^\d+$/.test(value) ? Number(value) : Number.NaN;
+  if (!Number.isSafeInteger(n) || n < min || n > max) throw new InvalidArgumentError(`${flag} wants an integer from ${min} to ${max}.`);
+  return n;
+};
+
 /** field=value pairs; values parse as JSON when they can (numbers, true, ["a"]), else stay text. */
 function parseFields(pairs: readonly string[]): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const pair of pairs) {
     const eq = pair.indexOf('=');
-    if (eq <= 0) throw new FieldmeshError('BAD_ARGUMENT', `expected field=value, got ${JSON.stringify(pair)}`);
+    if (eq <= 0) throw new UsageError('BAD_ARGUMENT', `expected field=value, got ${JSON.stringify(pair)}`, { found: pair });
     const raw = pair.slice(eq + 1);
     let value: unknown = raw;
     try {
@@ -53,19 +70,66 @@ function parseFields(pairs: readonly string[]): Record<string, unknown> {
   return out;
 }
 
-async function openNode(dataDir: string): Promise<FieldNode> {
-  const config = await readConfig(dataDir);
-  // The team's domain rules, checked before a change is signed (HQ would refuse it anyway).
-  const checkChange = new Policy(toRules(config.domains)).checker(config.role);
-  return FieldNode.open({ dataDir, team: config.team, user: config.user, role: config.role, domains: toPolicies(config.domains), checkChange });
+/** A JSON file named by an option: usage errors (exit 2) when it is not JSON; a missing file fails (exit 1). */
+async function readJsonFile(flag: string, path: string): Promise<unknown> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? 'ERROR';
+    throw new FieldmeshError(code, `cannot read ${flag} ${path}: ${code === 'ENOENT' ? 'no such file' : (err as Error).message}`, { path });
+  }
+  try {
+    return JSON.parse(text) as unknown;
+  } catch (err) {
+    throw new UsageError('BAD_JSON', `${flag} ${path} is not valid JSON: ${(err as Error).message}`, { path });
+  }
+}
+
+/** The data dir, absolute; `what` names it in errors. A path that exists but is not a directory is refused. */
+async function directory(path: string, what = 'data dir'): Promise<string> {
+  const dir = resolve(path);
+  const notDir = () => new InvalidInputError('NOT_A_DIRECTORY', `${what} ${dir} is not a directory`, { path: dir });
+  try {
+    if (!(await stat(dir)).isDirectory()) throw notDir();
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOTDIR') throw notDir();
+    if (code !== 'ENOENT') throw err;
+  }
+  return dir;
+}
+
+const dataDir = () => directory(globals().data);
+
+/** Whether `fieldmesh start` runs on the data dir (its control socket answers). */
+const isRunning = async (dir: string) => (await callRunning(dir, 'addresses', {}, 10_000)) !== undefined;
+
+/** The commands that sign changes of entities: they check them against the team's domain rules first. */
+const CHANGES: ReadonlySet<CommandName> = new Set(['put', 'delete', 'resolve']);
+
+/** Opens the data dir; with `checkChanges`, local changes are checked against the team's domain rules (HQ would refuse them anyway). */
+async function openNode(dir: string, options: { config?: NodeConfig; checkChanges: boolean }): Promise<FieldNode> {
+  const [{ readConfig, toPolicies, toRules }, { FieldNode }] = await Promise.all([import('./config.ts'), import('../node/field-node.ts')]);
+  const config = options.config ?? (await readConfig(dir));
+  // Compiling the rules' JSON schemas costs start-up time: only for commands that sign changes.
+  const checkChange = options.checkChanges ? new (await import('../hq/policy.ts')).Policy(toRules(config.domains)).checker(config.role) : undefined;
+  try {
+    return await FieldNode.open({ dataDir: dir, team: config.team, user: config.user, role: config.role, domains: toPolicies(config.domains), ...(checkChange !== undefined ? { checkChange } : {}) });
+  } catch (err) {
+    if ((err as FieldmeshError).code === 'NOT_ENROLLED') {
+      throw new InvalidInputError('NOT_ENROLLED', `${dir} is not enrolled yet: HQ signs its certificate with \`fieldmesh -d ${dir} enroll --hq <HQ's data dir> --user <name>\``, { path: dir });
+    }
+    throw err;
+  }
 }
 
 /** Runs a command on the node of --data: through the running node if there is one. */
 async function onNode(method: CommandName, params: Record<string, unknown>): Promise<unknown> {
-  const dataDir = resolve(globals().data);
-  const running = await callRunning(dataDir, method, params);
+  const dir = await dataDir();
+  const running = await callRunning(dir, method, params);
   if (running !== undefined) return running.result;
-  const node = await openNode(dataDir);
+  const node = await openNode(dir, { checkChanges: CHANGES.has(method) });
   try {
     return await COMMANDS[method](node, params);
   } finally {
@@ -73,47 +137,153 @@ async function onNode(method: CommandName, params: Record<string, unknown>): Pro
   }
 }
 
+/** Canonical JSON (keys sorted), to compare configs whatever order their keys were written in. */
+const canonical = (value: unknown): string =>
+  JSON.stringify(value, (_k, v: unknown) => (v !== null && typeof v === 'object' && !Array.isArray(v) ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : 1))) : v));
+
 program
   .command('init')
-  .description('set up a data dir: a device key, and for HQ (--role server) the team root certificate')
+  .description('set up a data dir: a device key, and for HQ (--role server) the team root certificate; again with the same values it changes nothing')
   .requiredOption('--team <name>', 'team name')
   .requiredOption('--user <name>', 'user of this device')
-  .addOption(new Option('--role <role>', 'device role').choices([...ROLES]).default('server'))
+  .addOption(new Option('--role <role>', 'device role').choices(ROLE_CHOICES).default('server'))
   .option('--domains <file>', 'JSON file of domains and strategies (default: case, evidence, task, note)')
   .action(async (opts: { team: string; user: string; role: Role; domains?: string }) => {
-    const dataDir = resolve(globals().data);
-    await mkdir(dataDir, { recursive: true, mode: 0o700 });
-    const domains = opts.domains === undefined ? DEFAULT_DOMAINS : (JSON.parse(await readFile(opts.domains, 'utf8')) as NodeConfig['domains']);
+    const dir = await dataDir();
+    const [{ CONFIG_FILE, DEFAULT_DOMAINS, readConfig, toPolicies, toRules, writeConfig }, { readDeviceCertificate }] = await Promise.all([import('./config.ts'), import('../node/enroll.ts')]);
+    const domains = opts.domains === undefined ? DEFAULT_DOMAINS : ((await readJsonFile('--domains', resolve(opts.domains))) as NodeConfig['domains']);
+    if (typeof domains !== 'object' || domains === null || Array.isArray(domains)) throw new UsageError('BAD_CONFIG', `--domains ${opts.domains} must hold a JSON object of domains`);
+    try {
+      toPolicies(domains);
+      const { Policy } = await import('../hq/policy.ts');
+      new Policy(toRules(domains));
+    } catch (err) {
+      throw new UsageError('BAD_CONFIG', `--domains ${opts.domains}: ${(err as Error).message}`, { path: opts.domains });
+    }
     const config: NodeConfig = { team: opts.team, user: opts.user, role: opts.role, domains };
-    await writeConfig(dataDir, config);
-    if (opts.role !== 'server') {
+
+    // Check everything before writing anything: a mistaken init must leave the dir as it was.
+    let existing: NodeConfig | null = null;
+    try {
+      existing = await readConfig(dir);
+    } catch (err) {
+      if ((err as FieldmeshError).code !== 'NO_CONFIG') throw err;
+    }
+    const cert = await readDeviceCertificate(dir);
+    if (existing !== null) {
+      const changed = (['team', 'user', 'role', 'domains'] as const).filter((k) => canonical(existing[k]) !== canonical(config[k]));
+      if (changed.length > 0) {
+        const way =
+          existing.role === 'server'
+            ? 'use a new data dir for another team or device'
+            : cert === null
+              ? 'it holds only a key: enroll it (team and domains then come from HQ, user and role from enroll), or remove the dir and init again'
+              : 're-enroll it with `fieldmesh enroll --force` to change its user or role, or use a new data dir';
+        throw new InvalidInputError('ALREADY_SET_UP', `${dir} is already set up as ${existing.role} of team ${existing.team} (user ${existing.user}); this init would change its ${changed.join(', ')}, so nothing was changed: ${way}`, {
+          path: join(dir, CONFIG_FILE),
+          changed,
+        });
+      }
+    }
+    if (cert !== null) {
+      const hq = cert.role === 'server' || cert.issuer === cert.device;
+      if (cert.team !== config.team || hq !== (config.role === 'server') || (!hq && cert.role !== config.role)) {
+        throw new InvalidInputError('CERT_MISMATCH', `${dir} holds the certificate of a ${cert.role} of team ${cert.team} (user ${cert.user}): it cannot be set up as ${config.role} of team ${config.team}; nothing was changed`, { path: dir });
+      }
+    }
+
+    if (config.role !== 'server') {
       // A field device is usable offline once enrolled; init only prepares its key.
       const { loadOrCreateDeviceKey } = await import('../node/device-key.ts');
-      const { key } = await loadOrCreateDeviceKey(dataDir);
-      print({ device: key.signer.device, dataDir, enrolled: false }, (v: { device: string }) => `device ${v.device}: key created in ${dataDir}; enroll it with HQ (fieldmesh enroll)`);
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+      const { key, created } = await loadOrCreateDeviceKey(dir);
+      if (existing === null) await writeConfig(dir, config);
+      print({ device: key.signer.device, dataDir: dir, enrolled: cert !== null }, (v: { device: string; enrolled: boolean }) =>
+        `device ${v.device}: key ${created ? 'created' : 'exists'} in ${dir}; ${v.enrolled ? 'enrolled' : 'enroll it with HQ (fieldmesh enroll)'}`,
+      );
       return;
     }
-    const node = await openNode(dataDir);
-    print({ device: node.device, team: node.team, dataDir, role: 'server' }, (v: { device: string; team: string }) => `HQ ${v.device} of team ${v.team} ready in ${dataDir}`);
+    const show = (v: { device: string; team: string }) => `HQ ${v.device} of team ${v.team} ready in ${dir}`;
+    if (existing !== null && (await isRunning(dir))) {
+      // Set up and running already: nothing to do, say so.
+      const status = (await callRunning(dir, 'status', {}))!.result as { device: string; team: string };
+      print({ device: status.device, team: status.team, dataDir: dir, role: 'server' }, show);
+      return;
+    }
+    // Opening the node checks the key, the certificate and the database; config.json comes last.
+    const node = await openNode(dir, { config, checkChanges: false });
+    const device = node.device;
     await node.close();
+    if (existing === null) await writeConfig(dir, config);
+    print({ device, team: config.team, dataDir: dir, role: 'server' }, show);
   });
 
 program
   .command('enroll')
-  .description('enroll a device: HQ signs its certificate (HQ\'s data dir must be on this machine)')
+  .description('enroll a device: HQ signs its certificate (HQ\'s data dir must be on this machine); refuses a device already enrolled unless --force')
   .requiredOption('--hq <dir>', 'HQ\'s data dir')
   .requiredOption('--user <name>', 'user of the device')
   .addOption(new Option('--role <role>', 'device role').choices(['field', 'gateway']).default('field'))
-  .option('--valid-days <n>', 'certificate validity in days', (v) => Number.parseInt(v, 10), 365)
-  .action(async (opts: { hq: string; user: string; role: Role; validDays: number }) => {
-    const dataDir = resolve(globals().data);
-    const hqConfig = await readConfig(resolve(opts.hq));
-    const cert = await enroll({ hqDataDir: resolve(opts.hq), dataDir, team: hqConfig.team, user: opts.user, role: opts.role, validForMs: opts.validDays * 86_400_000 });
-    await writeConfig(dataDir, { team: hqConfig.team, user: opts.user, role: opts.role, domains: hqConfig.domains });
+  .option('--valid-days <n>', 'certificate validity in days (1 to 3650)', integer('--valid-days', 1, 3650), 365)
+  .option('--force', 'replace the certificate of a device already enrolled in this team (another user, role or expiry); never for an HQ data dir')
+  .action(async (opts: { hq: string; user: string; role: Role; validDays: number; force?: boolean }) => {
+    const dir = await dataDir();
+    const hqDir = await directory(opts.hq, 'HQ data dir');
+    const [{ readConfig, writeConfig }, { enroll }] = await Promise.all([import('./config.ts'), import('../node/enroll.ts')]);
+    const hqConfig = await readConfig(hqDir).catch((err: unknown) => {
+      if ((err as FieldmeshError).code === 'NO_CONFIG') throw new InvalidInputError('NOT_HQ', `--hq ${hqDir} is not an HQ data dir: it is not set up (fieldmesh init --role server)`, { path: hqDir });
+      throw err;
+    });
+    if (hqConfig.role !== 'server') throw new InvalidInputError('NOT_HQ', `--hq ${hqDir} is not an HQ data dir: it is set up as ${hqConfig.role} (user ${hqConfig.user})`, { path: hqDir, role: hqConfig.role });
+    const mine = await readConfig(dir).catch(() => null);
+    if (mine?.role === 'server') throw new InvalidInputError('IS_HQ', `${dir} is an HQ data dir (team ${mine.team}): it cannot be enrolled`, { path: dir });
+    if (await isRunning(dir)) throw new InvalidInputError('NODE_RUNNING', `a node is running on ${dir}: stop it before enrolling it`, { path: dir });
+    const cert = await enroll({ hqDataDir: hqDir, dataDir: dir, team: hqConfig.team, user: opts.user, role: opts.role, validForMs: opts.validDays * 86_400_000, force: opts.force === true });
+    await writeConfig(dir, { team: hqConfig.team, user: opts.user, role: opts.role, domains: hqConfig.domains });
     print({ device: cert.device, team: cert.team, user: cert.user, role: cert.role, expires: new Date(cert.expiresMs).toISOString() }, (v: { device: string; team: string; role: string; expires: string }) => `enrolled ${v.device} in team ${v.team} as ${v.role} (until ${v.expires})`);
   });
 
 const collect = (value: string, previous: string[]) => [...previous, value];
+
+/** Checks a multiaddr given to `flag`: it must parse and name a TCP port (the only transport). */
+async function checkMultiaddr(flag: string, value: string): Promise<void> {
+  const { multiaddr } = await import('@multiformats/multiaddr');
+  let names: string[];
+  try {
+    names = multiaddr(value).getComponents().map((c) => c.name);
+  } catch (err) {
+    throw new UsageError('BAD_MULTIADDR', `${flag} ${JSON.stringify(value)} is not a multiaddr (${(err as Error).message}); e.g. /ip4/127.0.0.1/tcp/4001${flag === '--listen' ? '' : '/p2p/<device>'}`, { flag, value });
+  }
+  if (!names.includes('tcp')) throw new UsageError('BAD_MULTIADDR', `${flag} ${value} names no TCP port; e.g. /ip4/127.0.0.1/tcp/4001${flag === '--listen' ? '' : '/p2p/<device>'}`, { flag, value });
+}
+
+/**
+ * Fails early, with the system's error code, when a fixed port we are to listen on is taken or
+ * unusable (libp2p's own error is a multi-line text with stack traces).
+ */
+async function probeListen(address: string): Promise<void> {
+  const [{ multiaddr }, { createServer }] = await Promise.all([import('@multiformats/multiaddr'), import('node:net')]);
+  const parts = multiaddr(address).getComponents();
+  const host = parts.find((c) => c.name === 'ip4' || c.name === 'ip6')?.value;
+  const port = Number(parts.find((c) => c.name === 'tcp')?.value ?? 0);
+  if (host === undefined || port === 0) return;
+  await new Promise<void>((done, fail) => {
+    const server = createServer();
+    server.once('error', (err: NodeJS.ErrnoException) => fail(listenError(address, err.code ?? 'LISTEN_FAILED', err.message)));
+    server.listen({ host, port }, () => server.close(() => done()));
+  });
+}
+
+const LISTEN_REASONS: Record<string, string> = { EADDRINUSE: 'address already in use', EADDRNOTAVAIL: 'no such local address', EACCES: 'permission denied' };
+const listenError = (address: string, code: string, message: string) =>
+  new FieldmeshError(code, `cannot listen on ${address}: ${LISTEN_REASONS[code] ?? message}`, { address });
+
+/** libp2p reports failed listen addresses as one text (`UnsupportedListenAddressesError`): made one line. */
+function startError(err: unknown, listen: readonly string[]): unknown {
+  if ((err as Error).name !== 'UnsupportedListenAddressesError') return err;
+  const code = /\b(E[A-Z]{3,})\b/.exec((err as Error).message)?.[1] ?? 'LISTEN_FAILED';
+  return listenError(listen.join(', '), code, 'libp2p could not listen there');
+}
 
 program
   .command('start')
@@ -124,22 +294,43 @@ program
   .option('--mdns', 'discover peers on the local network by mDNS')
   .option('--api <host:port>', 'HQ only: serve the HTTP API here (token: $FIELDMESH_API_TOKEN or <data>/api.token)')
   .action(async (opts: { listen: string[]; peer: string[]; hq?: string; mdns?: boolean; api?: string }) => {
-    const dataDir = resolve(globals().data);
-    const node = await openNode(dataDir);
+    for (const address of opts.listen) await checkMultiaddr('--listen', address);
+    for (const address of opts.peer) await checkMultiaddr('--peer', address);
+    if (opts.hq !== undefined) await checkMultiaddr('--hq', opts.hq);
+    const apiAt = opts.api === undefined ? null : splitHostPort(opts.api);
+    const dir = await dataDir();
+    const { readConfig, toRules } = await import('./config.ts');
+    const config = await readConfig(dir);
+    if (await isRunning(dir)) throw new InvalidInputError('NODE_RUNNING', `a node is running on ${dir} already`, { path: dir });
+    if (apiAt !== null && config.role !== 'server') throw new InvalidInputError('NOT_HQ', '--api is for HQ (role server)');
     const listen = opts.listen.length > 0 ? opts.listen : ['/ip4/127.0.0.1/tcp/0'];
-    await node.start({ listen, peers: [...opts.peer, ...(opts.hq !== undefined ? [opts.hq] : [])], mdns: opts.mdns === true });
-    const control = await serveControl(node, dataDir);
-    const config = await readConfig(dataDir);
+    for (const address of listen) await probeListen(address);
+    const node = await openNode(dir, { config, checkChanges: true });
+    try {
+      await node.start({ listen, peers: [...opts.peer, ...(opts.hq !== undefined ? [opts.hq] : [])], mdns: opts.mdns === true });
+    } catch (err) {
+      await node.close();
+      throw startError(err, listen);
+    }
+    const [{ serveControl }, { Policy }, { ReceiptIssuer }] = await Promise.all([import('./control.ts'), import('../hq/policy.ts'), import('../hq/receipts.ts')]);
+    const control = await serveControl(node, dir);
     const receipts = node.role === 'server' ? new ReceiptIssuer(node, new Policy(toRules(config.domains))) : null;
     receipts?.start();
-    let api: Awaited<ReturnType<typeof buildApi>> | null = null;
-    if (opts.api !== undefined) {
-      if (node.role !== 'server') throw new FieldmeshError('NOT_HQ', '--api is for HQ (role server)');
-      const [host, port] = splitHostPort(opts.api);
-      api = await buildApi(node, { token: await apiToken(dataDir), receipts: receipts! });
-      await api.listen({ host, port });
-      const address = api.server.address();
-      print({ event: 'api', url: typeof address === 'object' && address !== null ? `http://${address.address}:${address.port}` : String(address) }, (v: { url: string }) => `HTTP API on ${v.url} (bearer token in ${join(dataDir, 'api.token')} or $FIELDMESH_API_TOKEN)`);
+    let api: { close(): Promise<unknown> } | null = null;
+    if (apiAt !== null) {
+      const { buildApi } = await import('../hq/api.ts');
+      const [host, port] = apiAt;
+      const server = await buildApi(node, { token: await apiToken(dir), receipts: receipts! });
+      api = server;
+      try {
+        await server.listen({ host, port });
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code !== undefined && code in LISTEN_REASONS) throw new FieldmeshError(code, `cannot serve the HTTP API on ${opts.api}: ${LISTEN_REASONS[code]}`);
+        throw err;
+      }
+      const address = server.server.address();
+      print({ event: 'api', url: typeof address === 'object' && address !== null ? `http://${address.address}:${address.port}` : String(address) }, (v: { url: string }) => `HTTP API on ${v.url} (bearer token in ${join(dir, 'api.token')} or $FIELDMESH_API_TOKEN)`);
     }
     const events = node.subscribe({ kinds: ['peer'] });
     print({ event: 'started', device: node.device, role: node.role, addresses: node.addresses() }, (v: { device: string; addresses: string[] }) => `fieldmesh ${v.device} listening on\n  ${v.addresses.join('\n  ')}`);
@@ -164,18 +355,19 @@ program
 
 function splitHostPort(value: string): [string, number] {
   const at = value.lastIndexOf(':');
-  const port = Number.parseInt(value.slice(at + 1), 10);
-  if (at <= 0 || !Number.isInteger(port) || port < 0 || port > 65535) throw new FieldmeshError('BAD_ARGUMENT', `--api wants host:port, got ${value}`);
+  const port = /^\d+$/.test(value.slice(at + 1)) ? Number(value.slice(at + 1)) : Number.NaN;
+  if (at <= 0 || !Number.isInteger(port) || port < 0 || port > 65535) throw new UsageError('BAD_ARGUMENT', `--api wants host:port, got ${value}`);
   return [value.slice(0, at), port];
 }
 
 /** The API token: $FIELDMESH_API_TOKEN, else <data>/api.token (made on first use, mode 0600). */
-async function apiToken(dataDir: string): Promise<string> {
+async function apiToken(dir: string): Promise<string> {
   if (process.env.FIELDMESH_API_TOKEN) return process.env.FIELDMESH_API_TOKEN;
-  const path = join(dataDir, 'api.token');
+  const path = join(dir, 'api.token');
   try {
     return (await readFile(path, 'utf8')).trim();
   } catch {
+    const { randomBytes } = await import('node:crypto');
     const token = randomBytes(24).toString('base64url');
     await writeFile(path, token + '\n', { mode: 0o600 });
     return token;
@@ -205,7 +397,7 @@ nodeCommand('get', 'show an entity')
 nodeCommand('query', 'list entities of a domain: query <domain> [field=value...]')
   .argument('<domain>')
   .argument('[where...]')
-  .option('--limit <n>', 'most entities', (v) => Number.parseInt(v, 10), 1000)
+  .option('--limit <n>', `most entities (1 to ${MAX_LIST_LIMIT})`, integer('--limit', 1, MAX_LIST_LIMIT), 1000)
   .action(async (domain: string, where: string[], opts: { limit: number }) => {
     print(await onNode('query', { domain, where: parseFields(where), limit: opts.limit }), (v: { entity: string; fields: unknown }[]) => v.map((e) => `${e.entity} ${toJson(e.fields)}`).join('\n'));
   });
@@ -223,7 +415,7 @@ nodeCommand('ops', 'list ops, filtered')
   .option('--entity <entity>')
   .option('--device <device>')
   .addOption(new Option('--status <status>').choices(['pending', 'synced', 'failed', 'conflict']))
-  .option('--limit <n>', 'most ops', (v) => Number.parseInt(v, 10), 1000)
+  .option('--limit <n>', `most ops (1 to ${MAX_LIST_LIMIT})`, integer('--limit', 1, MAX_LIST_LIMIT), 1000)
   .action(async (opts: Record<string, unknown>) => {
     print(await onNode('ops', opts), (v: { device: string; seq: number; type: string; domain: string | null; entity: string | null; status: string; reason?: string }[]) =>
       v.map((o) => `${o.device.slice(-8)} #${o.seq} ${o.type} ${o.domain ?? ''}/${o.entity ?? ''} ${o.status}${o.reason ? ` (${o.reason})` : ''}`).join('\n'),
@@ -260,7 +452,7 @@ nodeCommand('resolve', 'resolve a conflict: resolve <conflict-id> field=value...
 
 nodeCommand('revoke', 'HQ only: revoke a device (its ops after what HQ holds are refused everywhere)')
   .argument('<device>')
-  .option('--after-seq <n>', 'keep its ops up to this seq (default: all HQ holds)', (v) => Number.parseInt(v, 10))
+  .option('--after-seq <n>', 'keep its ops up to this seq (default: all HQ holds)', integer('--after-seq', 0, Number.MAX_SAFE_INTEGER))
   .option('--reason <text>', 'why')
   .action(async (device: string, opts: { afterSeq?: number; reason?: string }) => {
     print(await onNode('revoke', { device, ...(opts.afterSeq !== undefined ? { afterSeq: opts.afterSeq } : {}), reason: opts.reason ?? '' }), (v: { target: string; afterSeq: number }) => `revoked ${v.target} after seq ${v.afterSeq}`);
@@ -271,9 +463,18 @@ bundle
   .command('export')
   .description('write every op the target lacks (or everything) to a file')
   .requiredOption('--out <file>', 'bundle file to write')
-  .option('--since <file>', 'JSON version vector of the target ({"<device>": seq}); default: everything')
+  .option('--since <file>', 'JSON version vector of the target ({"<device>": seq}, as `fieldmesh vv` prints on it); default: everything')
   .action(async (opts: { out: string; since?: string }) => {
-    const since = opts.since === undefined ? {} : (JSON.parse(await readFile(opts.since, 'utf8')) as Record<string, number>);
+    let since = {};
+    if (opts.since !== undefined) {
+      const parsed = await readJsonFile('--since', resolve(opts.since));
+      try {
+        since = await parseVersionVector(parsed);
+      } catch (err) {
+        const e = err as FieldmeshError;
+        throw new UsageError(e.code, `--since ${opts.since}: ${e.message}`, e.details);
+      }
+    }
     print(await onNode('bundleExport', { out: resolve(opts.out), since }), (v: { file: string; bytes: number }) => `wrote ${v.file} (${v.bytes} bytes)`);
   });
 bundle
@@ -281,7 +482,12 @@ bundle
   .description('take in a bundle file through the same checks as the network')
   .argument('<file>')
   .action(async (file: string) => {
-    print(await onNode('bundleImport', { file: resolve(file) }), (v: { added: number; duplicates: number; refused: number }) => `added ${v.added} ops (${v.duplicates} already held, ${v.refused} refused)`);
+    print(await onNode('bundleImport', { file: resolve(file) }), (v: { added: number; duplicates: number; refused: number; refusals?: Refusal[] }) =>
+      [
+        `added ${v.added} ops (${v.duplicates} already held, ${v.refused} refused)`,
+        ...(v.refusals ?? []).map((r) => `  refused ${r.ops} op(s) of ${r.device}: ${r.reason === 'revoked' ? `HQ revoked it after seq ${r.afterSeq}` : `it forked (signed two different ops) at seq ${r.atSeq}`}`),
+      ].join('\n'),
+    );
   });
 
 nodeCommand('vv', 'this node\'s version vector (what to pass to bundle export --since)').action(async () => print(await onNode('vv', {})));
@@ -301,5 +507,5 @@ try {
   const e = err as FieldmeshError;
   if (globals().json) console.error(toJson({ error: { code: e.code ?? 'ERROR', message: e.message } }));
   else console.error(`fieldmesh: ${e.message}${e.code ? ` [${e.code}]` : ''}`);
-  process.exit(1);
+  process.exit(err instanceof UsageError ? 2 : 1);
 }

@@ -4,18 +4,18 @@
  * (`device.cert`). HQ's key is read from HQ's own data dir (for now on the same machine; the
  * certificate file can also be carried to the device by hand).
  */
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { access, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
 import { decodeCertificate, issueCertificate, type Certificate, type Role } from '../core/cert.ts';
-import { FieldmeshError } from '../core/errors.ts';
-import { loadOrCreateDeviceKey } from './device-key.ts';
+import { FieldmeshError, RuleViolationError } from '../core/errors.ts';
+import { DEVICE_KEY_FILE, loadOrCreateDeviceKey, type DeviceKey } from './device-key.ts';
 
 export const DEVICE_CERT_FILE = 'device.cert';
 /** @default 365 days */
 export const DEFAULT_CERT_VALIDITY_MS = 365 * 24 * 3600 * 1000;
 
 export interface EnrollOptions {
-  /** HQ's data dir, holding HQ's device.key (the team root). */
+  /** HQ's data dir, holding HQ's device.key (the team root) and its self-issued certificate. */
   readonly hqDataDir: string;
   /** The device's data dir (created if missing). */
   readonly dataDir: string;
@@ -24,18 +24,76 @@ export interface EnrollOptions {
   readonly role: Role;
   readonly nowMs?: number;
   readonly validForMs?: number;
+  /**
+   * Replace the certificate the device already holds (re-enrollment under another user, role or
+   * expiry, same team). Never allowed for an HQ data dir, nor to move a device to another team.
+   * @default false
+   */
+  readonly force?: boolean;
 }
 
+const isHqCertificate = (cert: Certificate) => cert.role === 'server' || cert.issuer === cert.device;
+
+/**
+ * HQ's key, checked to be the team root: `hqDataDir` must hold a key and a self-issued `server`
+ * certificate for it, of `team`. Creates nothing.
+ */
+export async function loadHqKey(hqDataDir: string, team: string): Promise<DeviceKey> {
+  const cert = await readDeviceCertificate(hqDataDir);
+  try {
+    await access(join(hqDataDir, DEVICE_KEY_FILE));
+  } catch {
+    throw new RuleViolationError('NOT_HQ', `${hqDataDir} is not an HQ data dir: it holds no device key`, { path: hqDataDir });
+  }
+  if (cert === null) throw new RuleViolationError('NOT_HQ', `${hqDataDir} is not an HQ data dir: it holds no certificate (set HQ up with \`fieldmesh init --role server\`)`, { path: hqDataDir });
+  if (!isHqCertificate(cert)) {
+    throw new RuleViolationError('NOT_HQ', `${hqDataDir} is not an HQ data dir: it is a ${cert.role} device (${cert.device}) of team ${cert.team}`, { path: hqDataDir, role: cert.role });
+  }
+  const { key } = await loadOrCreateDeviceKey(hqDataDir);
+  if (cert.device !== key.signer.device) throw new RuleViolationError('CERT_MISMATCH', `${hqDataDir}: certificate is for ${cert.device}, the key is ${key.signer.device}`, { path: hqDataDir });
+  if (cert.team !== team) throw new RuleViolationError('TEAM_MISMATCH', `${hqDataDir} is HQ of team ${cert.team}, not ${team}`, { expected: team, found: cert.team });
+  return key;
+}
+
+/**
+ * Signs and writes the device's certificate. Refuses (and writes nothing) when the HQ dir is not
+ * HQ's (`NOT_HQ`), when the target is an HQ data dir or HQ's own dir (`IS_HQ`), when the target
+ * already holds a certificate and `force` is not set (`ALREADY_ENROLLED`), and when it holds one
+ * of another team or HQ (`OTHER_TEAM`: its log and database belong to that team).
+ */
 export async function enroll(options: EnrollOptions): Promise<Certificate> {
-  const hq = await loadOrCreateDeviceKey(options.hqDataDir);
-  await mkdir(options.dataDir, { recursive: true, mode: 0o700 });
-  const device = await loadOrCreateDeviceKey(options.dataDir);
+  const dataDir = resolve(options.dataDir);
+  if (dataDir === resolve(options.hqDataDir)) throw new RuleViolationError('IS_HQ', `${dataDir} is HQ's own data dir: HQ cannot enroll itself`, { path: dataDir });
+  const hq = await loadHqKey(options.hqDataDir, options.team);
+  const existing = await readDeviceCertificate(dataDir);
+  if (existing !== null) {
+    const holder = `device ${existing.device}, user ${existing.user}, role ${existing.role} in team ${existing.team}`;
+    if (isHqCertificate(existing)) throw new RuleViolationError('IS_HQ', `${dataDir} is an HQ data dir (${holder}): it cannot be enrolled`, { path: dataDir });
+    if (existing.team !== options.team || existing.issuer !== hq.signer.device) {
+      throw new RuleViolationError('OTHER_TEAM', `${dataDir} is enrolled in team ${existing.team} by HQ ${existing.issuer} (${holder}); its data cannot move to team ${options.team}: use a new data dir`, {
+        path: dataDir,
+        team: existing.team,
+        issuer: existing.issuer,
+      });
+    }
+    if (options.force !== true) {
+      throw new RuleViolationError('ALREADY_ENROLLED', `${dataDir} is already enrolled (${holder}, until ${new Date(existing.expiresMs).toISOString()}); re-enroll with force (\`fieldmesh enroll --force\`) to replace its certificate`, {
+        path: dataDir,
+        device: existing.device,
+        user: existing.user,
+        role: existing.role,
+      });
+    }
+  }
+  await mkdir(dataDir, { recursive: true, mode: 0o700 });
+  const device = await loadOrCreateDeviceKey(dataDir);
+  if (device.key.signer.device === hq.signer.device) throw new RuleViolationError('IS_HQ', `${dataDir} holds HQ's key: HQ cannot enroll itself`, { path: dataDir });
   const issuedMs = options.nowMs ?? Date.now();
   const cert = issueCertificate(
     { team: options.team, device: device.key.signer.device, user: options.user, role: options.role, issuedMs, expiresMs: issuedMs + (options.validForMs ?? DEFAULT_CERT_VALIDITY_MS) },
-    hq.key.signer,
+    hq.signer,
   );
-  await saveCertificate(options.dataDir, cert);
+  await saveCertificate(dataDir, cert);
   return cert;
 }
 

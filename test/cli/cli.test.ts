@@ -2,13 +2,14 @@
  * The `fieldmesh` command as real processes: every command in text mode and with --json,
  * commands that open the data dir themselves when no node runs, commands that reach a running
  * node (`fieldmesh start` with --listen, --peer, --hq and --api) through its control socket,
- * bundles, --help everywhere, and exit codes (0 done, 1 failed with a message on stderr, 2 bad
- * usage, 3 verify found problems). Loopback only, no mDNS; every process is stopped and every dir
- * removed after each test.
+ * bundles, --help everywhere, and exit codes (0 done, 1 failed with one line on stderr and no
+ * stack trace, 2 bad usage, 3 verify found problems); mistaken init and enroll change nothing.
+ * Loopback only, no mDNS; every process is stopped and every dir removed after each test.
  *
- * A process costs about a second of CPU (loading libp2p), so each command runs in each mode once
- * or twice across the file, independent commands run side by side (one process per data dir at
- * a time, since a process that opens a data dir locks it), and set-up is done in-process.
+ * A process that opens a data dir costs about a second of CPU (loading the node and libp2p); one
+ * that fails on its arguments or talks to a running node loads far less. So each command runs in
+ * each mode once or twice across the file, independent commands run side by side (one process per
+ * data dir at a time, since a process that opens a data dir locks it), and set-up is done in-process.
  */
 import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -17,7 +18,7 @@ import { describe, expect, it } from 'vitest';
 import { callRunning } from '../../src/cli/control.ts';
 import { DEFAULT_DOMAINS, readConfig, toPolicies, writeConfig } from '../../src/cli/config.ts';
 import type { Role } from '../../src/core/cert.ts';
-import { enroll } from '../../src/node/enroll.ts';
+import { enroll, readDeviceCertificate } from '../../src/node/enroll.ts';
 import { FieldNode } from '../../src/node/field-node.ts';
 import { logKey } from '../../src/store/keys.ts';
 import { TABLES, tableKey } from '../../src/store/tables.ts';
@@ -57,10 +58,31 @@ async function team(root: string, devices: readonly [string, string, Exclude<Rol
   return { dirs, hqDevice };
 }
 
+/** Bad usage that needs no data dir (run in an empty working dir, which must stay empty): [args, exit code, stderr]. */
+const usageErrors = (root: string, hqDevice: string): [string[], number, RegExp][] => [
+  [['frobnicate'], 2, /unknown command 'frobnicate'/],
+  [['init', '--team', 'x'], 2, /required option '--user <name>' not specified/],
+  [['ops', '--limit', 'abc'], 2, /'--limit <n>' argument 'abc' is invalid\. --limit wants an integer from 1 to 100000/],
+  [['ops', '--limit', '-5'], 2, /'--limit <n>' argument '-5' is invalid/],
+  [['query', 'case', '--limit', '0'], 2, /'--limit <n>' argument '0' is invalid/],
+  [['revoke', hqDevice, '--after-seq', '1.5'], 2, /'--after-seq <n>' argument '1\.5' is invalid/],
+  [['enroll', '--hq', 'x', '--user', 'u', '--valid-days', '7x'], 2, /'--valid-days <n>' argument '7x' is invalid/],
+  [['put', 'case', 'c-1', 'title'], 2, /^fieldmesh: expected field=value, got "title" \[BAD_ARGUMENT\]$/],
+  [['bundle', 'export', '--out', 'o', '--since', join(root, 'vv-not-devices.json')], 2, /"xyz" is not a device id \[BAD_VERSION_VECTOR\]$/],
+  [['bundle', 'export', '--out', 'o', '--since', join(root, 'vv-array.json')], 2, /got an array \[BAD_VERSION_VECTOR\]$/],
+  [['bundle', 'export', '--out', 'o', '--since', join(root, 'vv-negative.json')], 2, /must be a non-negative integer, got -1 \[BAD_VERSION_VECTOR\]$/],
+  [['bundle', 'export', '--out', 'o', '--since', join(root, 'vv-broken.json')], 2, /vv-broken\.json is not valid JSON: .* \[BAD_JSON\]$/],
+  [['start', '--peer', 'garbage'], 2, /^fieldmesh: --peer "garbage" is not a multiaddr .* \[BAD_MULTIADDR\]$/],
+  [['start', '--listen', '/ip4/127.0.0.1/udp/4001'], 2, /^fieldmesh: --listen \/ip4\/127\.0\.0\.1\/udp\/4001 names no TCP port.* \[BAD_MULTIADDR\]$/],
+  [['start', '--hq', '/ip4/127.0.0.1/tcp/99999'], 2, /^fieldmesh: --hq "\/ip4\/127\.0\.0\.1\/tcp\/99999" is not a multiaddr .* \[BAD_MULTIADDR\]$/],
+  [['-d', join(root, 'a-file'), 'status'], 1, /^fieldmesh: data dir \S+a-file is not a directory \[NOT_A_DIRECTORY\]$/],
+  [['-d', join(root, 'unenrolled'), 'status'], 1, /^fieldmesh: \S+unenrolled is not enrolled yet: HQ signs its certificate with `fieldmesh -d \S+unenrolled enroll --hq <HQ's data dir> --user <name>` \[NOT_ENROLLED\]$/],
+];
+
 const HELP: string[][] = [[], ['init'], ['enroll'], ['start'], ['put'], ['get'], ['query'], ['delete'], ['ops'], ['status'], ['conflicts'], ['resolve'], ['revoke'], ['bundle'], ['bundle', 'export'], ['bundle', 'import'], ['vv'], ['peers'], ['verify']];
 
 describe('commands on data dirs no node holds', () => {
-  it('init, enroll, put/get/query/delete, ops, status, vv, bundle export/import, conflicts/resolve, revoke; --help everywhere; bad usage exits 2', async () => {
+  it('init, enroll (and refusing mistaken ones), put/get/query/delete, ops, status, vv, bundle export/import, conflicts/resolve, revoke; --help everywhere; bad usage exits 2', async () => {
     const root = await cli.dir();
     const hq = join(root, 'hq');
     const fa = join(root, 'alice');
@@ -74,11 +96,16 @@ describe('commands on data dirs no node holds', () => {
     const hqDevice = /^HQ (12D3Koo\w+) of team rescue ready in (.+)$/m.exec(init.stdout)?.[1];
     expect(hqDevice, init.stdout).toBeDefined();
     // Help and usage errors need no data dir: they run alongside the rest, in an empty working dir.
-    usage = pool(3, [
-      ...HELP.map((c) => () => cli.run([...c, '--help'], { cwd })),
-      () => cli.run(['frobnicate'], { cwd }),
-      () => cli.run(['init', '--team', 'x'], { cwd }),
+    await Promise.all([
+      writeFile(join(root, 'vv-not-devices.json'), '{"xyz":"abc"}'),
+      writeFile(join(root, 'vv-array.json'), '[1,2]'),
+      writeFile(join(root, 'vv-negative.json'), JSON.stringify({ [hqDevice!]: -1 })),
+      writeFile(join(root, 'vv-broken.json'), '{"xyz":'),
+      writeFile(join(root, 'a-file'), ''),
+      mkdir(join(root, 'unenrolled')).then(() => writeConfig(join(root, 'unenrolled'), { team: TEAM, user: 'u', role: 'field', domains: DEFAULT_DOMAINS })),
     ]);
+    const badUsage = usageErrors(root, hqDevice!);
+    usage = pool(3, [...HELP.map((c) => () => cli.run([...c, '--help'], { cwd })), ...badUsage.map(([args]) => () => cli.run(args, { cwd }))]);
     usage.catch(() => undefined); // awaited below; a failure before that must not go unhandled
     expect(((await stat(join(hq, 'device.key'))).mode & 0o777).toString(8)).toBe('600');
     expect(JSON.parse(await readFile(join(hq, 'config.json'), 'utf8'))).toMatchObject({ team: TEAM, user: 'hq-staff', role: 'server', domains: DEFAULT_DOMAINS });
@@ -93,9 +120,22 @@ describe('commands on data dirs no node holds', () => {
     const expiresInDays = (Date.parse(gwEnroll.expires) - Date.now()) / 86_400_000;
     expect(expiresInDays).toBeGreaterThan(29.9);
     expect(expiresInDays).toBeLessThanOrEqual(30);
+    // Mistaken init and enroll change nothing: another team or role for HQ's dir, HQ's dir (or a
+    // server dir) as the device, a field device as --hq, a device enrolled already (without --force).
+    const configs = async () => Promise.all([hq, gw].map((d) => readFile(join(d, 'config.json'), 'utf8')));
+    const configsBefore = await configs();
     // Enrolling keeps the key init made.
-    const [enrolled] = await Promise.all([
+    const [enrolled, refusals] = await Promise.all([
       cli.ok(['-d', fa, 'enroll', '--hq', hq, '--user', 'alice']),
+      Promise.all([
+        cli.run(['-d', hq, 'init', '--team', 'otherteam', '--user', 'hq-staff']),
+        cli.run(['-d', hq, 'init', '--team', TEAM, '--user', 'hq-staff', '--role', 'field']),
+        cli.run(['-d', hq, 'enroll', '--hq', hq, '--user', 'x', '--force']),
+        cli.run(['--json', '-d', join(root, 'tablet2'), 'enroll', '--hq', gw, '--user', 'x']),
+        cli.run(['-d', gw, 'enroll', '--hq', hq, '--user', 'other', '--role', 'field']),
+        // init again with the same values changes nothing (and is fine).
+        cli.run(['-d', hq, 'init', '--team', TEAM, '--user', 'hq-staff']),
+      ]),
       // The gateway's offline writes (in-process).
       withNode(gw, async (n) => {
         await n.mutate({ type: 'create', domain: 'evidence', entity: 'ev-9', fields: { case: 'case-7', tags: ['exterior'] } });
@@ -103,12 +143,27 @@ describe('commands on data dirs no node holds', () => {
       }),
     ]);
     expect(enrolled.stdout).toMatch(new RegExp(`^enrolled ${fieldInit.device} in team rescue as field \\(until \\d{4}-`, 'm'));
+    const [otherTeam, otherRole, hqAsDevice, gatewayAsHq, again, initAgain] = refusals;
+    expect(initAgain).toMatchObject({ code: 0, stdout: init.stdout, stderr: '' });
+    for (const r of refusals.slice(0, -1)) expect({ code: r.code, stdout: r.stdout, lines: r.stderr.trim().split('\n').length }).toEqual({ code: 1, stdout: '', lines: 1 });
+    expect(otherTeam.stderr.trim()).toMatch(/^fieldmesh: \S+hq is already set up as server of team rescue \(user hq-staff\); this init would change its team, so nothing was changed: .* \[ALREADY_SET_UP\]$/);
+    expect(otherRole.stderr.trim()).toMatch(/would change its role, so nothing was changed.* \[ALREADY_SET_UP\]$/);
+    expect(hqAsDevice.stderr.trim()).toMatch(/^fieldmesh: \S+hq is an HQ data dir \(team rescue\): it cannot be enrolled \[IS_HQ\]$/);
+    expect(jsonError(gatewayAsHq).error).toEqual({ code: 'NOT_HQ', message: expect.stringMatching(/^--hq \S+gateway is not an HQ data dir: it is set up as gateway/) });
+    expect(again.stderr.trim()).toMatch(/^fieldmesh: \S+gateway is already enrolled \(device \w+, user base-camp, role gateway in team rescue, until .*\); re-enroll with force .* \[ALREADY_ENROLLED\]$/);
+    expect(await configs()).toEqual(configsBefore);
+    expect(await readdir(root)).not.toContain('tablet2');
     expect(JSON.parse(await readFile(join(fa, 'config.json'), 'utf8'))).toMatchObject({ team: TEAM, user: 'alice', role: 'field' });
 
     // Three lanes side by side, one data dir each (a process that opens a data dir locks it).
     const f1 = join(root, 'alice.bundle');
     const f2 = join(root, 'gateway.bundle');
     const aliceLane = async () => {
+      // Re-enrolled on purpose (--force: another expiry), then init again with the same values: both fine.
+      const reEnrolled = await cli.json(['-d', fa, 'enroll', '--hq', hq, '--user', 'alice', '--valid-days', '10', '--force']);
+      expect(reEnrolled).toMatchObject({ device: fieldInit.device, team: TEAM, user: 'alice', role: 'field' });
+      expect((Date.parse(reEnrolled.expires) - Date.now()) / 86_400_000).toBeLessThanOrEqual(10);
+      expect(await cli.json(['-d', fa, 'init', '--team', TEAM, '--user', 'alice', '--role', 'field'])).toEqual({ device: fieldInit.device, dataDir: fa, enrolled: true });
       const put = await cli.ok(['-d', fa, 'put', 'case', 'case-7', 'title=Warehouse fire', 'status=open', 'floors=3', 'tags=["roof"]']);
       expect(put.stdout.trim()).toMatch(/^create #1 [0-9a-f]{64} pending$/);
       const got = await cli.ok(['-d', fa, 'get', 'case', 'case-7']);
@@ -142,7 +197,10 @@ describe('commands on data dirs no node holds', () => {
     };
     const [, , hqBefore] = await Promise.all([aliceLane(), gatewayLane(), hqLane()]);
 
-    // HQ takes both bundles (--json and text import) and finds case-7 in conflict.
+    // HQ takes both bundles (--json and text import) and finds case-7 in conflict; meanwhile alice
+    // writes down her version vector for HQ's bundle back (bundle export --since).
+    const aliceVv = join(root, 'alice-vv.json');
+    const vvWritten = cli.ok(['-d', fa, 'vv']).then((r) => writeFile(aliceVv, r.stdout));
     expect(await cli.json(['-d', hq, 'bundle', 'import', f1])).toMatchObject({ added: 1, duplicates: 0, refused: 0, certificates: 1 });
     expect((await cli.ok(['-d', hq, 'bundle', 'import', f2])).stdout.trim()).toBe('added 3 ops (0 already held, 0 refused)');
     const conflicts = await cli.json(['-d', hq, 'conflicts']);
@@ -152,9 +210,12 @@ describe('commands on data dirs no node holds', () => {
     const resolved = await cli.ok(['-d', hq, 'resolve', conflicts[0].id, 'status=escalated']);
     expect(resolved.stdout.trim()).toMatch(/^resolve #3 [0-9a-f]{64}$/);
 
-    // Back to alice by bundle (in-process).
-    const back = await withNode(hq, (n) => n.exportBundle({ [fieldInit.device]: 1 }));
-    const imported = await withNode(fa, (n) => n.importBundle(back));
+    // Back to alice by bundle: what she lacks (imported in-process).
+    await vvWritten;
+    expect(JSON.parse(await readFile(aliceVv, 'utf8'))).toEqual({ [fieldInit.device]: 1 });
+    const back = join(root, 'back.bundle');
+    await cli.ok(['-d', hq, 'bundle', 'export', '--out', back, '--since', aliceVv]);
+    const imported = await withNode(fa, async (n) => n.importBundle(await readFile(back)));
     expect(imported).toMatchObject({ added: 6, duplicates: 0, refused: 0 }); // the gateway's 3, HQ's edit, revocation, resolve
     const aliceHash = await withNode(fa, async (n) => {
       expect((await n.get('case', 'case-7'))?.fields).toMatchObject({ title: 'Warehouse fire', status: 'escalated' });
@@ -170,14 +231,37 @@ describe('commands on data dirs no node holds', () => {
       expect(r.code, `${c.join(' ')} --help: ${r.stderr}`).toBe(0);
       expect(r.stdout).toMatch(new RegExp(`^Usage: fieldmesh${c.length > 0 ? ' ' + c.join(' ') : ''} `, 'm'));
     });
-    const [unknown, missingOption] = results.slice(HELP.length);
-    expect(unknown!.code, unknown!.stderr).toBe(2);
-    expect(unknown!.stderr).toMatch(/unknown command 'frobnicate'/);
-    expect(missingOption!.code, missingOption!.stderr).toBe(2);
-    expect(missingOption!.stderr).toMatch(/required option '--user <name>' not specified/);
+    badUsage.forEach(([args, code, message], i) => {
+      const r = results[HELP.length + i]!;
+      expect({ args, code: r.code, stdout: r.stdout }).toEqual({ args, code, stdout: '' });
+      expect(r.stderr, args.join(' ')).toMatch(new RegExp(message.source, 'm'));
+      expect(r.stderr, args.join(' ')).not.toMatch(/^\s+at /m); // no stack trace
+    });
     // None of them touched the working dir (no default data dir was created).
     expect(await readdir(cwd)).toEqual([]);
   }, 150_000);
+
+  it('enroll() itself refuses what the command refuses, without config.json (in-process)', async () => {
+    const root = await cli.dir();
+    const { dirs } = await team(root, [['alice', 'alice', 'field']]);
+    const other = await team(join(root, 'other'), []);
+    const refused = (options: Partial<Parameters<typeof enroll>[0]>) =>
+      enroll({ hqDataDir: dirs.hq!.dir, dataDir: dirs.alice!.dir, team: TEAM, user: 'alice', role: 'field', ...options }).then(
+        () => 'enrolled',
+        (err: { code: string }) => err.code,
+      );
+    const cert = await readFile(join(dirs.alice!.dir, 'device.cert'));
+    expect(await refused({ hqDataDir: dirs.alice!.dir, dataDir: join(root, 'x') })).toBe('NOT_HQ'); // a field device's key signs nothing
+    expect(await refused({ hqDataDir: join(root, 'nothing-here'), dataDir: join(root, 'x') })).toBe('NOT_HQ');
+    expect(await refused({ dataDir: dirs.hq!.dir })).toBe('IS_HQ');
+    expect(await refused({ hqDataDir: other.dirs.hq!.dir, dataDir: dirs.hq!.dir, force: true })).toBe('IS_HQ');
+    expect(await refused({ user: 'mallory' })).toBe('ALREADY_ENROLLED');
+    expect(await refused({ hqDataDir: other.dirs.hq!.dir, force: true })).toBe('OTHER_TEAM');
+    expect(await readFile(join(dirs.alice!.dir, 'device.cert'))).toEqual(cert);
+    expect(await readdir(root)).not.toContain('x');
+    expect(await refused({ user: 'alice2', role: 'gateway', force: true })).toBe('enrolled');
+    expect(await readDeviceCertificate(dirs.alice!.dir)).toMatchObject({ device: dirs.alice!.device, user: 'alice2', role: 'gateway' });
+  });
 
   it('verify exits 3 when a record of the data dir is damaged', async () => {
     const root = await cli.dir();
@@ -219,6 +303,12 @@ describe('running nodes', () => {
       await n.mutate({ type: 'create', domain: 'case', entity: 'case-11', fields: { status: 'open' } });
     });
     await withNode(dirs.hq!.dir, (n) => n.mutate({ type: 'create', domain: 'case', entity: 'case-7', fields: { title: 'Warehouse fire', status: 'escalated' } }));
+    // The device that gets lost wrote a note; its bundle reaches HQ only after HQ revoked it.
+    const lostBundle = join(root, 'lost.bundle');
+    await withNode(dirs.lost!.dir, async (n) => {
+      await n.mutate({ type: 'create', domain: 'note', entity: 'n-lost', fields: { text: 'left behind' } });
+      await writeFile(lostBundle, await n.exportBundle());
+    });
 
     // The gateway keeps dialling HQ's address (--hq) before HQ is up; alice knows the gateway
     // (--peer); HQ (text mode) listens on that address and serves its API.
@@ -267,13 +357,22 @@ describe('running nodes', () => {
     expect(resolved).toEqual({ id: expect.stringMatching(HEX64), seq: expect.any(Number), status: 'synced' });
     expect(revoked).toMatchObject({ id: expect.stringMatching(HEX64), target: dirs.lost!.device, afterSeq: 0 });
 
-    const [queryText, missing, unknownDomain, badFields] = await Promise.all([
-      cli.ok(['-d', alice.dataDir, 'query', 'note']),
-      cli.run(['-d', alice.dataDir, 'get', 'case', 'nope']),
-      cli.run(['--json', '-d', alice.dataDir, 'put', 'nodomain', 'x', 'a=1']),
+    const [queryText, missing, unknownDomain, badFields, getUnknownDomain, lostImport, portTaken] = (await pool(4, [
+      () => cli.ok(['-d', alice.dataDir, 'query', 'note']),
+      () => cli.run(['-d', alice.dataDir, 'get', 'case', 'nope']),
+      () => cli.run(['--json', '-d', alice.dataDir, 'put', 'nodomain', 'x', 'a=1']),
       // The team's schema is checked before signing: HQ would refuse this change anyway.
-      cli.run(['--json', '-d', alice.dataDir, 'put', 'case', 'c-bad', 'title=Shed', 'status=nonsense']),
-    ]);
+      () => cli.run(['--json', '-d', alice.dataDir, 'put', 'case', 'c-bad', 'title=Shed', 'status=nonsense']),
+      () => cli.run(['-d', alice.dataDir, 'get', 'nodomain', 'x']),
+      // The revoked device's note is refused, and the import says why.
+      () => cli.ok(['-d', hq.dataDir, 'bundle', 'import', lostBundle]),
+      // HQ's port is taken: one line, no stack trace.
+      () => cli.run(['-d', dirs.lost!.dir, 'start', '--listen', `/ip4/127.0.0.1/tcp/${port}`]),
+    ])) as [Result, Result, Result, Result, Result, Result, Result];
+    expect(getUnknownDomain.code).toBe(1);
+    expect(getUnknownDomain.stderr.trim()).toBe('fieldmesh: unknown domain "nodomain"; declared: case, evidence, task, note [UNKNOWN_DOMAIN]');
+    expect(lostImport.stdout.trim().split('\n')).toEqual(['added 0 ops (0 already held, 1 refused)', `  refused 1 op(s) of ${dirs.lost!.device}: HQ revoked it after seq 0`]);
+    expect({ code: portTaken.code, stdout: portTaken.stdout, stderr: portTaken.stderr }).toEqual({ code: 1, stdout: '', stderr: `fieldmesh: cannot listen on /ip4/127.0.0.1/tcp/${port}: address already in use [EADDRINUSE]\n` });
     expect(badFields.code).toBe(1);
     expect(jsonError(badFields).error).toMatchObject({ code: 'SCHEMA', message: expect.stringContaining('status') });
     expect(queryText.stdout.trim()).toBe('n-live {"text":"hello from the field"}');

@@ -3,8 +3,9 @@
  * (loopback only, no mDNS), with bounded waits; every process still running is stopped (SIGTERM,
  * then SIGKILL) and every temp dir removed after each test, also on failure.
  *
- * Starting a process costs about a second of CPU here, mostly loading modules; the children of a
- * test share a V8 compile cache (NODE_COMPILE_CACHE) in a temp dir removed after the test.
+ * Starting a process that opens a data dir costs about a second of CPU here, mostly loading
+ * modules; the children of a test share a V8 compile cache (NODE_COMPILE_CACHE) in a temp dir
+ * removed after the test.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
