@@ -11,7 +11,7 @@
  *  6. Every node prints its per-status counts and state hash: all identical. Exit 0.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -91,13 +91,18 @@ async function main(): Promise<void> {
     names[cert.device] = name;
   }
 
+  // Devices check HQ's rules before signing; bob's tablet still has last season's rules, in which a
+  // case needed no title, so his untitled case gets through locally and only HQ refuses it.
+  await dropRequiredFields(dir('bob'), 'case');
+  say('   bob\'s tablet still has last season\'s rules: a case needs no title there.');
+
   say('\n2. Offline: the field records cases and evidence; HQ staff edit case-7 at the same time.');
   await cli(['-d', dir('alice-tab'), 'put', 'case', 'case-7', 'title=Warehouse fire', 'status=open']);
   await cli(['-d', dir('alice-tab'), 'put', 'evidence', 'ev-1', 'case=case-7', 'tags=["exterior"]']);
   await cli(['-d', dir('alice-lap'), 'put', 'evidence', 'ev-2', 'case=case-7', 'tags=["interior"]']);
   await cli(['-d', dir('bob'), 'put', 'note', 'n-1', 'text=road to site blocked']);
   await cli(['-d', dir('bob'), 'put', 'case', 'case-9', 'title=Flooded basement']);
-  await cli(['-d', dir('bob'), 'put', 'case', 'case-11', 'status=open']); // no title: HQ's schema will refuse it
+  await cli(['-d', dir('bob'), 'put', 'case', 'case-11', 'status=open']); // no title: HQ's rules will refuse it
   await cli(['-d', dir('hq'), 'put', 'case', 'case-7', 'title=Warehouse fire', 'status=escalated']);
   say('   alice-tab: case-7 open, ev-1 · alice-lap: ev-2 · bob: note n-1, case-9, case-11 (no title)');
   say('   HQ: case-7 escalated');
@@ -149,3 +154,11 @@ try {
   await rm(root, { recursive: true, force: true });
 }
 process.exit(code);
+
+/** Makes a device's copy of a domain's schema require nothing (an older version of the team's rules). */
+async function dropRequiredFields(dataDir: string, domain: string): Promise<void> {
+  const file = join(dataDir, 'config.json');
+  const config = JSON.parse(await readFile(file, 'utf8')) as { domains: Record<string, { schema?: { required?: string[] } }> };
+  delete config.domains[domain]!.schema!.required;
+  await writeFile(file, JSON.stringify(config, null, 2));
+}
