@@ -11,6 +11,7 @@ import { decodeCanonical, encodeCanonical } from './cbor.ts';
 import { decodeError, InvalidInputError, RuleViolationError } from './errors.ts';
 import { isDeviceId, verifySignature, withContext, type DeviceId, type DeviceSigner } from './keys.ts';
 import { LIMITS } from './limits.ts';
+import { compare } from 'uint8arrays';
 
 export const ROLES = ['field', 'gateway', 'server'] as const;
 export type Role = (typeof ROLES)[number];
@@ -117,4 +118,14 @@ export function checkAdmission(cert: Certificate, root: TrustRoot, nowMs: number
   if (nowMs < cert.issuedMs) throw new RuleViolationError('CERT_NOT_YET_VALID', `certificate of ${cert.device} is valid from ${new Date(cert.issuedMs).toISOString()}`, { device: cert.device, issuedMs: cert.issuedMs });
   if (nowMs >= cert.expiresMs) throw new RuleViolationError('CERT_EXPIRED', `certificate of ${cert.device} expired at ${new Date(cert.expiresMs).toISOString()}`, { device: cert.device, expiresMs: cert.expiresMs });
   if (revoked(cert.device)) throw new RuleViolationError('CERT_REVOKED', `device ${cert.device} was revoked by HQ`, { device: cert.device });
+}
+
+/**
+ * Whether `a` supersedes `b` (two certificates of one device): the later issued, then the later
+ * expiring, then the greater bytes, so that every node keeps the same one whatever the order.
+ */
+export function newerCertificate(a: Certificate, b: Certificate): boolean {
+  if (a.issuedMs !== b.issuedMs) return a.issuedMs > b.issuedMs;
+  if (a.expiresMs !== b.expiresMs) return a.expiresMs > b.expiresMs;
+  return compare(a.bytes, b.bytes) > 0;
 }

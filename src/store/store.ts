@@ -7,6 +7,7 @@
 import { EventEmitter } from 'node:events';
 import { mkdir, readdir } from 'node:fs/promises';
 import { Level } from 'level';
+import { decodeCertificate, newerCertificate, type Certificate } from '../core/cert.ts';
 import type { ForkProof, LogTip } from '../core/chain.ts';
 import { equals as equalBytes } from 'uint8arrays';
 import { HLC_ZERO, type Hlc } from '../core/hlc.ts';
@@ -239,8 +240,18 @@ export class Store {
   }
 
   /** Stores certificates the caller has checked; returns those that were new. */
-  async addCertificates(certs: readonly { device: DeviceId; bytes: Uint8Array }[]): Promise<DeviceId[]> {
-    const fresh = certs.filter((c) => !this.certs.has(c.device) || !equalBytes(this.certs.get(c.device)!, c.bytes));
+  async addCertificates(certs: readonly Certificate[]): Promise<DeviceId[]> {
+    // One certificate per device: the newest, whatever order they arrive in (a re-enrolled
+    // device's old certificate, gossiped late, must not replace its new one).
+    const newest = new Map<DeviceId, Certificate>();
+    for (const c of certs) {
+      const best = newest.get(c.device);
+      if (best === undefined || newerCertificate(c, best)) newest.set(c.device, c);
+    }
+    const fresh = [...newest.values()].filter((c) => {
+      const held = this.certs.get(c.device);
+      return held === undefined || (!equalBytes(held, c.bytes) && newerCertificate(c, decodeCertificate(held)));
+    });
     if (fresh.length === 0) return [];
     await this.write(async (ctx) => {
       for (const c of fresh) ctx.txn.put(TABLES.cert, c.device, c.bytes);

@@ -7,6 +7,7 @@ import { chmod, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { InvalidInputError, RuleViolationError } from '../../src/core/errors.ts';
+import { issueCertificate } from '../../src/core/cert.ts';
 import { deviceIdFromPublicKey } from '../../src/core/keys.ts';
 import { Policy } from '../../src/hq/policy.ts';
 import { FieldNode, type NodeEvent } from '../../src/node/field-node.ts';
@@ -443,6 +444,22 @@ describe('HQ receipts', () => {
     await node.ingest([op.bytes]);
     expect((await node.ops({ device: other.device }))[0]).toMatchObject({ status: 'failed', reason: 'REJECTED:SPAM' });
     expect(await node.get('note', 'n1')).toBeNull();
+  });
+});
+
+describe('certificates', () => {
+  it('keeps each device\'s newest certificate, whatever order they arrive in', async () => {
+    const node = await temp.open(await temp.dir());
+    const device = signerOf('re-enrolled').device;
+    const issue = (user: string, issuedMs: number) => issueCertificate({ team: TEAM, device, user, role: 'field', issuedMs, expiresMs: issuedMs + 86_400_000 }, HQ);
+    const [old, renewed] = [issue('first-name', Date.now() - 7200_000), issue('second-name', Date.now() - 3600_000)];
+    expect(await node.addCertificates([renewed.bytes])).toEqual([device]);
+    // The old certificate, gossiped late, changes nothing; both in one call keep the newer.
+    expect(await node.addCertificates([old.bytes])).toEqual([]);
+    expect(node.certificateOf(device)?.user).toBe('second-name');
+    const other = await temp.open(await temp.dir());
+    await other.addCertificates([renewed.bytes, old.bytes]);
+    expect(other.certificateOf(device)?.user).toBe('second-name');
   });
 });
 
