@@ -6,6 +6,7 @@ import type { PrivateKey } from '@libp2p/interface';
 import type { Certificate } from '../core/cert.ts';
 import type { ForkProof } from '../core/chain.ts';
 import type { DeviceId } from '../core/keys.ts';
+import type { Tips } from '../core/sync/frames.ts';
 import type { VersionVector } from '../core/version-vector.ts';
 
 export interface MeshHost {
@@ -15,6 +16,8 @@ export interface MeshHost {
   readonly certificate: Certificate | null;
   readonly privateKey: PrivateKey;
   versionVector(): VersionVector;
+  /** Our tips as a sync session offers them (below every proven fork point), with their op ids. */
+  syncTips(): Promise<Tips>;
   certificates(): Uint8Array[];
   /** The certificate held for a device (who a peer is, its role), or null. */
   certificateOf(device: DeviceId): Certificate | null;

@@ -1,6 +1,6 @@
 /**
  * The mesh: a libp2p node (TCP, Noise, Yamux, identify, optional mDNS) that finds team peers,
- * runs one sync session per peer over `/fieldmesh/sync/1.0.0`, pushes every new op to every
+ * runs one sync session per peer over `/fieldmesh/sync/2.0.0`, pushes every new op to every
  * peer that lacks it, and keeps redialling static peers with capped exponential backoff and
  * jitter. A peer that breaks the protocol is dropped and refused for a back-off period.
  */
@@ -273,8 +273,10 @@ export class Mesh {
       return;
     }
     const node = this.node;
+    // Tips first: the proofs read after them include every fork point they stop below.
+    const tips = await node.syncTips();
     const forks = await node.forkProofs();
-    const local = { team: node.team, hq: node.hqDevice, cert: node.certificate!.bytes, vv: node.versionVector(), certs: () => node.certificates(), forks: () => forks };
+    const local = { team: node.team, hq: node.hqDevice, cert: node.certificate!.bytes, tips, certs: () => node.certificates(), forks: () => forks };
     const admit = (bytes: Uint8Array) => {
       const cert = decodeCertificate(bytes);
       checkAdmission(cert, { team: node.team, hqDevice: node.hqDevice }, node.admissionNowMs(), (d) => node.isRevoked(d));
@@ -295,8 +297,11 @@ export class Mesh {
       this.drivers.set(device, driver);
       this.connectedSince.set(device, Date.now());
       this.redial.clear();
-      // Our store may have grown between hello and admission.
+      // Our store may have grown between hello and admission, and proofs recorded since the
+      // session read them reached no session yet (the session sends each proof once).
       driver.dispatch(driver.session.localAdvanced(this.node.versionVector()));
+      // (A store that fails to read here is closing: the session ends with it.)
+      void this.node.forkProofs().then((proofs) => driver.dispatch(driver.session.sendForks(proofs)), () => undefined);
       this.events.emit('event', { kind: 'peer:admitted', device } satisfies MeshEvent);
       return true;
     },

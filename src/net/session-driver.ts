@@ -1,7 +1,7 @@
 /**
  * Pumps bytes between one libp2p stream and one SyncSession, and carries out the session's
- * commands against the MeshHost: loading log ranges, ingesting frames, storing certificates and
- * fork proofs. Sends go out in order through one queue; every await has a timeout.
+ * commands against the MeshHost: loading log ranges and single ops, ingesting frames, storing
+ * certificates and fork proofs. Sends go out in order through one queue; every await has a timeout.
  */
 import type { Connection, Stream } from '@libp2p/interface';
 import { InvalidDataLengthLengthError, lpStream } from '@libp2p/utils';
@@ -136,6 +136,18 @@ export class SessionDriver {
           void this.task(async () => {
             const ops = await this.node.loadRange(cmd.device, cmd.fromSeq, cmd.toSeq, cmd.maxBytes);
             this.dispatch(this.session.loaded(cmd.device, cmd.fromSeq, ops));
+          });
+          break;
+        case 'read':
+          void this.task(async () => {
+            const [bytes] = await this.node.loadRange(cmd.device, cmd.seq, cmd.seq, Number.MAX_SAFE_INTEGER);
+            this.dispatch(this.session.opRead(cmd.purpose, bytes ?? null));
+          });
+          break;
+        case 'proof':
+          // A proof we built from the peer's answer and our own op: a failure is ours, not the peer's.
+          this.stored(async () => {
+            await this.node.addForkProof(cmd.proof);
           });
           break;
         case 'ingest':

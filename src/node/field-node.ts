@@ -12,7 +12,8 @@ import { verifyForkProof, type ForkProof } from '../core/chain.ts';
 import type { Hlc } from '../core/hlc.ts';
 import type { DeviceId } from '../core/keys.ts';
 import { viewDigestBytes, isVisible } from '../core/materialize.ts';
-import { DATA_OP_TYPES, parseOp, type DataOpType, type Op, type OpId } from '../core/op.ts';
+import { DATA_OP_TYPES, opIdOf, parseOp, type DataOpType, type Op, type OpId } from '../core/op.ts';
+import type { TipId, Tips } from '../core/sync/frames.ts';
 import { decodeBundle, encodeBundle } from '../core/bundle.ts';
 import { missingRanges, type VersionVector } from '../core/version-vector.ts';
 import { STATUSES, type OpStatus, type StatusName } from '../core/status.ts';
@@ -454,6 +455,24 @@ export class FieldNode {
 
   forkProofs(): Promise<ForkProof[]> {
     return this.store.forkProofs();
+  }
+
+  /**
+   * Our tips as a sync session offers them: per device the highest contiguous seq held and its op
+   * id, but for a device proven forked the op just below its fork point (nothing past it is offered).
+   */
+  async syncTips(): Promise<Tips> {
+    const out: Record<DeviceId, TipId> = {};
+    for (const device of Object.keys(this.store.versionVector())) {
+      const tip = this.store.tipOf(device);
+      const forkedAt = this.store.forks.get(device) ?? Number.POSITIVE_INFINITY;
+      if (tip.seq < forkedAt) out[device] = { seq: tip.seq, id: tip.id! };
+      else if (forkedAt > 1) {
+        const [below] = await this.store.loadRange(device, forkedAt - 1, forkedAt - 1, Number.MAX_SAFE_INTEGER);
+        if (below !== undefined) out[device] = { seq: forkedAt - 1, id: opIdOf(below) };
+      }
+    }
+    return out;
   }
 
   /** Whether HQ revoked the device (its later ops are refused; it may not sync). */

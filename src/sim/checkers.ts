@@ -9,6 +9,10 @@
  *    may differ only there, and each node's state and statuses equal materialize over its own ops
  *    and the fork points;
  *  - causal order: no op waits for its base, and every applied op's base ops are applied.
+ * One known gap is tolerated and counted (docs/testing.md, "Forks"): an op stranded by a
+ * fork, one that a node cannot apply because its base names (directly or through ops that wait
+ * too) an op of a forked device at or past the fork point that the node does not hold. It may
+ * wait, and its entity is left out of the comparison of state hashes between nodes.
  * Violations are reported to the run's context; the first one fails the seed.
  */
 import { createHash } from 'node:crypto';
@@ -19,6 +23,7 @@ import type { EntityState } from '../core/entity.ts';
 import { viewOf } from '../core/view.ts';
 import type { OpMeta } from '../store/apply.ts';
 import type { Store } from '../store/store.ts';
+import { split } from '../store/keys.ts';
 import { TABLES } from '../store/tables.ts';
 import type { SimContext } from './context.ts';
 import type { SimNode } from './node.ts';
@@ -28,37 +33,70 @@ interface Snapshot {
   readonly node: SimNode;
   readonly logs: Map<string, Uint8Array>;
   readonly hash: string;
+  readonly ops: Map<OpId, Op>;
   readonly metas: Map<OpId, OpMeta>;
-  readonly waiting: number;
+  /** Ops waiting for a base, from the `waiting` table. */
+  readonly waiting: Set<OpId>;
   /** Device -> the fork point (lowest forked seq) of every fork proof held. */
   readonly forks: ReadonlyMap<string, number>;
 }
 
-/** FieldNode.stateHash over a store: every visible entity's digest in key order. */
-export async function storeStateHash(store: Store): Promise<string> {
+/** How a run hashes a node's state; `skip` leaves entities out (keys `domain/entity`). */
+export type HashOf = (node: SimNode, skip?: ReadonlySet<string>) => Promise<string>;
+
+/** FieldNode.stateHash over a store: every visible entity's digest in key order (but those skipped). */
+export async function storeStateHash(store: Store, skip: ReadonlySet<string> = new Set()): Promise<string> {
   const hash = createHash('sha256');
   for await (const [, state] of store.scan<EntityState>(TABLES.entity)) {
+    if (skip.has(`${state.domain}/${state.entity}`)) continue;
     const view = viewOf(state, store.resolution);
     if (isVisible(view)) hash.update(viewDigestBytes(view));
   }
   return hash.digest('hex');
 }
 
-async function snapshot(node: SimNode, hashOf: (node: SimNode) => Promise<string>): Promise<Snapshot> {
+async function snapshot(node: SimNode, hashOf: HashOf): Promise<Snapshot> {
   const store = node.store;
   const logs = new Map<string, Uint8Array>();
-  for await (const [key, bytes] of store.scan<Uint8Array>(TABLES.log)) logs.set(key, bytes);
+  const ops = new Map<OpId, Op>();
+  for await (const [key, bytes] of store.scan<Uint8Array>(TABLES.log)) {
+    logs.set(key, bytes);
+    const op = parseOp(bytes).op;
+    ops.set(op.id, op);
+  }
   const metas = new Map<OpId, OpMeta>();
   for await (const [id, meta] of store.scan<OpMeta>(TABLES.op)) metas.set(id, meta);
-  let waiting = 0;
-  for await (const _ of store.scan(TABLES.waiting)) waiting++;
-  return { node, logs, hash: await hashOf(node), metas, waiting, forks: new Map(store.forks) };
+  const waiting = new Set<OpId>();
+  for await (const [key] of store.scan(TABLES.waiting)) waiting.add(split(key)[1]!);
+  return { node, logs, ops, hash: await hashOf(node), metas, waiting, forks: new Map(store.forks) };
+}
+
+/**
+ * Ops of `s` stranded by a fork: entity ops not applied whose base names an op at or past its
+ * device's fork point that `s` does not hold (some other node does), or a stranded op.
+ */
+function strandedOps(s: Snapshot, everyOp: ReadonlyMap<OpId, Op>, forkAt: ReadonlyMap<string, number>): Set<OpId> {
+  const pastFork = (op: Op | undefined): boolean => op !== undefined && op.seq >= (forkAt.get(op.device) ?? Number.POSITIVE_INFINITY);
+  const unapplied = [...s.ops.values()].filter((op) => isEntityOp(op) && s.metas.get(op.id)?.clock == null && s.metas.get(op.id)?.badBase !== true);
+  const stranded = new Set<OpId>();
+  // Each pass strands at least one more op or ends: at most one pass per unapplied op.
+  for (let changed = true; changed; ) {
+    changed = false;
+    for (const op of unapplied) {
+      if (stranded.has(op.id) || !isEntityOp(op)) continue;
+      if (op.base.some((b) => stranded.has(b) || (!s.ops.has(b) && pastFork(everyOp.get(b))))) {
+        stranded.add(op.id);
+        changed = true;
+      }
+    }
+  }
+  return stranded;
 }
 
 const sameBytes = (a: Uint8Array, b: Uint8Array): boolean => Buffer.from(a.buffer, a.byteOffset, a.length).equals(b);
 const statusText = (s: OpStatus | undefined): string => (s === undefined ? 'none' : s.reason === undefined ? s.status : `${s.status}(${s.reason})`);
 
-export async function checkSettled(sim: SimContext, nodes: readonly SimNode[], hashOf: (node: SimNode) => Promise<string>): Promise<void> {
+export async function checkSettled(sim: SimContext, nodes: readonly SimNode[], hashOf: HashOf): Promise<void> {
   const down = nodes.filter((n) => n.state !== 'up');
   if (down.length > 0) {
     sim.violate('convergence', `nodes still down after healing: ${down.map((n) => n.name).join(', ')}`);
@@ -94,6 +132,21 @@ export async function checkSettled(sim: SimContext, nodes: readonly SimNode[], h
     return seq !== undefined && Number.parseInt(seqHex, 16) >= seq;
   };
 
+  // The known gap: ops stranded by a fork wait, and their entities are compared no further.
+  const everyOp = new Map<OpId, Op>();
+  for (const s of snaps) for (const [id, op] of s.ops) everyOp.set(id, op);
+  const stranded = new Map(snaps.map((s) => [s, strandedOps(s, everyOp, forkAt)]));
+  const strandedEntities = new Set<string>();
+  for (const [s, ids] of stranded) {
+    sim.stats.forkStranded += ids.size;
+    for (const id of ids) {
+      const op = s.ops.get(id)!;
+      if (isEntityOp(op)) strandedEntities.add(`${op.domain}/${op.entity}`);
+    }
+  }
+  const comparable = new Map<Snapshot, string>();
+  for (const s of snaps) comparable.set(s, strandedEntities.size === 0 ? s.hash : await hashOf(s.node, strandedEntities));
+
   for (const s of snaps.slice(1)) {
     const missing = [...first.logs.keys()].filter((k) => !s.logs.has(k) && !pastFork(k));
     const extra = [...s.logs.keys()].filter((k) => !first.logs.has(k) && !pastFork(k));
@@ -108,8 +161,8 @@ export async function checkSettled(sim: SimContext, nodes: readonly SimNode[], h
         return;
       }
     }
-    if (s.hash !== first.hash) {
-      sim.violate('convergence', `${s.node.name} shows state ${s.hash.slice(0, 12)}, ${first.node.name} ${first.hash.slice(0, 12)}, over the same ops${forkAt.size > 0 ? ' (past fork points apart)' : ''}`);
+    if (comparable.get(s) !== comparable.get(first)) {
+      sim.violate('convergence', `${s.node.name} shows state ${comparable.get(s)!.slice(0, 12)}, ${first.node.name} ${comparable.get(first)!.slice(0, 12)}, over the same ops${forkAt.size > 0 ? ' (past fork points apart)' : ''}`);
       return;
     }
   }
@@ -123,7 +176,7 @@ export async function checkSettled(sim: SimContext, nodes: readonly SimNode[], h
     const signature = [...s.logs.keys()].filter(pastFork).map((k) => `${k}=${createHash('sha256').update(s.logs.get(k)!).digest('hex')}`).join(',');
     let found = expectations.get(signature);
     if (found === undefined) {
-      const ops = [...s.logs.values()].map((bytes) => parseOp(bytes).op);
+      const ops = [...s.ops.values()];
       const expected = materialize(ops, nodes[0]!.team.resolution, forkPoints);
       const expectedHash = stateHash([...expected.entities.values()].map((e) => e.view));
       if (s.hash !== expectedHash) sim.violate('matches-materialize', `${s.node.name} shows state ${s.hash.slice(0, 12)}, materialize over the same ops gives ${expectedHash.slice(0, 12)}`);
@@ -151,7 +204,8 @@ export async function checkSettled(sim: SimContext, nodes: readonly SimNode[], h
   const verdicts = expected.authority.verdicts;
   for (const s of snaps) {
     const { ops, expected } = ownOps.get(s)!;
-    if (s.waiting > 0) sim.violate('causal-order', `${s.node.name} still has ${s.waiting} op(s) waiting for their base after convergence`);
+    const waiting = [...s.waiting].filter((id) => !stranded.get(s)!.has(id));
+    if (waiting.length > 0) sim.violate('causal-order', `${s.node.name} still has ${waiting.length} op(s) waiting for their base after convergence`);
     for (const op of ops) {
       const meta = s.metas.get(op.id);
       const want = expected.statuses.get(op.id);

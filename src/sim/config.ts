@@ -7,12 +7,8 @@ import { InvalidInputError } from '../core/errors.ts';
 /** Every fault the simulator can inject (docs/testing.md maps each to what a real network or device does). */
 export const FAULT_TYPES = ['reset', 'delay', 'partition', 'uplink', 'crash', 'clock', 'duplicate', 'rollback'] as const;
 export type FaultType = (typeof FAULT_TYPES)[number];
-/**
- * Faults of a default run. `rollback` (a device restored from an old backup, which forks its log)
- * is left out: it exposes a known gap in fork detection (docs/testing.md, "Known gaps") and runs
- * only when asked for with --faults.
- */
-export const DEFAULT_FAULTS: readonly FaultType[] = FAULT_TYPES.filter((f) => f !== 'rollback');
+/** Faults of a default run: every type. */
+export const DEFAULT_FAULTS: readonly FaultType[] = FAULT_TYPES;
 
 /** Deliberately broken variants (sim-only) that prove the checkers can fail. */
 export const VARIANTS = ['correct', 'arrival-order-state', 'ack-before-flush'] as const;

@@ -1,14 +1,16 @@
 /**
  * One simulated libp2p connection carrying one sync session, and the driver of each end. It is
  * net/session-driver.ts without sockets: the same SyncSession, the same commands carried out the
- * same way against the node (loads, ingests in arrival order behind certificates, certificates
- * and fork proofs that blame the peer when refused), with frames delivered in order per direction
- * after a latency, as a reliable stream delivers them. A connection is never lossy frame by
+ * same way against the node (loads and reads, ingests in arrival order behind certificates,
+ * certificates and fork proofs that blame the peer when refused, proofs the session built), with
+ * frames delivered in order per direction after a latency, as a reliable stream delivers them. A connection is never lossy frame by
  * frame: it either delivers everything in order or dies (a reset), and both ends then see it end.
  */
+import type { ForkProof } from '../core/chain.ts';
 import { FieldmeshError } from '../core/errors.ts';
 import { encodingLength } from 'uint8-varint';
 import { parseOp } from '../core/op.ts';
+import type { Tips } from '../core/sync/frames.ts';
 import { DEFAULT_SYNC_LIMITS, SyncSession, type Command } from '../core/sync/session.ts';
 import type { SimContext } from './context.ts';
 import type { SimNode } from './node.ts';
@@ -42,13 +44,14 @@ export class SessionEnd {
     this.connection = connection;
     this.generation = node.generation;
     const store = node.store;
+    const snapshot = connection.local.get(node)!;
     const local = {
       team: store.identity.team,
       hq: node.team.resolution.hqDevice,
       cert: node.member.cert,
-      vv: node.versionVector(),
+      tips: snapshot.tips,
       certs: () => [...store.certificates.values()],
-      forks: () => connection.forks.get(node) ?? [],
+      forks: () => snapshot.forks,
     };
     this.session = new SyncSession(local, (bytes) => node.admit(bytes), SIM_SYNC_LIMITS);
   }
@@ -79,14 +82,26 @@ export class SessionEnd {
           this.stored(async () => {
             if ((await this.node.addCertificates([cmd.cert])).length > 0) this.connection.hooks.learnedCerts(this, [cmd.cert]);
           });
-          // Our store may have grown between hello and admission (as the mesh does).
+          // Our store may have grown between hello and admission, and proofs recorded since the
+          // session read them reached no session yet (as the mesh does).
           this.dispatch(this.session.localAdvanced(this.node.versionVector()));
+          this.task(this.node.store.forkProofs(), (proofs) => this.dispatch(this.session.sendForks(proofs)));
           break;
         case 'load': {
           const loaded = this.node.store.loadRange(cmd.device, cmd.fromSeq, cmd.toSeq, cmd.maxBytes);
           this.task(loaded, (ops) => this.dispatch(this.session.loaded(cmd.device, cmd.fromSeq, ops)));
           break;
         }
+        case 'read': {
+          const read = this.node.store.loadRange(cmd.device, cmd.seq, cmd.seq, Number.MAX_SAFE_INTEGER);
+          this.task(read, ([bytes]) => this.dispatch(this.session.opRead(cmd.purpose, bytes ?? null)));
+          break;
+        }
+        case 'proof':
+          this.stored(async () => {
+            await this.node.addForkProof(cmd.proof);
+          });
+          break;
         case 'ingest':
           this.stored(async () => {
             try {
@@ -178,22 +193,11 @@ export class SessionEnd {
     });
   }
 
-  /**
-   * A blame an honest peer earns by forwarding the log of a device restored from a backup: past
-   * our tip, the other branch of the fork does not chain to the op we hold (PREV_MISMATCH), and
-   * no proof can be built from ops at different seqs. The rule, not the peer, causes it.
-   */
-  private forwardedFork(code: string, message: string): boolean {
-    if (code !== 'PREV_MISMATCH') return false;
-    for (const device of this.sim.rolledBack) if (message.includes(`${device}#`)) return true;
-    return false;
-  }
-
-  /** This end is over. Honest peers never blame each other (forwarded forks apart): a blame is a violation. */
+  /** This end is over. Honest peers never blame each other: a blame is a violation. */
   finish(code: string, blame: boolean, message = ''): void {
     if (this.done) return;
     this.done = true;
-    if (blame && !this.forwardedFork(code, message)) this.sim.violate('honest-peers', `${this.node.name} blamed ${this.peer.node.name}: ${code} ${message}`.trimEnd());
+    if (blame) this.sim.violate('honest-peers', `${this.node.name} blamed ${this.peer.node.name}: ${code} ${message}`.trimEnd());
     this.connection.hooks.ended(this, code);
   }
 }
@@ -205,14 +209,14 @@ export class Connection {
   readonly b: SessionEnd;
   /** Reset: nothing more is delivered either way. */
   dead = false;
-  /** Fork proofs each side held when the session started (read before the session, as the mesh does). */
-  readonly forks: Map<SimNode, { device: string; seq: number; ops: readonly [Uint8Array, Uint8Array] }[]>;
+  /** Each side's tips and fork proofs when the session started (read before it, as the mesh does). */
+  readonly local: Map<SimNode, { readonly tips: Tips; readonly forks: readonly ForkProof[] }>;
   readonly latencyMs: () => number;
 
-  constructor(sim: SimContext, a: SimNode, b: SimNode, forks: Map<SimNode, { device: string; seq: number; ops: readonly [Uint8Array, Uint8Array] }[]>, latencyMs: () => number, hooks: ConnectionHooks) {
+  constructor(sim: SimContext, a: SimNode, b: SimNode, local: Map<SimNode, { readonly tips: Tips; readonly forks: readonly ForkProof[] }>, latencyMs: () => number, hooks: ConnectionHooks) {
     this.sim = sim;
     this.hooks = hooks;
-    this.forks = forks;
+    this.local = local;
     this.latencyMs = latencyMs;
     this.a = new SessionEnd(a, this);
     this.b = new SessionEnd(b, this);

@@ -143,16 +143,20 @@ export class SimNetwork implements NodeListener {
     link.connecting = true;
     const { a, b } = link;
     const generations = [a.generation, b.generation];
-    // As the mesh: each side reads its fork proofs before its session starts.
-    const forks = Promise.all([a.store.forkProofs(), b.store.forkProofs()]);
-    forks.then(([fa, fb]) => {
+    // As the mesh: each side reads its tips, then its fork proofs, before its session starts.
+    const local = async (node: SimNode) => {
+      const tips = await node.syncTips();
+      return { tips, forks: await node.store.forkProofs() };
+    };
+    const both = Promise.all([local(a), local(b)]);
+    both.then(([la, lb]) => {
       link.connecting = false;
       if (a.generation !== generations[0] || b.generation !== generations[1] || !this.reachable(link)) {
         this.kick(link, REDIAL_MIN_MS);
         return;
       }
       link.attempt = 0;
-      const connection = new Connection(this.sim, a, b, new Map([[a, fa], [b, fb]]), () => this.latencyMs(link), this.hooks);
+      const connection = new Connection(this.sim, a, b, new Map([[a, la], [b, lb]]), () => this.latencyMs(link), this.hooks);
       link.connection = connection;
       this.sim.stats.sessionsOpened++;
       connection.start();

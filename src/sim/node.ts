@@ -11,7 +11,8 @@ import { EMPTY_TIP, verifyForkProof, type ForkProof, type LogTip } from '../core
 import { RuleViolationError } from '../core/errors.ts';
 import { compareHlc, type Hlc } from '../core/hlc.ts';
 import type { DeviceId } from '../core/keys.ts';
-import { parseOp, type Op } from '../core/op.ts';
+import { opIdOf, parseOp, type Op } from '../core/op.ts';
+import type { TipId, Tips } from '../core/sync/frames.ts';
 import type { VersionVector } from '../core/version-vector.ts';
 import { viewOf, type EntityView } from '../core/view.ts';
 import { ingest, type IngestResult } from '../store/ingest.ts';
@@ -198,7 +199,6 @@ export class SimNode {
     if (backup.length === 0 || this.isHq || this.member.role !== 'field') return false;
     this.crash();
     this.rollbacks++;
-    this.sim.rolledBack.add(this.device);
     this.restoredFromBackup = true;
     const generation = this.generation;
     this.disk
@@ -216,6 +216,22 @@ export class SimNode {
 
   versionVector(): VersionVector {
     return this.store.versionVector();
+  }
+
+  /** As FieldNode.syncTips: tips as a session offers them, below every proven fork point. */
+  async syncTips(): Promise<Tips> {
+    const store = this.store;
+    const out: Record<DeviceId, TipId> = {};
+    for (const device of Object.keys(store.versionVector())) {
+      const tip = store.tipOf(device);
+      const forkedAt = store.forks.get(device) ?? Number.POSITIVE_INFINITY;
+      if (tip.seq < forkedAt) out[device] = { seq: tip.seq, id: tip.id! };
+      else if (forkedAt > 1) {
+        const [below] = await store.loadRange(device, forkedAt - 1, forkedAt - 1, Number.MAX_SAFE_INTEGER);
+        if (below !== undefined) out[device] = { seq: forkedAt - 1, id: opIdOf(below) };
+      }
+    }
+    return out;
   }
 
   isEnrolled(device: DeviceId): boolean {

@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { simConfig, type SimConfig } from './config.ts';
 import { SimContext, type SimStats, type Violation } from './context.ts';
 import { ArrivalOrderState } from './broken.ts';
-import { checkSettled, storeStateHash } from './checkers.ts';
+import { checkSettled, storeStateHash, type HashOf } from './checkers.ts';
 import { healAll, scheduleFaults } from './faults.ts';
 import { SimNetwork } from './network.ts';
 import { SimNode } from './node.ts';
@@ -48,7 +48,7 @@ export async function runSimulation(options: Partial<SimConfig> = {}): Promise<S
   const receipts = new HqReceipts(sim, nodes[0]!, team);
   network.onHqAdvanced = () => receipts.kick();
   const broken = config.variant === 'arrival-order-state' ? new Map(nodes.map((n) => [n, new ArrivalOrderState(n)])) : null;
-  const hashOf = (node: SimNode): Promise<string> => (broken === null ? storeStateHash(node.store) : Promise.resolve(broken.get(node)!.hash()));
+  const hashOf: HashOf = (node, skip) => (broken === null ? storeStateHash(node.store, skip) : Promise.resolve(broken.get(node)!.hash()));
 
   sim.scheduler.at(0, 'start every node', () => {
     for (const node of nodes) node.start();
@@ -64,7 +64,7 @@ export async function runSimulation(options: Partial<SimConfig> = {}): Promise<S
   if (stopped === 'empty') await checkSettled(sim, nodes, hashOf);
 
   const up = nodes.filter((n) => n.state === 'up');
-  const hashes = await Promise.all(up.map(hashOf));
+  const hashes = await Promise.all(up.map((node) => hashOf(node)));
   const ops = up.length === 0 ? 0 : Object.values(up[0]!.store.versionVector()).reduce((a, b) => a + b, 0);
   const fingerprint = createHash('sha256')
     .update(JSON.stringify([hashes, sim.scheduler.processed, sim.stats, sim.now, sim.violations.map((v) => [v.invariant, v.message, v.event])]))

@@ -16,10 +16,12 @@ const MAX = 1024 * 1024;
 const bytes = (n: number, fill = 7) => new Uint8Array(n).fill(fill);
 /** Byte equality without a deep, element-by-element diff (slow on large arrays). */
 const same = (a: Uint8Array, b: Uint8Array): boolean => Buffer.from(a).equals(Buffer.from(b));
+const ID1 = 'a1'.repeat(32);
+const ID2 = '07'.repeat(32);
 
 const samples: Frame[] = [
-  { type: 'hello', version: SYNC_VERSION, team: 'team-1', hq: HQ, cert: bytes(200), vv: { [B]: 3, [A]: 17 }, maxFrameBytes: 70_000, windowBytes: 140_000 },
-  { type: 'hello', version: SYNC_VERSION, team: 't', hq: HQ, cert: bytes(1), vv: {}, maxFrameBytes: 0, windowBytes: 0 },
+  { type: 'hello', version: SYNC_VERSION, team: 'team-1', hq: HQ, cert: bytes(200), tips: { [B]: { seq: 3, id: ID1 }, [A]: { seq: 17, id: ID2 } }, maxFrameBytes: 70_000, windowBytes: 140_000 },
+  { type: 'hello', version: SYNC_VERSION, team: 't', hq: HQ, cert: bytes(1), tips: {}, maxFrameBytes: 0, windowBytes: 0 },
   { type: 'certs', certs: [] },
   { type: 'certs', certs: [bytes(3, 1), bytes(5, 2)] },
   { type: 'ops', device: A, ops: [bytes(10, 1), bytes(300, 2), bytes(3000, 3)] },
@@ -29,6 +31,9 @@ const samples: Frame[] = [
   { type: 'caughtUp' },
   { type: 'goodbye', code: 'SHUTDOWN', message: 'node stopping' },
   { type: 'goodbye', code: '', message: '' },
+  { type: 'query', device: A, seq: 1 },
+  { type: 'answer', device: A, seq: 12, op: bytes(300, 4) },
+  { type: 'answer', device: B, seq: 3, op: null },
 ];
 
 describe('encodeFrame / decodeFrame', () => {
@@ -48,9 +53,9 @@ describe('encodeFrame / decodeFrame', () => {
     expect(decoded.ops.map((op, i) => same(op, ops[i]!))).toEqual([true, true, true]);
   });
 
-  it('encodes the version vector sorted by device whatever the key order', () => {
+  it('encodes the tips sorted by device whatever the key order', () => {
     const base = samples[0] as Frame & { type: 'hello' };
-    const reordered = { ...base, vv: { [A]: 17, [B]: 3 } };
+    const reordered = { ...base, tips: { [A]: { seq: 17, id: ID2 }, [B]: { seq: 3, id: ID1 } } };
     expect(encodeFrame(reordered)).toEqual(encodeFrame(base));
   });
 
@@ -59,18 +64,29 @@ describe('encodeFrame / decodeFrame', () => {
     const uint = fc.nat({ max: Number.MAX_SAFE_INTEGER });
     const text = (max: number) => fc.string({ maxLength: max });
     const frameArb: fc.Arbitrary<Frame> = fc.oneof(
-      fc.record({ type: fc.constant('hello' as const), version: uint, team: text(64), hq: text(64), cert: blob, vv: fc.dictionary(fc.string({ minLength: 1, maxLength: 64 }), uint, { maxKeys: 5 }), maxFrameBytes: uint, windowBytes: uint }),
+      fc.record({
+        type: fc.constant('hello' as const),
+        version: uint,
+        team: text(64),
+        hq: text(64),
+        cert: blob,
+        tips: fc.dictionary(fc.string({ minLength: 1, maxLength: 64 }), fc.record({ seq: fc.integer({ min: 1, max: Number.MAX_SAFE_INTEGER }), id: fc.uint8Array({ minLength: 32, maxLength: 32 }).map((b) => Buffer.from(b).toString('hex')) }), { maxKeys: 5 }),
+        maxFrameBytes: uint,
+        windowBytes: uint,
+      }),
       fc.record({ type: fc.constant('certs' as const), certs: fc.array(blob, { maxLength: 4 }) }),
       fc.record({ type: fc.constant('ops' as const), device: text(64), ops: fc.array(blob, { minLength: 1, maxLength: 4 }) }),
       fc.record({ type: fc.constant('fork' as const), device: text(64), seq: uint, ops: fc.tuple(blob, blob) }),
       fc.record({ type: fc.constant('credit' as const), bytes: uint }),
       fc.constant({ type: 'caughtUp' as const }),
       fc.record({ type: fc.constant('goodbye' as const), code: text(64), message: text(512) }),
+      fc.record({ type: fc.constant('query' as const), device: text(64), seq: fc.integer({ min: 1, max: Number.MAX_SAFE_INTEGER }) }),
+      fc.record({ type: fc.constant('answer' as const), device: text(64), seq: fc.integer({ min: 1, max: Number.MAX_SAFE_INTEGER }), op: fc.option(blob, { nil: null }) }),
     );
     fc.assert(
       fc.property(frameArb, (frame) => {
         // Keys that are not valid in a JS object literal round-trip are filtered by the record itself.
-        if (frame.type === 'hello' && Object.keys(frame.vv).includes('__proto__')) return;
+        if (frame.type === 'hello' && Object.keys(frame.tips).includes('__proto__')) return;
         const encoded = encodeFrame(frame);
         expect(same(encodeFrame(decodeFrame(encoded, MAX)), encoded)).toBe(true);
       }),
@@ -87,7 +103,7 @@ describe('encodeFrame / decodeFrame', () => {
 describe('decodeFrame refuses malformed frames', () => {
   const cert = bytes(4);
   const hello = (patch: Partial<Record<number, unknown>> = {}, length = 8): Uint8Array => {
-    const items: unknown[] = [1, SYNC_VERSION, 'team-1', HQ, cert, [[A, 1]], 70_000, 140_000];
+    const items: unknown[] = [1, SYNC_VERSION, 'team-1', HQ, cert, [[A, 1, bytes(32)]], 70_000, 140_000];
     for (const [i, v] of Object.entries(patch)) items[Number(i)] = v;
     return encode(items.slice(0, length));
   };
@@ -140,12 +156,22 @@ describe('decodeFrame refuses malformed frames', () => {
     ['hello with a non-bytes cert', hello({ 4: 'cert' })],
     ['hello with a negative frame limit', hello({ 6: -1 })],
     ['hello with a fractional window', hello({ 7: 0.5 })],
-    ['hello with a version vector that is a map', hello({ 5: { [A]: 1 } })],
-    ['hello with an unsorted version vector', hello({ 5: [[B, 1], [A, 1]].sort(([a], [b]) => ((a as string) < (b as string) ? 1 : -1)) })],
-    ['hello with a duplicate device in its version vector', hello({ 5: [[A, 1], [A, 2]] })],
-    ['hello with a version vector entry of 3 items', hello({ 5: [[A, 1, 2]] })],
-    ['hello with a negative seq', hello({ 5: [[A, -1]] })],
-    ['hello with an empty device id', hello({ 5: [['', 1]] })],
+    ['hello with tips that are a map', hello({ 5: { [A]: 1 } })],
+    ['hello with unsorted tips', hello({ 5: [[B, 1, bytes(32)], [A, 1, bytes(32)]].sort(([a], [b]) => ((a as string) < (b as string) ? 1 : -1)) })],
+    ['hello with a duplicate device in its tips', hello({ 5: [[A, 1, bytes(32)], [A, 2, bytes(32)]] })],
+    ['hello with a tip of 2 items (a version 1 entry)', hello({ 5: [[A, 1]] })],
+    ['hello with a tip of 4 items', hello({ 5: [[A, 1, bytes(32), 2]] })],
+    ['hello with a tip at seq 0', hello({ 5: [[A, 0, bytes(32)]] })],
+    ['hello with a negative seq', hello({ 5: [[A, -1, bytes(32)]] })],
+    ['hello with a tip id of 31 bytes', hello({ 5: [[A, 1, bytes(31)]] })],
+    ['hello with a tip id as text', hello({ 5: [[A, 1, 'a1'.repeat(32)]] })],
+    ['hello with an empty device id', hello({ 5: [['', 1, bytes(32)]] })],
+    ['query without its seq', encode([8, A])],
+    ['query at seq 0', encode([8, A, 0])],
+    ['query with an over-long device', encode([8, 'x'.repeat(65), 1])],
+    ['answer without its op', encode([9, A, 1])],
+    ['answer with an op as text', encode([9, A, 1, 'op'])],
+    ['answer at seq 0', encode([9, A, 0, null])],
   ];
 
   it.each(malformed)('refuses %s with DECODE', (_what, frame) => {

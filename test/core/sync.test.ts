@@ -13,11 +13,11 @@
  */
 import { describe, expect, it } from 'vitest';
 import { checkAdmission, decodeCertificate, issueCertificate } from '../../src/core/cert.ts';
-import { verifyRange } from '../../src/core/chain.ts';
+import { verifyRange, type ForkProof } from '../../src/core/chain.ts';
 import { FieldmeshError, InvalidInputError, RuleViolationError } from '../../src/core/errors.ts';
 import type { DeviceId } from '../../src/core/keys.ts';
 import { decodeOp, type Op } from '../../src/core/op.ts';
-import { encodeFrame, SYNC_VERSION, type Frame } from '../../src/core/sync/frames.ts';
+import { encodeFrame, SYNC_VERSION, type Frame, type TipId, type Tips } from '../../src/core/sync/frames.ts';
 import { DEFAULT_SYNC_LIMITS, MIN_FRAME_BYTES, SyncSession, type Command, type LocalState, type SyncLimits } from '../../src/core/sync/session.ts';
 import type { VersionVector } from '../../src/core/version-vector.ts';
 import { flipBit, rng, signerOf, T0, TestDevice } from './helpers.ts';
@@ -106,8 +106,18 @@ class MemNode {
     for (const bytes of other.logOf(device).slice(log.length, upTo)) log.push(bytes);
   }
 
+  /** Tips as a session offers them: below the fork point of every proof held. */
+  tips(): Tips {
+    const out: Record<DeviceId, TipId> = {};
+    for (const [device, log] of this.logs) {
+      const cap = Math.min(log.length, ...this.forks.filter((f) => f.device === device).map((f) => f.seq - 1));
+      if (cap > 0) out[device] = { seq: cap, id: decodeOp(log[cap - 1]!).id };
+    }
+    return out;
+  }
+
   local(): LocalState {
-    return { team: TEAM, hq: HQ.device, cert: this.cert, vv: this.vv(), certs: () => this.certs, forks: () => this.forks };
+    return { team: TEAM, hq: HQ.device, cert: this.cert, tips: this.tips(), certs: () => this.certs, forks: () => this.forks };
   }
 
   /** Like Store.loadRange: whole ops while they fit in maxBytes (4 bytes of framing each). */
@@ -122,14 +132,16 @@ class MemNode {
     return out;
   }
 
-  /** Like the store's ingest: all or nothing; duplicates skipped; the rest must extend the tip. Returns the last op's seq. */
+  /** Like the store's ingest: all or nothing; duplicates skipped; past a fork point refused; the rest must extend the tip. Returns the last op's seq. */
   ingest(device: DeviceId, encoded: readonly Uint8Array[]): number {
     const ops = encoded.map((bytes) => decodeOp(bytes));
     for (const op of ops) if (op.device !== device) throw new InvalidInputError('WRONG_DEVICE', `op of ${op.device} in a run of ${device}`);
     const log = this.logOf(device);
+    const forkedAt = Math.min(...this.forks.filter((f) => f.device === device).map((f) => f.seq));
     const fresh: Uint8Array[] = [];
     let duplicates = 0;
     for (const [i, op] of ops.entries()) {
+      if (op.seq >= forkedAt) continue;
       const held = log[op.seq - 1];
       if (held === undefined) fresh.push(encoded[i]!);
       else if (same(held, encoded[i]!)) duplicates++;
@@ -154,6 +166,7 @@ class End {
   readonly sentBytes: Uint8Array[] = [];
   readonly loads: Load[] = [];
   readonly ingests: Ingest[] = [];
+  readonly reads: (Command & { kind: 'read' })[] = [];
   /** Every non-send, non-load, non-ingest command, in order. */
   readonly events: Command[] = [];
   holdIngests = false;
@@ -220,15 +233,35 @@ class Net {
           end.events.push(cmd);
           break;
         case 'certs':
-        case 'fork':
           // Stored at once: its bytes return to the sender as credit.
           end.events.push(cmd);
           this.dispatch(end, end.session.settled(cmd.frameBytes));
+          break;
+        case 'fork':
+          end.events.push(cmd);
+          this.learnFork(end.node, cmd);
+          this.dispatch(end, end.session.settled(cmd.frameBytes));
+          break;
+        case 'proof':
+          end.events.push(cmd);
+          this.learnFork(end.node, cmd.proof);
+          break;
+        case 'read':
+          // Read at once from the node's log (as the store does, outside the ingest queue).
+          end.reads.push(cmd);
+          this.dispatch(end, end.session.opRead(cmd.purpose, end.node.logOf(cmd.device)[cmd.seq - 1] ?? null));
           break;
         default:
           end.events.push(cmd);
       }
     }
+  }
+
+  /** A proof new to the node is kept and passed to every session of it (as the mesh forwards proofs). */
+  learnFork(node: MemNode, proof: ForkProof): void {
+    if (node.forks.some((f) => f.device === proof.device && f.seq <= proof.seq)) return;
+    node.forks.push({ device: proof.device, seq: proof.seq, ops: proof.ops });
+    for (const end of node.ends) this.dispatch(end, end.session.sendForks([proof]));
   }
 
   /** The node wrote to its own log: every session of it hears about it. */
@@ -323,7 +356,7 @@ function facing(node: MemNode, limits: SyncLimits = DEFAULT_SYNC_LIMITS): SyncSe
 }
 
 function helloFrom(peer: MemNode, patch: Partial<Frame & { type: 'hello' }> = {}): Uint8Array {
-  return encodeFrame({ type: 'hello', version: SYNC_VERSION, team: TEAM, hq: HQ.device, cert: peer.cert, vv: peer.vv(), maxFrameBytes: DEFAULT_SYNC_LIMITS.maxFrameBytes, windowBytes: DEFAULT_SYNC_LIMITS.windowBytes, ...patch });
+  return encodeFrame({ type: 'hello', version: SYNC_VERSION, team: TEAM, hq: HQ.device, cert: peer.cert, tips: peer.tips(), maxFrameBytes: DEFAULT_SYNC_LIMITS.maxFrameBytes, windowBytes: DEFAULT_SYNC_LIMITS.windowBytes, ...patch });
 }
 
 /** The commands must end the session for `code`, blaming the peer, after telling it why. */
@@ -368,7 +401,10 @@ describe('SyncSession: handshake', () => {
     net.run();
     expectOpen(ea, eb);
     expect(eb.events.filter((c) => c.kind === 'fork')).toMatchObject([{ kind: 'fork', ...proof }]);
-    expect(ea.events.filter((c) => c.kind === 'fork')).toEqual([]);
+    expect(b.forks).toMatchObject([proof]);
+    // b passes the new proof on to every peer, as the mesh does, the one it came from included.
+    expect(ea.events.filter((c) => c.kind === 'fork')).toMatchObject([{ kind: 'fork', ...proof }]);
+    expect(a.forks).toHaveLength(1);
   });
 
   it('sends nothing but hello before the peer is admitted, and nothing at all after closing', () => {
@@ -848,5 +884,171 @@ describe('SyncSession: frames within the peer limit', () => {
     net.run();
     expectOpen(ea, eb);
     expect(eb.events.filter((c) => c.kind === 'fork')).toHaveLength(1);
+  });
+});
+
+/**
+ * One device's log, restored from a backup after `common` ops: two branches that share their
+ * first `common` ops and differ from seq common+1 on (`a` and `b` ops long).
+ */
+function forkedLog(name: string, common: number, a: number, b: number): { device: DeviceId; a: Uint8Array[]; b: Uint8Array[] } {
+  const device = new TestDevice(name, { team: TEAM });
+  const write = (n: number, branch: string) => Array.from({ length: n }, (_, i) => device.create(T0 + i, 'evidence', `${branch}-${i}`, { n: i }).bytes);
+  const shared = write(common, 'common');
+  const backup = device.state;
+  const first = write(a, 'first');
+  device.state = backup;
+  const second = write(b, 'second');
+  return { device: device.id, a: [...shared, ...first], b: [...shared, ...second] };
+}
+
+const querySeqs = (end: End, device: DeviceId): number[] => end.sent.flatMap((f) => (f.type === 'query' && f.device === device ? [f.seq] : []));
+
+describe('SyncSession: forks', () => {
+  it('equal-length branches: both compare tip ids, search by query, and end with the same proof; a third node learns it', () => {
+    const net = new Net();
+    const a = new MemNode('fa');
+    const b = new MemNode('fb');
+    const c = new MemNode('fc');
+    const log = forkedLog('sync-rolled-1', 2, 3, 3);
+    a.logs.set(log.device, [...log.a]);
+    b.logs.set(log.device, [...log.b]);
+    c.logs.set(log.device, log.b.slice(0, 2));
+    const ends = [...net.connect(a, b), ...net.connect(b, c)];
+    const [ea, eb] = ends as [End, End];
+    net.run();
+    expectOpen(...ends);
+    const first = decodeOp(log.a[2]!);
+    const second = decodeOp(log.b[2]!);
+    const [low, high] = first.id < second.id ? [first, second] : [second, first];
+    for (const node of [a, b, c]) expect(node.forks, node.name).toEqual([{ device: log.device, seq: 3, ops: [low.bytes, high.bytes] }]);
+    // Tips at #5 differ, #2 is shared, #3 differs with the same predecessor: the branches part there.
+    expect(querySeqs(ea, log.device)).toEqual([5, 2, 3]);
+    expect(querySeqs(eb, log.device)).toEqual([5, 2, 3]);
+    expect(ea.events.filter((e) => e.kind === 'proof')).toHaveLength(1);
+    // Nothing at or past the fork point went anywhere, and c keeps the shared ops only.
+    for (const end of ends) expect(sentSeqs(end, log.device).filter((seq) => seq >= 3)).toEqual([]);
+    expect(c.logOf(log.device)).toHaveLength(2);
+  });
+
+  it('different lengths: the longer side checks its first op against the peer tip and queries instead of sending', () => {
+    const net = new Net();
+    const a = new MemNode('fa2');
+    const b = new MemNode('fb2');
+    const log = forkedLog('sync-rolled-2', 3, 4, 1);
+    a.logs.set(log.device, [...log.a]);
+    b.logs.set(log.device, [...log.b]);
+    const [ea, eb] = net.connect(a, b);
+    net.run();
+    expectOpen(ea, eb);
+    // b's tip is #4 (its branch); a's op #5 does not name it: a compares #4 and finds the fork there.
+    expect(querySeqs(ea, log.device)).toEqual([4]);
+    // The proof lowers what b offers from #4 to #3: b checks once that a's #3 is its own.
+    expect(querySeqs(eb, log.device)).toEqual([3]);
+    expect(sentSeqs(ea, log.device)).toEqual([]);
+    for (const node of [a, b]) expect(node.forks.map((f) => f.seq), node.name).toEqual([4]);
+  });
+
+  /** y holds `log.b`; x's hello claims `log.a`. Returns y's session, the query it sent and the read it asked for. */
+  function claimed(common: number, a: number, b: number) {
+    const x = new MemNode('fx');
+    const y = new MemNode('fy');
+    const log = forkedLog(`sync-rolled-${common}-${a}-${b}`, common, a, b);
+    x.logs.set(log.device, [...log.a]);
+    y.logs.set(log.device, [...log.b]);
+    const session = facing(y);
+    const out = session.receive(helloFrom(x));
+    return { x, y, log, session, out };
+  }
+
+  it('a tip id that differs from our op at that seq: a read of ours, a query, then a proof from the answer (unit)', () => {
+    const { y, log, session, out } = claimed(1, 1, 1);
+    expect(out.find((c) => c.kind === 'close')).toBeUndefined();
+    expect(out).toContainEqual({ kind: 'read', device: log.device, seq: 2, purpose: 'compare' });
+    expect(out.find((c) => c.kind === 'send' && c.frame.type === 'query')).toBeUndefined();
+    const asked = session.opRead('compare', y.logOf(log.device)[1]!);
+    expect(asked.map((c) => (c.kind === 'send' ? c.frame : c))).toEqual([{ type: 'query', device: log.device, seq: 2 }]);
+    const done = session.receive(encodeFrame({ type: 'answer', device: log.device, seq: 2, op: log.a[1]! }));
+    const [ops0, ops1] = [decodeOp(log.a[1]!), decodeOp(log.b[1]!)].sort((p, q) => (p.id < q.id ? -1 : 1));
+    expect(done).toContainEqual({ kind: 'proof', proof: { device: log.device, seq: 2, ops: [ops0!.bytes, ops1!.bytes] } });
+    expect(done.find((c) => c.kind === 'close')).toBeUndefined();
+  });
+
+  it('ops that do not chain to our tip (PREV_MISMATCH): the frame is credited, the peer asked for its op before them', () => {
+    const x = new MemNode('fx2');
+    const y = new MemNode('fy2');
+    const log = forkedLog('sync-rolled-chain', 2, 3, 1);
+    y.logs.set(log.device, [...log.b]);
+    const session = facing(y);
+    session.receive(helloFrom(x));
+    const frame = encodeFrame({ type: 'ops', device: log.device, ops: log.a.slice(3) });
+    const ingest = session.receive(frame).find((c): c is Ingest => c.kind === 'ingest')!;
+    let error: FieldmeshError | undefined;
+    try {
+      y.ingest(ingest.device, ingest.ops);
+    } catch (err) {
+      error = err as FieldmeshError;
+    }
+    expect(error?.code).toBe('PREV_MISMATCH');
+    const out = session.ingested({ error: error! });
+    expect(out.find((c) => c.kind === 'close')).toBeUndefined();
+    expect(out.map((c) => (c.kind === 'send' ? c.frame : c))).toEqual([
+      { type: 'credit', bytes: frame.length },
+      { kind: 'read', device: log.device, seq: 3, purpose: 'compare' },
+    ]);
+    // Ingest waits while the search runs: a frame of x's own ops stays queued.
+    const own = x.write(1);
+    expect(session.receive(encodeFrame({ type: 'ops', device: x.id, ops: [own[0]!.bytes] }))).toEqual([]);
+    expect(session.opRead('compare', log.b[2]!).map((c) => (c.kind === 'send' ? c.frame : c))).toEqual([{ type: 'query', device: log.device, seq: 3 }]);
+    const done = session.receive(encodeFrame({ type: 'answer', device: log.device, seq: 3, op: log.a[2]! }));
+    expect(done.filter((c) => c.kind === 'proof')).toMatchObject([{ kind: 'proof', proof: { device: log.device, seq: 3 } }]);
+    // The proof goes to the store before the queued frame does.
+    expect(done.map((c) => c.kind).filter((k) => k === 'proof' || k === 'ingest')).toEqual(['proof', 'ingest']);
+  });
+
+  it('ops that do not chain to each other, within the frame: the search reads, holds no op there and blames without asking', () => {
+    const x = new MemNode('fx3');
+    const y = new MemNode('fy3');
+    const [first, second] = x.write(2);
+    // A validly signed op #3 that names #1 as its predecessor.
+    x.author.state = { tip: { seq: 2, id: first!.id }, clock: x.author.state.clock };
+    const third = x.author.create(T0 + 9, 'evidence', 'x3', { n: 3 });
+    const session = facing(y);
+    session.receive(helloFrom(new MemNode('fz3')));
+    const ingest = session.receive(encodeFrame({ type: 'ops', device: x.id, ops: [first!.bytes, second!.bytes, third.bytes] })).find((c): c is Ingest => c.kind === 'ingest')!;
+    let error: FieldmeshError | undefined;
+    try {
+      y.ingest(ingest.device, ingest.ops);
+    } catch (err) {
+      error = err as FieldmeshError;
+    }
+    expect(error?.code).toBe('PREV_MISMATCH');
+    expect(session.ingested({ error: error! })).toContainEqual({ kind: 'read', device: x.id, seq: 2, purpose: 'compare' });
+    expectViolation(session.opRead('compare', null), 'PREV_MISMATCH');
+  });
+
+  it('an answer that proves nothing blames the peer: our own op (BAD_ANSWER), another seq (BAD_ANSWER), none (NO_SUCH_OP)', () => {
+    const cases: [Uint8Array | null, string][] = [];
+    {
+      const { log, y } = claimed(1, 1, 1);
+      cases.push([y.logOf(log.device)[1]!, 'BAD_ANSWER'], [log.a[0]!, 'BAD_ANSWER'], [null, 'NO_SUCH_OP']);
+    }
+    for (const [op, code] of cases) {
+      const { y, log, session } = claimed(1, 1, 1);
+      session.opRead('compare', y.logOf(log.device)[1]!);
+      expectViolation(session.receive(encodeFrame({ type: 'answer', device: log.device, seq: 2, op })), code);
+    }
+  });
+
+  it('answers queries with its own op (or none); a second query before the answer: QUERY_FLOOD; an answer never asked for: UNEXPECTED_ANSWER', () => {
+    const { log, y, session } = claimed(2, 0, 0);
+    expect(session.receive(encodeFrame({ type: 'query', device: log.device, seq: 2 }))).toEqual([{ kind: 'read', device: log.device, seq: 2, purpose: 'answer' }]);
+    expect(session.opRead('answer', y.logOf(log.device)[1]!).map((c) => (c.kind === 'send' ? c.frame : c))).toEqual([{ type: 'answer', device: log.device, seq: 2, op: y.logOf(log.device)[1]! }]);
+    session.receive(encodeFrame({ type: 'query', device: log.device, seq: 9 }));
+    expect(session.opRead('answer', null).map((c) => (c.kind === 'send' ? c.frame : c))).toEqual([{ type: 'answer', device: log.device, seq: 9, op: null }]);
+    session.receive(encodeFrame({ type: 'query', device: log.device, seq: 1 }));
+    expectViolation(session.receive(encodeFrame({ type: 'query', device: log.device, seq: 2 })), 'QUERY_FLOOD');
+    const other = claimed(2, 0, 0).session;
+    expectViolation(other.receive(encodeFrame({ type: 'answer', device: log.device, seq: 1, op: null })), 'UNEXPECTED_ANSWER');
   });
 });

@@ -6,7 +6,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { encodeCanonical } from '../../src/core/cbor.ts';
-import { encodeFrame } from '../../src/core/sync/frames.ts';
+import { encodeFrame, SYNC_VERSION } from '../../src/core/sync/frames.ts';
 import { MIN_FRAME_BYTES } from '../../src/core/sync/session.ts';
 import { admitted, cleanupFor, concat, expectDropped, HostilePeer, LogWriter, sleep, TestTeam, varint, type Cleanup } from './hostile-peer.ts';
 
@@ -101,7 +101,7 @@ describe.concurrent('hostile framing: A drops the peer, stores nothing, backs of
     const { team, peer } = await setup(cleanup);
     const { session, cert } = await admitted(team, peer);
     const before = await team.before();
-    await session.sendHello({ team: team.team, hq: team.hq.device, cert: cert.bytes, vv: {} });
+    await session.sendHello({ team: team.team, hq: team.hq.device, cert: cert.bytes, tips: {} });
     await expectDropped(team, peer, session, { codes: ['DUPLICATE_HELLO'], before, tag: 'second-hello', readmitWith: cert.bytes });
   });
 
@@ -109,7 +109,7 @@ describe.concurrent('hostile framing: A drops the peer, stores nothing, backs of
     { what: 'of another team', codes: ['WRONG_TEAM'], hello: (team: TestTeam, peer: HostilePeer) => ({ team: 'other-team', hq: team.hq.device, cert: team.certify(peer.device).bytes }) },
     { what: 'naming another HQ', codes: ['WRONG_TEAM'], hello: (team: TestTeam, peer: HostilePeer) => ({ team: team.team, hq: peer.device, cert: team.certify(peer.device).bytes }) },
     { what: 'with limits below the minimum', codes: ['BAD_LIMITS'], hello: (team: TestTeam, peer: HostilePeer) => ({ team: team.team, hq: team.hq.device, cert: team.certify(peer.device).bytes, maxFrameBytes: 1024, windowBytes: 1024 }) },
-    { what: 'of another protocol version', codes: ['VERSION'], hello: (team: TestTeam, peer: HostilePeer) => ({ team: team.team, hq: team.hq.device, cert: team.certify(peer.device).bytes, version: 2 }) },
+    { what: 'of another protocol version', codes: ['VERSION'], hello: (team: TestTeam, peer: HostilePeer) => ({ team: team.team, hq: team.hq.device, cert: team.certify(peer.device).bytes, version: SYNC_VERSION + 1 }) },
   ])('a hello $what ($codes)', async ({ codes, hello, what }, ctx) => {
     const cleanup = cleanupFor(ctx);
     const { team, peer } = await setup(cleanup);

@@ -9,6 +9,7 @@ import { describe, expect, it } from 'vitest';
 import { encodeCanonical } from '../../src/core/cbor.ts';
 import type { DeviceSigner } from '../../src/core/keys.ts';
 import { parseOp, signingBytes, type Op } from '../../src/core/op.ts';
+import type { Frame } from '../../src/core/sync/frames.ts';
 import { admitted, cleanupFor, expectDropped, flipSignatureBit, freshKey, HostilePeer, LogWriter, sleep, TestTeam, waitUntil, type Cleanup } from './hostile-peer.ts';
 
 
@@ -127,7 +128,7 @@ describe.concurrent('hostile ops: a bad frame is refused whole, the peer dropped
     expect(team.a.versionVector()[peer.device]).toBe(2);
   });
 
-  it('an op whose prev names the wrong predecessor (PREV_MISMATCH)', async (ctx) => {
+  it('an op whose prev names the wrong predecessor (PREV_MISMATCH): asked for that predecessor, the peer cannot show it (BAD_ANSWER)', async (ctx) => {
     const cleanup = cleanupFor(ctx);
     const { team, peer, session, cert, log } = await setup(cleanup);
     const [first, second] = [log.create('p1', { v: 1 }), log.create('p2', { v: 2 })];
@@ -138,7 +139,12 @@ describe.concurrent('hostile ops: a bad frame is refused whole, the peer dropped
     expect(bad.seq).toBe(3);
     const before = await team.before();
     await session.send({ type: 'ops', device: peer.device, ops: [bad.bytes] });
-    await expectDropped(team, peer, session, { codes: ['PREV_MISMATCH'], before, tag: 'wrong-prev', readmitWith: cert.bytes });
+    // A may be looking at a fork: it asks for our op at #2, which must be the op #3 names. It is not.
+    const query = await session.waitForFrame((f): f is Frame & { type: 'query' } => f.type === 'query', 'a query for #2');
+    expect(query).toEqual({ type: 'query', device: peer.device, seq: 2 });
+    await session.send({ type: 'answer', device: peer.device, seq: 2, op: second!.bytes });
+    await expectDropped(team, peer, session, { codes: ['BAD_ANSWER'], before, tag: 'wrong-prev', readmitWith: cert.bytes });
+    expect(await team.a.forkProofs()).toEqual([]);
   });
 
   it('validly signed ops of a device that is not enrolled (UNENROLLED)', async (ctx) => {

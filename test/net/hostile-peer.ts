@@ -29,7 +29,7 @@ import { EMPTY_TIP } from '../../src/core/chain.ts';
 import { HLC_ZERO } from '../../src/core/hlc.ts';
 import { signerFromSeed, type DeviceId, type DeviceSigner } from '../../src/core/keys.ts';
 import type { Op } from '../../src/core/op.ts';
-import { decodeFrame, encodeFrame, SYNC_PROTOCOL, SYNC_VERSION, type Frame } from '../../src/core/sync/frames.ts';
+import { decodeFrame, encodeFrame, SYNC_PROTOCOL, SYNC_VERSION, type Frame, type Tips } from '../../src/core/sync/frames.ts';
 import type { VersionVector } from '../../src/core/version-vector.ts';
 import type { MeshEvent, MeshOptions } from '../../src/net/mesh.ts';
 import { loadOrCreateDeviceKey } from '../../src/node/device-key.ts';
@@ -170,14 +170,14 @@ export class HostileSession {
   }
 
   /** Sends our hello: the defaults are a peer of `team` with generous limits and an empty vector. */
-  async sendHello(options: { team: string; hq: DeviceId; cert: Uint8Array; vv?: VersionVector; maxFrameBytes?: number; windowBytes?: number; version?: number }): Promise<void> {
+  async sendHello(options: { team: string; hq: DeviceId; cert: Uint8Array; tips?: Tips; maxFrameBytes?: number; windowBytes?: number; version?: number }): Promise<void> {
     await this.send({
       type: 'hello',
       version: options.version ?? SYNC_VERSION,
       team: options.team,
       hq: options.hq,
       cert: options.cert,
-      vv: options.vv ?? {},
+      tips: options.tips ?? {},
       maxFrameBytes: options.maxFrameBytes ?? 1024 * 1024,
       windowBytes: options.windowBytes ?? 64 * 1024 * 1024,
     });

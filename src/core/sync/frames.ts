@@ -3,37 +3,54 @@
  * first item is its type; on the stream every frame is preceded by its length as an unsigned
  * varint and may not exceed the receiver's maxFrameBytes.
  *
- *   hello     := [1, version, team, hq, cert: bstr, vv: [device, seq]*, maxFrameBytes, windowBytes]
+ *   hello     := [1, version, team, hq, cert: bstr, tips: [device, seq, id: bstr32]*, maxFrameBytes, windowBytes]
  *   certs     := [2, [cert: bstr]*]
  *   ops       := [3, device, [op: bstr]+]          one contiguous, chained run of one device's log
  *   fork      := [4, device, seq, opA: bstr, opB: bstr]
  *   credit    := [5, bytes]                        the receiver may take `bytes` more op bytes
  *   caughtUp  := [6]                               everything missing as of hello has been sent
  *   goodbye   := [7, code, message]                the sender closes because of `code`
+ *   query     := [8, device, seq]                  send me your op of `device` at `seq`
+ *   answer    := [9, device, seq, op: bstr | null] the op asked for, or null if not held
  */
 import { decodeCanonical, encodeCanonical } from '../cbor.ts';
 import { decodeError, tooLargeError } from '../errors.ts';
 import type { DeviceId } from '../keys.ts';
-import type { VersionVector } from '../version-vector.ts';
+import { opIdFromBytes, opIdToBytes, type OpId } from '../op.ts';
 
-export const SYNC_PROTOCOL = '/fieldmesh/sync/1.0.0';
-export const SYNC_VERSION = 1;
+export const SYNC_PROTOCOL = '/fieldmesh/sync/2.0.0';
+export const SYNC_VERSION = 2;
+
+/** Where a log stands as a peer offers it: the highest seq it holds (and counts) and that op's id. */
+export interface TipId {
+  readonly seq: number;
+  readonly id: OpId;
+}
+
+/** Device -> tip, for every device with at least one op offered. */
+export type Tips = Readonly<Record<DeviceId, TipId>>;
 
 export type Frame =
-  | { readonly type: 'hello'; readonly version: number; readonly team: string; readonly hq: DeviceId; readonly cert: Uint8Array; readonly vv: VersionVector; readonly maxFrameBytes: number; readonly windowBytes: number }
+  | { readonly type: 'hello'; readonly version: number; readonly team: string; readonly hq: DeviceId; readonly cert: Uint8Array; readonly tips: Tips; readonly maxFrameBytes: number; readonly windowBytes: number }
   | { readonly type: 'certs'; readonly certs: readonly Uint8Array[] }
   | { readonly type: 'ops'; readonly device: DeviceId; readonly ops: readonly Uint8Array[] }
   | { readonly type: 'fork'; readonly device: DeviceId; readonly seq: number; readonly ops: readonly [Uint8Array, Uint8Array] }
   | { readonly type: 'credit'; readonly bytes: number }
   | { readonly type: 'caughtUp' }
-  | { readonly type: 'goodbye'; readonly code: string; readonly message: string };
+  | { readonly type: 'goodbye'; readonly code: string; readonly message: string }
+  | { readonly type: 'query'; readonly device: DeviceId; readonly seq: number }
+  | { readonly type: 'answer'; readonly device: DeviceId; readonly seq: number; readonly op: Uint8Array | null };
 
-const CODES = { hello: 1, certs: 2, ops: 3, fork: 4, credit: 5, caughtUp: 6, goodbye: 7 } as const;
+const CODES = { hello: 1, certs: 2, ops: 3, fork: 4, credit: 5, caughtUp: 6, goodbye: 7, query: 8, answer: 9 } as const;
 
 export function encodeFrame(frame: Frame): Uint8Array {
   switch (frame.type) {
-    case 'hello':
-      return encodeCanonical([CODES.hello, frame.version, frame.team, frame.hq, frame.cert, Object.entries(frame.vv).sort(([a], [b]) => (a < b ? -1 : 1)), frame.maxFrameBytes, frame.windowBytes]);
+    case 'hello': {
+      const tips = Object.entries(frame.tips)
+        .sort(([a], [b]) => (a < b ? -1 : 1))
+        .map(([device, tip]) => [device, tip.seq, Uint8Array.from(opIdToBytes(tip.id))]);
+      return encodeCanonical([CODES.hello, frame.version, frame.team, frame.hq, frame.cert, tips, frame.maxFrameBytes, frame.windowBytes]);
+    }
     case 'certs':
       return encodeCanonical([CODES.certs, frame.certs]);
     case 'ops':
@@ -46,11 +63,16 @@ export function encodeFrame(frame: Frame): Uint8Array {
       return encodeCanonical([CODES.caughtUp]);
     case 'goodbye':
       return encodeCanonical([CODES.goodbye, frame.code, frame.message.slice(0, 512)]);
+    case 'query':
+      return encodeCanonical([CODES.query, frame.device, frame.seq]);
+    case 'answer':
+      return encodeCanonical([CODES.answer, frame.device, frame.seq, frame.op]);
   }
 }
 
 const isBytes = (v: unknown): v is Uint8Array => v instanceof Uint8Array;
 const isUint = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+const isSeq = (v: unknown): v is number => isUint(v) && v >= 1;
 const isText = (v: unknown, max = 512): v is string => typeof v === 'string' && v.length <= max;
 
 /**
@@ -71,16 +93,18 @@ export function decodeFrame(bytes: Uint8Array, maxFrameBytes: number): Frame {
   switch (r[0]) {
     case CODES.hello: {
       arity(8);
-      const [, version, team, hq, cert, vvList, maxFrame, window] = r;
-      if (!isUint(version) || !isText(team, 64) || !isText(hq, 64) || !isBytes(cert) || !Array.isArray(vvList) || !isUint(maxFrame) || !isUint(window)) bad('malformed hello');
-      const vv: Record<DeviceId, number> = {};
+      const [, version, team, hq, cert, tipList, maxFrame, window] = r;
+      if (!isUint(version) || !isText(team, 64) || !isText(hq, 64) || !isBytes(cert) || !Array.isArray(tipList) || !isUint(maxFrame) || !isUint(window)) bad('malformed hello');
+      const tips: [DeviceId, TipId][] = [];
       let last = '';
-      for (const entry of vvList as unknown[]) {
-        if (!Array.isArray(entry) || entry.length !== 2 || !isText(entry[0], 64) || !isUint(entry[1]) || (entry[0] as string) <= last) bad('malformed version vector');
-        vv[(entry as [string, number])[0]] = (entry as [string, number])[1];
-        last = (entry as [string, number])[0];
+      for (const entry of tipList as unknown[]) {
+        if (!Array.isArray(entry) || entry.length !== 3) return bad('malformed tips');
+        const [device, seq, id] = entry as unknown[];
+        if (!isText(device, 64) || device <= last || !isSeq(seq) || !isBytes(id) || id.length !== 32) return bad('malformed tips');
+        tips.push([device, { seq, id: opIdFromBytes(id) }]);
+        last = device;
       }
-      return { type: 'hello', version: version as number, team: team as string, hq: hq as string, cert: cert as Uint8Array, vv, maxFrameBytes: maxFrame as number, windowBytes: window as number };
+      return { type: 'hello', version: version as number, team: team as string, hq: hq as string, cert: cert as Uint8Array, tips: Object.fromEntries(tips), maxFrameBytes: maxFrame as number, windowBytes: window as number };
     }
     case CODES.certs:
       arity(2);
@@ -105,6 +129,14 @@ export function decodeFrame(bytes: Uint8Array, maxFrameBytes: number): Frame {
       arity(3);
       if (!isText(r[1], 64) || !isText(r[2])) bad('malformed goodbye');
       return { type: 'goodbye', code: r[1] as string, message: r[2] as string };
+    case CODES.query:
+      arity(3);
+      if (!isText(r[1], 64) || !isSeq(r[2])) bad('malformed query');
+      return { type: 'query', device: r[1] as string, seq: r[2] as number };
+    case CODES.answer:
+      arity(4);
+      if (!isText(r[1], 64) || !isSeq(r[2]) || !(r[3] === null || isBytes(r[3]))) bad('malformed answer');
+      return { type: 'answer', device: r[1] as string, seq: r[2] as number, op: r[3] as Uint8Array | null };
     default:
       return bad(`unknown frame type ${String(r[0])}`);
   }

@@ -3,18 +3,27 @@
  * commands out. It never touches a socket, a disk or a clock; the driver (src/net) executes
  * its commands and reports back.
  *
- * Flow: both sides send hello (certificate, version vector, limits) and then their certificates
- * and fork proofs. Each side then sends the other the missing suffix of every log, oldest first,
- * one chained run per frame, while it has credit: the receiver grants credit for every frame it
- * has durably ingested, so a slow peer never makes the sender buffer without bound. After the
- * initial suffixes a side sends caughtUp; from then on new ops are pushed as they arrive.
+ * Flow: both sides send hello (certificate, log tips with their op ids, limits) and then their
+ * certificates and fork proofs. Each side then sends the other the missing suffix of every log,
+ * oldest first, one chained run per frame, while it has credit: the receiver grants credit for
+ * every frame it has durably ingested, so a slow peer never makes the sender buffer without
+ * bound. After the initial suffixes a side sends caughtUp; from then on new ops are pushed as
+ * they arrive.
+ *
+ * Forks: where the peer's log of a device and ours hold different ops at one seq (its tip id
+ * differs from our op there, or an op it sends does not chain to ours), the session asks the
+ * peer for its ops (query/answer) to find the first seq where the branches part, and stores the
+ * proof instead of blaming the peer (fork-search.ts). Nothing at or past a device's fork point
+ * is offered, and ingest waits while a search runs.
  */
+import type { ForkProof } from '../chain.ts';
 import { FieldmeshError, InvalidInputError, RuleViolationError } from '../errors.ts';
 import type { DeviceId } from '../keys.ts';
 import { LIMITS } from '../limits.ts';
-import { seqOf, type VersionVector } from '../version-vector.ts';
-import { decodeFrame, encodeFrame, SYNC_VERSION, type Frame } from './frames.ts';
 import { parseOp } from '../op.ts';
+import { seqOf, type VersionVector } from '../version-vector.ts';
+import { ForkSearch, type SearchStart } from './fork-search.ts';
+import { decodeFrame, encodeFrame, SYNC_VERSION, type Frame, type TipId, type Tips } from './frames.ts';
 
 export interface SyncLimits {
   /** Largest frame we accept (and the most we ever send the peer its own limit permitting). @default 1 MiB */
@@ -35,10 +44,12 @@ export interface LocalState {
   readonly team: string;
   readonly hq: DeviceId;
   readonly cert: Uint8Array;
-  readonly vv: VersionVector;
-  /** Certificates and fork proofs we hold, read when the peer is admitted (they may grow meanwhile). */
+  /** Our tips as offered: below the fork point of every device we hold a proof against. */
+  readonly tips: Tips;
+  /** Certificates we hold, read when the peer is admitted (they may grow meanwhile). */
   readonly certs: () => readonly Uint8Array[];
-  readonly forks: () => readonly { device: DeviceId; seq: number; ops: readonly [Uint8Array, Uint8Array] }[];
+  /** Fork proofs we hold (read at the start and at admission; the driver passes later ones to sendForks). */
+  readonly forks: () => readonly ForkProof[];
 }
 
 export type Command =
@@ -51,6 +62,10 @@ export type Command =
   | { readonly kind: 'certs'; readonly certs: readonly Uint8Array[]; readonly frameBytes: number }
   /** Check and store this fork proof, then call `settled(frameBytes)`. */
   | { readonly kind: 'fork'; readonly device: DeviceId; readonly seq: number; readonly ops: readonly [Uint8Array, Uint8Array]; readonly frameBytes: number }
+  /** Read our op of `device` at `seq` (null if not held) and call `opRead(purpose, bytes)`. */
+  | { readonly kind: 'read'; readonly device: DeviceId; readonly seq: number; readonly purpose: ReadPurpose }
+  /** Store a fork proof this session built (it reaches every peer like any new proof). */
+  | { readonly kind: 'proof'; readonly proof: ForkProof }
   /** The peer is admitted: `device` from its certificate. */
   | { readonly kind: 'admitted'; readonly device: DeviceId; readonly cert: Uint8Array }
   | { readonly kind: 'caughtUp' }
@@ -59,6 +74,9 @@ export type Command =
 
 /** Checks a peer's certificate; returns its device or throws a FieldmeshError. Supplied by the driver. */
 export type Admit = (cert: Uint8Array) => DeviceId;
+
+/** A read answers the peer's query, or gives our side of a fork search's comparison. */
+export type ReadPurpose = 'answer' | 'compare';
 
 type Phase = 'hello' | 'open' | 'closed';
 
@@ -71,8 +89,25 @@ export class SyncSession {
   private credit = 0;
   /** What we know the peer holds: its hello, plus what went either way since. */
   private peerVV: Record<DeviceId, number> = {};
-  /** What we hold, as far as this session knows. */
-  private ourVV: Record<DeviceId, number>;
+  /** What we offer, as far as this session knows (never at or past a fork point). */
+  private ourVV: Record<DeviceId, number> = {};
+  /** Our tips as sent in hello, to compare with the peer's. */
+  private readonly ourTips: ReadonlyMap<DeviceId, TipId>;
+  /** The peer's tips from its hello: the op it holds at each, a fact for the whole session. */
+  private peerTips: ReadonlyMap<DeviceId, TipId> = new Map();
+  /** Lowest fork point we hold a proof of, per device. */
+  private readonly forkAt = new Map<DeviceId, number>();
+  /** Fork proofs sent to the peer (`device#seq`): the driver may offer one again after admission. */
+  private readonly forksSent = new Set<string>();
+  /** Highest seq at which the peer's op of a device is known to be ours. */
+  private readonly agreed = new Map<DeviceId, number>();
+  /** Fork searches waiting to run, the one running, and the two ops of its comparison so far. */
+  private readonly searches: SearchStart[] = [];
+  private search: ForkSearch | null = null;
+  private theirs: Uint8Array | null | undefined;
+  private ours: Uint8Array | null | undefined;
+  /** The peer's query we are answering (it may have one at a time). */
+  private answering: { device: DeviceId; seq: number } | null = null;
   private loading = false;
   private ingesting = false;
   private readonly inbound: { device: DeviceId; ops: readonly Uint8Array[]; bytes: number }[] = [];
@@ -90,7 +125,9 @@ export class SyncSession {
     this.local = local;
     this.admit = admit;
     this.limits = limits;
-    this.ourVV = { ...local.vv };
+    for (const proof of local.forks()) this.forkAt.set(proof.device, Math.min(proof.seq, this.forkAt.get(proof.device) ?? Number.POSITIVE_INFINITY));
+    this.ourTips = new Map(Object.entries(local.tips));
+    for (const [device, tip] of this.ourTips) this.ourVV[device] = Math.min(tip.seq, this.capOf(device));
   }
 
   get device(): DeviceId | null {
@@ -108,16 +145,16 @@ export class SyncSession {
     return n;
   }
 
-  /** How many ops the peer has that we lack, as of what it told us. */
+  /** How many ops the peer has that we lack, as of what it told us (past fork points apart). */
   get weAreBehind(): number {
     let n = 0;
-    for (const [device, seq] of Object.entries(this.peerVV)) n += Math.max(0, seq - seqOf(this.ourVV, device));
+    for (const [device, seq] of Object.entries(this.peerVV)) n += Math.max(0, Math.min(seq, this.capOf(device)) - seqOf(this.ourVV, device));
     return n;
   }
 
   start(): Command[] {
-    const { team, hq, cert, vv } = this.local;
-    return [this.send({ type: 'hello', version: SYNC_VERSION, team, hq, cert, vv, maxFrameBytes: this.limits.maxFrameBytes, windowBytes: this.limits.windowBytes })];
+    const { team, hq, cert, tips } = this.local;
+    return [this.send({ type: 'hello', version: SYNC_VERSION, team, hq, cert, tips, maxFrameBytes: this.limits.maxFrameBytes, windowBytes: this.limits.windowBytes })];
   }
 
   /** One frame from the peer (without its length prefix). */
@@ -153,6 +190,21 @@ export class SyncSession {
       case 'goodbye':
         this.phase = 'closed';
         return [{ kind: 'close', code: frame.code, message: `peer said goodbye: ${frame.message}`, blame: false }];
+      case 'query':
+        // One at a time: an honest peer asks again only after our answer reached it.
+        if (this.answering !== null) return this.violation('QUERY_FLOOD', 'a query before the previous one was answered');
+        this.answering = { device: frame.device, seq: frame.seq };
+        return [{ kind: 'read', device: frame.device, seq: frame.seq, purpose: 'answer' }];
+      case 'answer': {
+        const search = this.search;
+        // We ask only once we have read our own op there.
+        const asked = search !== null && this.ours !== undefined && this.ours !== null && this.theirs === undefined;
+        if (!asked || frame.device !== search.device || frame.seq !== search.seq) {
+          return this.violation('UNEXPECTED_ANSWER', `an answer for ${frame.device}#${frame.seq} that we did not ask for`);
+        }
+        this.theirs = frame.op;
+        return this.compared();
+      }
       case 'ops': {
         // The peer holds what it sends: never offer these back, even before they are stored.
         let last;
@@ -186,12 +238,28 @@ export class SyncSession {
     this.phase = 'open';
     this.peerMaxFrame = Math.min(hello.maxFrameBytes, this.limits.maxFrameBytes);
     this.credit = hello.windowBytes;
-    this.peerVV = { ...hello.vv };
+    this.peerTips = new Map(Object.entries(hello.tips));
+    for (const [device, tip] of this.peerTips) {
+      this.peerVV[device] = tip.seq;
+      // Same seq: the ids must match. Where we are ahead, our first op sent checks it (loaded);
+      // where the peer is, its first op sent to us does (ingest, and its own session).
+      const ours = this.ourTips.get(device);
+      if (ours === undefined || ours.seq !== tip.seq) continue;
+      if (ours.id === tip.id) this.agree(device, tip.seq);
+      else this.searches.push(this.claimSearch(device, tip));
+    }
     const out: Command[] = [{ kind: 'admitted', device: this.peerDevice, cert: hello.cert }];
     out.push(...this.sendCerts(this.local.certs()));
     out.push(...this.sendForks(this.local.forks()));
+    out.push(...this.nextSearch());
     out.push(...this.pump());
     return out;
+  }
+
+  /** The peer's tip at `tip.seq` differs from our op there: find where the branches part. */
+  private claimSearch(device: DeviceId, tip: TipId): SearchStart {
+    const ifSame = new RuleViolationError('BAD_ANSWER', `the peer's tip ${device}#${tip.seq} is our op after all`, { device, seq: tip.seq });
+    return { device, seq: tip.seq, expect: tip.id, peerHolds: true, ifSame };
   }
 
   /** Certificates to forward to the peer (new ones we learned, or all at the start). */
@@ -214,25 +282,151 @@ export class SyncSession {
     return out;
   }
 
-  sendForks(forks: ReturnType<LocalState['forks']>): Command[] {
+  /**
+   * Fork proofs to forward to the peer (new ones we learned, or all we hold), each once; we stop
+   * offering what they exclude.
+   */
+  sendForks(forks: readonly ForkProof[]): Command[] {
     if (this.phase !== 'open') return [];
-    return forks.map((f) => this.sendCosting({ type: 'fork', device: f.device, seq: f.seq, ops: f.ops }));
+    const out: Command[] = [];
+    for (const f of forks) {
+      const key = `${f.device}#${f.seq}`;
+      if (this.forksSent.has(key)) continue;
+      this.forksSent.add(key);
+      out.push(this.sendCosting({ type: 'fork', device: f.device, seq: f.seq, ops: f.ops }));
+      this.forkLearned(f.device, f.seq);
+    }
+    out.push(...this.nextSearch());
+    return out;
+  }
+
+  /**
+   * A (lower) fork point of `device`: offer nothing from it on. Where we held more, the peer and
+   * we may now stop at the same seq without having compared our ops there: check them.
+   */
+  private forkLearned(device: DeviceId, seq: number): void {
+    if (seq >= this.capOf(device) + 1) return;
+    this.forkAt.set(device, seq);
+    const cap = seq - 1;
+    if (seqOf(this.ourVV, device) <= cap) return;
+    this.ourVV[device] = cap;
+    if (cap === 0 || (this.agreed.get(device) ?? 0) >= cap || seqOf(this.peerVV, device) < cap) return;
+    const tip = this.peerTips.get(device);
+    this.searches.push({ device, seq: cap, expect: tip?.seq === cap ? tip.id : null, peerHolds: tip !== undefined && tip.seq >= cap, ifSame: null });
   }
 
   /** We hold more now (our own writes, or ops from any peer): push what this peer lacks. */
   localAdvanced(vv: VersionVector): Command[] {
-    for (const [device, seq] of Object.entries(vv)) if (seq > seqOf(this.ourVV, device)) this.ourVV[device] = seq;
+    for (const [device, seq] of Object.entries(vv)) {
+      const offered = Math.min(seq, this.capOf(device));
+      if (offered > seqOf(this.ourVV, device)) this.ourVV[device] = offered;
+    }
     return this.pump();
   }
 
+  /** The driver read one of our ops for a `read` command. */
+  opRead(purpose: ReadPurpose, bytes: Uint8Array | null): Command[] {
+    if (this.phase !== 'open') return [];
+    if (purpose === 'answer') {
+      const { device, seq } = this.answering!;
+      this.answering = null;
+      // An answer is at most one op, and a peer has one query at a time: it bypasses the window.
+      return [this.send({ type: 'answer', device, seq, op: bytes })];
+    }
+    this.ours = bytes;
+    const search = this.search!;
+    // Holding no op there, we have nothing to compare: the search decides without asking.
+    if (bytes === null) {
+      this.theirs = null;
+      return this.compared();
+    }
+    return [this.send({ type: 'query', device: search.device, seq: search.seq })];
+  }
+
+  /** Both ops of the running search's comparison are in (or not yet): take its next step. */
+  private compared(): Command[] {
+    const search = this.search!;
+    if (this.theirs === undefined || this.ours === undefined) return [];
+    // A check passes on the same op at both ends, not where one end holds none.
+    const bothHeld = this.theirs !== null && this.ours !== null;
+    const step = search.step(this.theirs, this.ours);
+    this.theirs = undefined;
+    this.ours = undefined;
+    switch (step.kind) {
+      case 'compare':
+        return this.compare(search.device, step.seq);
+      case 'fail':
+        return this.fail(step.error);
+      case 'same':
+        if (bothHeld) this.agree(search.device, search.start.seq);
+        this.search = null;
+        return [...this.nextSearch(), ...this.pump()];
+      case 'proof': {
+        const { proof } = step;
+        this.agree(search.device, proof.seq - 1);
+        this.forkLearned(proof.device, proof.seq);
+        this.search = null;
+        // The proof is stored before any later ingest (the driver keeps store work in order).
+        return [{ kind: 'proof', proof }, ...this.nextSearch(), ...this.pump()];
+      }
+    }
+  }
+
+  /**
+   * Starts the next queued search whose seq is still below its device's fork point; with none
+   * left, ingest resumes.
+   */
+  private nextSearch(): Command[] {
+    if (this.phase !== 'open' || this.search !== null) return [];
+    while (this.searches.length > 0) {
+      const start = this.searches.shift()!;
+      // Past a fork point nothing counts; below it, learning the proof made us check (forkLearned).
+      if (start.seq > this.capOf(start.device)) continue;
+      this.search = new ForkSearch(start, this.local.team);
+      return this.compare(start.device, start.seq);
+    }
+    return this.nextIngest();
+  }
+
+  /** Reads our op at `seq`; the query to the peer follows (opRead). */
+  private compare(device: DeviceId, seq: number): Command[] {
+    return [{ kind: 'read', device, seq, purpose: 'compare' }];
+  }
+
+  private agree(device: DeviceId, seq: number): void {
+    if (seq > (this.agreed.get(device) ?? 0)) this.agreed.set(device, seq);
+  }
+
+  /** Highest seq of `device` we may offer: below its fork point, if we hold a proof. */
+  private capOf(device: DeviceId): number {
+    return (this.forkAt.get(device) ?? Number.POSITIVE_INFINITY) - 1;
+  }
+
+  /** Devices with a fork search queued or running: their ops wait. */
+  private searching(device: DeviceId): boolean {
+    return this.search?.device === device || this.searches.some((s) => s.device === device);
+  }
+
   /** The driver read ops for a `load` command (fewer than asked, or none, is fine). */
-  loaded(device: DeviceId, fromSeq: number, ops: readonly Uint8Array[]): Command[] {
+  loaded(device: DeviceId, fromSeq: number, loadedOps: readonly Uint8Array[]): Command[] {
     this.loading = false;
     if (this.phase !== 'open') return [];
-    if (ops.length === 0) {
+    if (loadedOps.length === 0) {
       // We do not hold what we thought (e.g. refused past a fork): stop offering it.
       this.ourVV[device] = Math.min(seqOf(this.ourVV, device), fromSeq - 1);
       return this.pump();
+    }
+    // A fork point learned while loading: nothing from it on goes out.
+    const ops = loadedOps.slice(0, Math.max(0, seqOf(this.ourVV, device) - fromSeq + 1));
+    if (ops.length === 0 || this.searching(device)) return this.pump();
+    const tip = this.peerTips.get(device);
+    if (tip !== undefined && fromSeq === tip.seq + 1) {
+      // Our first op past the peer's tip names our op there: it must be the peer's.
+      if (parseOp(ops[0]!).op.prev !== tip.id) {
+        this.searches.push(this.claimSearch(device, tip));
+        return [...this.nextSearch(), ...this.pump()];
+      }
+      this.agree(device, tip.seq);
     }
     const cmd = this.send({ type: 'ops', device, ops });
     this.credit -= cmd.bytes.length;
@@ -250,11 +444,28 @@ export class SyncSession {
     this.ingesting = false;
     if (this.phase !== 'open') return [];
     const done = this.inbound.shift()!;
-    if ('error' in outcome) return this.fail(outcome.error);
+    if ('error' in outcome) {
+      const search = this.chainSearch(done.device, outcome.error);
+      if (search === null) return this.fail(outcome.error);
+      // The frame is dropped (its ops follow an op that differs from ours) and credited.
+      this.inboundBytes -= done.bytes;
+      this.searches.push(search);
+      return [this.send({ type: 'credit', bytes: done.bytes }), ...this.nextSearch(), ...this.pump()];
+    }
     this.inboundBytes -= done.bytes;
     this.peerVV[done.device] = Math.max(seqOf(this.peerVV, done.device), outcome.lastSeq);
-    this.ourVV[done.device] = Math.max(seqOf(this.ourVV, done.device), outcome.lastSeq);
+    this.ourVV[done.device] = Math.max(seqOf(this.ourVV, done.device), Math.min(outcome.lastSeq, this.capOf(done.device)));
     return [this.send({ type: 'credit', bytes: done.bytes }), ...this.nextIngest()];
+  }
+
+  /**
+   * An op of the peer's that does not chain to our tip (PREV_MISMATCH) names as its predecessor
+   * an op other than ours: the peer holds another branch, or sent garbage. Its op there decides.
+   */
+  private chainSearch(device: DeviceId, error: FieldmeshError): SearchStart | null {
+    const { device: of, seq, found } = error.details;
+    if (error.code !== 'PREV_MISMATCH' || of !== device || typeof seq !== 'number' || seq < 2 || typeof found !== 'string') return null;
+    return { device, seq: seq - 1, expect: found, peerHolds: true, ifSame: error };
   }
 
   /** The driver stored a certs or fork frame: its bytes return to the peer as credit. */
@@ -279,7 +490,8 @@ export class SyncSession {
   }
 
   private nextIngest(): Command[] {
-    if (this.ingesting || this.inbound.length === 0) return [];
+    // While a fork search runs, a frame might not chain yet but be refused once the proof is stored.
+    if (this.ingesting || this.inbound.length === 0 || this.search !== null || this.searches.length > 0) return [];
     this.ingesting = true;
     const next = this.inbound[0]!;
     return [{ kind: 'ingest', device: next.device, ops: next.ops }];
@@ -287,17 +499,21 @@ export class SyncSession {
 
   private pump(): Command[] {
     if (this.phase !== 'open' || this.loading) return [];
+    let held = false;
     if (this.credit >= this.peerMaxFrame) {
       for (const device of Object.keys(this.ourVV).sort()) {
         const have = seqOf(this.peerVV, device);
         const top = this.ourVV[device]!;
-        if (top > have) {
-          this.loading = true;
-          return [{ kind: 'load', device, fromSeq: have + 1, toSeq: top, maxBytes: this.peerMaxFrame - OPS_FRAME_OVERHEAD }];
+        if (top <= have) continue;
+        if (this.searching(device)) {
+          held = true;
+          continue;
         }
+        this.loading = true;
+        return [{ kind: 'load', device, fromSeq: have + 1, toSeq: top, maxBytes: this.peerMaxFrame - OPS_FRAME_OVERHEAD }];
       }
     } else return [];
-    if (this.initialPending) {
+    if (this.initialPending && !held) {
       this.initialPending = false;
       return [this.send({ type: 'caughtUp' }), { kind: 'caughtUp' }];
     }
