@@ -40,6 +40,8 @@ export class SessionDriver {
   private readonly lp: ReturnType<typeof lpStream>;
   private writes: Promise<void> = Promise.resolve();
   private storeQueue: Promise<void> = Promise.resolve();
+  /** Outcomes of ingests in flight, reported to the session in the order they were queued. */
+  private ingestReplies: Promise<void> = Promise.resolve();
   private done = false;
   private readonly now: () => number;
 
@@ -151,14 +153,21 @@ export class SessionDriver {
           });
           break;
         case 'ingest':
+          // Queued in the store in frame order without waiting for the last one to be durable
+          // (frames in flight share a batch); the session hears back in the same order.
           this.stored(async () => {
-            try {
-              await this.node.ingest(cmd.ops, cmd.device);
-              this.dispatch(this.session.ingested({ lastSeq: parseOp(cmd.ops[cmd.ops.length - 1]!).op.seq }));
-            } catch (err) {
-              if (!(err instanceof FieldmeshError)) throw err;
-              this.dispatch(this.session.ingested({ error: err }));
-            }
+            const outcome = this.node.ingest(cmd.ops, cmd.device).then(
+              () => null,
+              (err: unknown) => err,
+            );
+            this.ingestReplies = this.ingestReplies.then(() =>
+              this.task(async () => {
+                const err = await outcome;
+                if (err === null) this.dispatch(this.session.ingested({ lastSeq: parseOp(cmd.ops[cmd.ops.length - 1]!).op.seq }));
+                else if (err instanceof FieldmeshError) this.dispatch(this.session.ingested({ error: err }));
+                else throw err;
+              }),
+            );
           });
           break;
         case 'certs':

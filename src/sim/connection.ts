@@ -36,6 +36,8 @@ export class SessionEnd {
   /** Bytes sent by this end not yet delivered. */
   inFlightBytes = 0;
   private storeQueue: Promise<void> = Promise.resolve();
+  /** Outcomes of ingests in flight, reported to the session in the order they were queued. */
+  private ingestReplies: Promise<void> = Promise.resolve();
   done = false;
   private readonly generation: number;
 
@@ -103,14 +105,19 @@ export class SessionEnd {
           });
           break;
         case 'ingest':
+          // As the net driver: queued in frame order at once, outcomes reported in that order.
           this.stored(async () => {
-            try {
-              await this.node.ingest(cmd.ops, cmd.device);
-              if (this.alive) this.dispatch(this.session.ingested({ lastSeq: parseOp(cmd.ops[cmd.ops.length - 1]!).op.seq }));
-            } catch (err) {
-              if (!(err instanceof FieldmeshError)) throw err;
-              if (this.alive) this.dispatch(this.session.ingested({ error: err }));
-            }
+            const outcome = this.node.ingest(cmd.ops, cmd.device).then(
+              () => null,
+              (err: unknown) => err,
+            );
+            this.ingestReplies = this.ingestReplies.then(async () => {
+              const err = await outcome;
+              if (!this.alive) return;
+              if (err === null) this.dispatch(this.session.ingested({ lastSeq: parseOp(cmd.ops[cmd.ops.length - 1]!).op.seq }));
+              else if (err instanceof FieldmeshError) this.dispatch(this.session.ingested({ error: err }));
+              else this.sim.unexpected(`${this.node.name} ingest for ${this.peer.node.name}`)(err);
+            });
           });
           break;
         case 'certs':

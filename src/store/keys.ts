@@ -2,7 +2,7 @@
  * Key layout (docs/storage.md). Keys are text; numbers are fixed-width hex so that byte order
  * is numeric order; '\u0000' separates parts because no name may contain it.
  */
-const SEP = '\u0000';
+export const SEP = '\u0000';
 export const seqKey = (seq: number): string => seq.toString(16).padStart(12, '0');
 export const parseSeq = (hex: string): number => Number.parseInt(hex, 16);
 

@@ -297,8 +297,8 @@ export class Store {
   }
 
   /** Sealed records of a table, unchecked: for verify, which reports bad records instead of stopping. */
-  scanRecords(table: (typeof TABLES)[keyof typeof TABLES]) {
-    return scanRecords(this.db, this.dir, table);
+  scanRecords(table: (typeof TABLES)[keyof typeof TABLES], range?: { gte: string; lt: string }, options?: { limit?: number; reverse?: boolean }) {
+    return scanRecords(this.db, this.dir, table, range, options);
   }
 
   /**

@@ -5,6 +5,7 @@
  */
 import type { AbstractLevel } from 'abstract-level';
 import { corrupt, openValue, sealValue, openRecord, sealRecord } from './records.ts';
+import { SEP } from './keys.ts';
 import { TABLES, tableKey, tableRange, stripTable, type Table } from './tables.ts';
 
 /** Tables only written or range-scanned on hot paths: caching their rows would only churn the cache. */
@@ -153,11 +154,27 @@ export class Txn {
 
   /** Writes a row: raw bytes in the log table, a value to encode in the others. */
   put(table: Table, key: string, value: unknown): void {
-    this.writes.set(tableKey(table, key), value);
+    this.write(table, tableKey(table, key), value);
   }
 
   del(table: Table, key: string): void {
-    this.writes.set(tableKey(table, key), DELETED);
+    this.write(table, tableKey(table, key), DELETED);
+  }
+
+  /**
+   * Full keys of `byEntity` rows written, by entity (their key up to the device): the one range a
+   * batch queries (an entity's ops, when it is rebuilt), without walking every write.
+   */
+  private readonly entityRows = new Map<string, string[]>();
+
+  private write(table: Table, full: string, value: unknown): void {
+    if (table === TABLES.byEntity) {
+      const prefix = full.slice(0, full.lastIndexOf(SEP, full.lastIndexOf(SEP) - 1) + 1);
+      const rows = this.entityRows.get(prefix);
+      if (rows === undefined) this.entityRows.set(prefix, [full]);
+      else rows.push(full);
+    }
+    this.writes.set(full, value);
   }
 
   /** Keys (without table prefix) in a range, the change's own puts and deletes included. */
@@ -165,11 +182,12 @@ export class Txn {
     const full = tableRange(table, range);
     const found = new Set<string>();
     for await (const key of this.db.keys(full)) found.add(key);
-    // Rare (rebuilds only): walking every pending write is cheaper than indexing them all by table.
     for (const txn of this.parent === null ? [this] : [this.parent, this]) {
-      for (const [key, value] of txn.writes) {
+      // An entity's rows come from the index; any other range walks the writes (none is asked on hot paths).
+      const written = table === TABLES.byEntity && full.gte.endsWith(SEP) ? (txn.entityRows.get(full.gte) ?? []) : txn.writes.keys();
+      for (const key of written) {
         if (key >= full.gte && key < full.lt) {
-          if (value === DELETED) found.delete(key);
+          if (txn.writes.get(key) === DELETED) found.delete(key);
           else found.add(key);
         }
       }

@@ -18,7 +18,7 @@ import { FieldmeshError, InvalidInputError, RuleViolationError } from '../../src
 import type { DeviceId } from '../../src/core/keys.ts';
 import { decodeOp, type Op } from '../../src/core/op.ts';
 import { encodeFrame, SYNC_VERSION, type Frame, type TipId, type Tips } from '../../src/core/sync/frames.ts';
-import { DEFAULT_SYNC_LIMITS, MIN_FRAME_BYTES, SyncSession, type Command, type LocalState, type SyncLimits } from '../../src/core/sync/session.ts';
+import { DEFAULT_SYNC_LIMITS, INTERLEAVED_RUN_BYTES, MAX_INGESTS_IN_FLIGHT, MIN_FRAME_BYTES, SyncSession, type Command, type LocalState, type SyncLimits } from '../../src/core/sync/session.ts';
 import type { VersionVector } from '../../src/core/version-vector.ts';
 import { flipBit, rng, signerOf, T0, TestDevice } from './helpers.ts';
 
@@ -224,7 +224,8 @@ class Net {
           end.loads.push(cmd);
           break;
         case 'ingest':
-          expect(end.ingests, 'at most one ingest at a time').toHaveLength(0);
+          // Several frames may be ingested at once (completed in order).
+          expect(end.ingests.length, 'ingests in flight').toBeLessThan(MAX_INGESTS_IN_FLIGHT);
           end.ingests.push(cmd);
           break;
         case 'close':
@@ -600,6 +601,36 @@ describe('SyncSession: catch-up', () => {
     expect(ea.session.peerBehind + ea.session.weAreBehind + eb.session.peerBehind + eb.session.weAreBehind).toBe(0);
   });
 
+  it('sends many logs side by side, the one least far along first, in runs of at most 64 KiB while others wait', () => {
+    const net = new Net();
+    const a = new MemNode('a');
+    const b = new MemNode('b');
+    const [x, y] = [new MemNode('x'), new MemNode('y')];
+    a.write(100, 3000);
+    x.write(200, 3000);
+    y.write(50, 3000);
+    a.copyFrom(x, x.id, 200);
+    a.copyFrom(y, y.id, 50);
+    const [ea, eb] = net.connect(a, b);
+    net.run();
+    expectOpen(ea, eb);
+    expectSameLogs(a, b);
+    const frames = ea.opsFramesSent();
+    // Every log gets its first run before any gets a second one.
+    expect(new Set(frames.slice(0, 3).map((f) => f.device))).toEqual(new Set([a.id, x.id, y.id]));
+    // Each frame is of the log least far along when it was sent.
+    const sent = new Map<string, number>();
+    const total = new Map([[a.id, 100], [x.id, 200], [y.id, 50]]);
+    for (const frame of frames) {
+      const progress = (d: string) => (sent.get(d) ?? 0) / total.get(d)!;
+      const unfinished = [...total.keys()].filter((d) => (sent.get(d) ?? 0) < total.get(d)!);
+      expect(Math.min(...unfinished.map(progress))).toBe(progress(frame.device));
+      // Runs are short while other logs wait; the last log left goes in full frames.
+      if (unfinished.length > 1) expect(frame.ops.reduce((n, op) => n + op.length, 0)).toBeLessThanOrEqual(INTERLEAVED_RUN_BYTES);
+      sent.set(frame.device, (sent.get(frame.device) ?? 0) + frame.ops.length);
+    }
+  });
+
   it('knows from the hello how far behind either side is', () => {
     const a = new MemNode('a');
     const b = new MemNode('b');
@@ -668,7 +699,7 @@ describe('SyncSession: flow control', () => {
     expect(stalledFrames).toBeGreaterThanOrEqual(1);
     expect(stalledFrames).toBeLessThanOrEqual(2);
     expect(ea.loads).toEqual([]);
-    expect(eb.ingests).toHaveLength(1);
+    expect(eb.ingests).toHaveLength(stalledFrames);
     expect(b.vv()[a.id] ?? 0).toBe(0);
     expect(ea.count('caughtUp')).toBe(0);
     // More local writes do not break the stall either.
@@ -727,21 +758,41 @@ describe('SyncSession: flow control', () => {
     expect(session.closed).toBe(false);
   });
 
-  it('queues frames within the window and ingests them one at a time, in order', () => {
+  it('hands frames within the window to the driver as they arrive, in order, and credits each once stored', () => {
     const b = new MemNode('b');
     const a = new MemNode('a');
     const session = facing(b, { ...TIGHT, windowBytes: 4 * MIN_FRAME_BYTES });
     session.receive(helloFrom(a));
     const written = a.write(3, 30_000);
     const frames = written.map((op) => encodeFrame({ type: 'ops', device: a.id, ops: [op.bytes] }));
-    expect(session.receive(frames[0]!).map((c) => c.kind)).toEqual(['ingest']);
-    expect(session.receive(frames[1]!)).toEqual([]);
-    expect(session.receive(frames[2]!)).toEqual([]);
-    const next = session.ingested({ lastSeq: 1 });
-    expect(next.map((c) => c.kind)).toEqual(['send', 'ingest']);
-    expect((next[1] as Ingest).ops[0]).toEqual(written[1]!.bytes);
-    expect(session.ingested({ lastSeq: 2 }).map((c) => c.kind)).toEqual(['send', 'ingest']);
-    expect(session.ingested({ lastSeq: 3 }).map((c) => c.kind)).toEqual(['send']);
+    for (const [i, frame] of frames.entries()) {
+      const cmds = session.receive(frame);
+      expect(cmds.map((c) => c.kind)).toEqual(['ingest']);
+      expect((cmds[0] as Ingest).ops[0]).toEqual(written[i]!.bytes);
+    }
+    for (const [i, frame] of frames.entries()) {
+      expect(session.ingested({ lastSeq: i + 1 }).map((c) => (c.kind === 'send' ? c.frame : c))).toEqual([{ type: 'credit', bytes: frame.length }]);
+    }
+  });
+
+  it('drops, without blame, the frames of a device handed over behind one refused for a fork search', () => {
+    const b = new MemNode('b');
+    const a = new MemNode('a');
+    b.write(0);
+    const written = a.write(4, 1000);
+    b.copyFrom(a, a.id, 1);
+    const session = facing(b, TIGHT);
+    session.receive(helloFrom(a));
+    const frames = [written.slice(1, 2), written.slice(2, 4)].map((ops) => encodeFrame({ type: 'ops', device: a.id, ops: ops.map((o) => o.bytes) }));
+    for (const frame of frames) expect(session.receive(frame).map((c) => c.kind)).toEqual(['ingest']);
+    // The first does not chain to b's op #1 (as if b held another branch): a fork search starts.
+    const mismatch = new RuleViolationError('PREV_MISMATCH', 'op #2 does not follow our #1', { device: a.id, seq: 2, found: 'ab'.repeat(32) });
+    const first = session.ingested({ error: mismatch });
+    expect(first.map((c) => c.kind)).toEqual(['send', 'read']);
+    // The second, behind it, fails too (it cannot chain): dropped and credited, the session stays open.
+    const second = session.ingested({ error: new RuleViolationError('SEQ_GAP', 'op #3 after tip #1', { device: a.id }) });
+    expect(second.map((c) => (c.kind === 'send' ? c.frame : c))).toEqual([{ type: 'credit', bytes: frames[1]!.length }]);
+    expect(session.closed).toBe(false);
   });
 });
 

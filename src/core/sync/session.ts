@@ -39,6 +39,15 @@ export const DEFAULT_SYNC_LIMITS: SyncLimits = { maxFrameBytes: 1024 * 1024, win
 export const MIN_FRAME_BYTES = 2 * LIMITS.maxOpBytes + 1024;
 /** Bytes of an ops frame besides the ops themselves (type, device id, array heads), bounded. */
 export const OPS_FRAME_OVERHEAD = 128;
+/**
+ * Largest run of one device's log in a frame while other devices' logs wait too. Catching up
+ * log after log, whole, would deliver each device's ops long before the other devices' ops
+ * they build on (which the receiver must park until those arrive); runs this size, taken from
+ * the log that is least far along, deliver the logs side by side, about as they were written.
+ */
+export const INTERLEAVED_RUN_BYTES = 64 * 1024;
+/** Ingests handed to the driver at once (each one frame; the store commits them together). */
+export const MAX_INGESTS_IN_FLIGHT = 64;
 
 export interface LocalState {
   readonly team: string;
@@ -109,7 +118,12 @@ export class SyncSession {
   /** The peer's query we are answering (it may have one at a time). */
   private answering: { device: DeviceId; seq: number } | null = null;
   private loading = false;
-  private ingesting = false;
+  /** Frames at the head of `inbound` handed to the driver to ingest (replies come in order). */
+  private ingesting = 0;
+  /** Per device, frames in flight behind one of its frames that was refused: they cannot chain either. */
+  private readonly doomed = new Map<DeviceId, number>();
+  /** The peer's log tips when the session opened: how far along each log's catch-up is. */
+  private readonly peerStart = new Map<DeviceId, number>();
   private readonly inbound: { device: DeviceId; ops: readonly Uint8Array[]; bytes: number }[] = [];
   private inboundBytes = 0;
   private initialPending = true;
@@ -241,6 +255,7 @@ export class SyncSession {
     this.peerTips = new Map(Object.entries(hello.tips));
     for (const [device, tip] of this.peerTips) {
       this.peerVV[device] = tip.seq;
+      this.peerStart.set(device, tip.seq);
       // Same seq: the ids must match. Where we are ahead, our first op sent checks it (loaded);
       // where the peer is, its first op sent to us does (ingest, and its own session).
       const ours = this.ourTips.get(device);
@@ -441,14 +456,23 @@ export class SyncSession {
    * or why the frame was refused (the session then closes, blaming the peer).
    */
   ingested(outcome: { readonly lastSeq: number } | { readonly error: FieldmeshError }): Command[] {
-    this.ingesting = false;
+    this.ingesting--;
     if (this.phase !== 'open') return [];
     const done = this.inbound.shift()!;
+    const doomed = this.doomed.get(done.device) ?? 0;
+    if (doomed > 0) this.doomed.set(done.device, doomed - 1);
+    if ('error' in outcome && doomed > 0) {
+      // It followed a refused frame of its device, and is dropped with it.
+      this.inboundBytes -= done.bytes;
+      return [this.send({ type: 'credit', bytes: done.bytes }), ...this.nextIngest()];
+    }
     if ('error' in outcome) {
       const search = this.chainSearch(done.device, outcome.error);
       if (search === null) return this.fail(outcome.error);
-      // The frame is dropped (its ops follow an op that differs from ours) and credited.
+      // The frame is dropped (its ops follow an op that differs from ours) and credited, and so
+      // are the frames of its device already handed over behind it.
       this.inboundBytes -= done.bytes;
+      this.doomed.set(done.device, this.inbound.slice(0, this.ingesting).filter((f) => f.device === done.device).length);
       this.searches.push(search);
       return [this.send({ type: 'credit', bytes: done.bytes }), ...this.nextSearch(), ...this.pump()];
     }
@@ -489,18 +513,30 @@ export class SyncSession {
     return [...out, { kind: 'close', code, message, blame: false }];
   }
 
+  /**
+   * Hands the driver the next frames to ingest, in arrival order, several at once: the store
+   * commits those queued together in one batch, and builds the next while the last is written.
+   * The driver reports back in the same order. If a frame is refused for a fork search, the
+   * frames of its device handed over behind it fail too (they do not chain) and are dropped.
+   */
   private nextIngest(): Command[] {
     // While a fork search runs, a frame might not chain yet but be refused once the proof is stored.
-    if (this.ingesting || this.inbound.length === 0 || this.search !== null || this.searches.length > 0) return [];
-    this.ingesting = true;
-    const next = this.inbound[0]!;
-    return [{ kind: 'ingest', device: next.device, ops: next.ops }];
+    if (this.search !== null || this.searches.length > 0) return [];
+    const out: Command[] = [];
+    while (this.ingesting < Math.min(this.inbound.length, MAX_INGESTS_IN_FLIGHT)) {
+      const next = this.inbound[this.ingesting++]!;
+      out.push({ kind: 'ingest', device: next.device, ops: next.ops });
+    }
+    return out;
   }
 
   private pump(): Command[] {
     if (this.phase !== 'open' || this.loading) return [];
     let held = false;
     if (this.credit >= this.peerMaxFrame) {
+      // The log least far along its catch-up goes next (ties: device order).
+      let next: { device: DeviceId; have: number; top: number; done: number } | null = null;
+      let waiting = 0;
       for (const device of Object.keys(this.ourVV).sort()) {
         const have = seqOf(this.peerVV, device);
         const top = this.ourVV[device]!;
@@ -509,8 +545,15 @@ export class SyncSession {
           held = true;
           continue;
         }
+        waiting++;
+        const start = Math.min(this.peerStart.get(device) ?? 0, have);
+        const done = (have - start) / (top - start);
+        if (next === null || done < next.done) next = { device, have, top, done };
+      }
+      if (next !== null) {
         this.loading = true;
-        return [{ kind: 'load', device, fromSeq: have + 1, toSeq: top, maxBytes: this.peerMaxFrame - OPS_FRAME_OVERHEAD }];
+        const maxBytes = waiting > 1 ? Math.min(INTERLEAVED_RUN_BYTES, this.peerMaxFrame) - OPS_FRAME_OVERHEAD : this.peerMaxFrame - OPS_FRAME_OVERHEAD;
+        return [{ kind: 'load', device: next.device, fromSeq: next.have + 1, toSeq: next.top, maxBytes }];
       }
     } else return [];
     if (this.initialPending && !held) {
