@@ -40,20 +40,18 @@ const knownDomain = (node: FieldNode, domain: string): string => {
 
 /**
  * A version vector as given to `bundle export --since` (parsed JSON): a plain object mapping
- * device ids to non-negative integer seqs. Throws `BAD_VERSION_VECTOR` naming the first bad entry.
+ * device ids to non-negative integer seqs, checked by the node's own rule (`checkVersionVector`,
+ * which `exportBundle` applies too). Throws `BAD_VERSION_VECTOR` naming the first bad entry.
  */
 export async function parseVersionVector(value: unknown): Promise<VersionVector> {
-  const bad = (why: string, details: Record<string, unknown> = {}) =>
-    new InvalidInputError('BAD_VERSION_VECTOR', `a version vector is a JSON object {"<device id>": seq, ...} (as \`fieldmesh vv\` prints): ${why}`, details);
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw bad(`got ${Array.isArray(value) ? 'an array' : JSON.stringify(value)}`);
-  const { isDeviceId } = await import('../core/keys.ts');
-  const out: Record<DeviceId, number> = {};
-  for (const [device, seq] of Object.entries(value)) {
-    if (!isDeviceId(device)) throw bad(`${JSON.stringify(device)} is not a device id`, { device });
-    if (typeof seq !== 'number' || !Number.isSafeInteger(seq) || seq < 0) throw bad(`seq of ${device} must be a non-negative integer, got ${JSON.stringify(seq)}`, { device, seq });
-    out[device] = seq;
+  const check: (value: unknown) => asserts value is VersionVector = (await import('../node/field-node.ts')).checkVersionVector;
+  try {
+    check(value);
+  } catch (err) {
+    if (!(err instanceof InvalidInputError)) throw err;
+    throw new InvalidInputError(err.code, `a version vector is a JSON object {"<device id>": seq, ...} (as \`fieldmesh vv\` prints): ${String(err.details.why)}`, err.details);
   }
-  return out;
+  return { ...value };
 }
 
 export interface Refusal {
@@ -147,11 +145,12 @@ export const COMMANDS = {
     return result.refused > 0 ? { ...result, refusals: await refusalsOf(node, bytes) } : result;
   },
   revoke: async (node: FieldNode, p: Params) => {
-    const target = str(p, 'device');
-    // Ops the device wrote up to what HQ holds stay valid; everything later is refused.
-    const afterSeq = optInt(p, 'afterSeq', 0, Number.MAX_SAFE_INTEGER) ?? node.versionVector()[target] ?? 0;
-    const op = await node.appendHqOp({ type: 'revoke', target, afterSeq, reason: optStr(p, 'reason') ?? '' });
-    return { id: op.id, seq: op.seq, target, afterSeq };
+    // The node's rules, as HQ's API applies them: a device revoked already gets its revocation
+    // back (nothing appended), one never enrolled is DEVICE_NOT_FOUND; ops the device wrote up to
+    // --after-seq (default: all HQ holds) stay valid.
+    const afterSeq = optInt(p, 'afterSeq', 0, Number.MAX_SAFE_INTEGER);
+    const { op, created } = await node.revoke(str(p, 'device'), { ...(afterSeq !== undefined ? { afterSeq } : {}), reason: optStr(p, 'reason') ?? '' });
+    return { id: op.id, seq: op.seq, target: op.target, afterSeq: op.afterSeq, created };
   },
 } as const;
 

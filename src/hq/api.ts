@@ -16,7 +16,7 @@ import { STATUSES, type StatusName } from '../core/status.ts';
 import { nestsDeeperThan, type Fields } from '../core/value.ts';
 import type { FieldNode, NodeEvent } from '../node/field-node.ts';
 import { unknownDomain } from '../node/errors.ts';
-import { OP_TYPES, type Op, type OpType } from '../core/op.ts';
+import { OP_TYPES, type OpType } from '../core/op.ts';
 import type { ReceiptIssuer } from './receipts.ts';
 
 export interface ApiOptions {
@@ -35,9 +35,6 @@ export interface ApiOptions {
  * Checked iteratively right after parsing, before any recursive walk of the body.
  */
 export const MAX_BODY_DEPTH = LIMITS.maxValueDepth + 3;
-
-/** Most revocations HQ's log is searched for when a device is revoked a second time. */
-const MAX_REVOCATIONS_SCANNED = 100_000;
 
 const tooDeep = (what: string, limit: number) => new InvalidInputError('VALUE_TOO_DEEP', `${what} nests deeper than ${limit}`, { limit });
 
@@ -356,14 +353,6 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
     },
   );
 
-  /** The revoke op of HQ's log that names `target` (revocations are rare: HQ's log is searched). */
-  const revocationOf = async (target: DeviceId): Promise<Extract<Op, { type: 'revoke' }> | undefined> => {
-    const summaries = await node.ops({ type: 'revoke', device: node.hqDevice, limit: MAX_REVOCATIONS_SCANNED });
-    for (const op of await node.readOps(summaries.map((s) => s.id))) if (op?.type === 'revoke' && op.target === target) return op;
-    return undefined;
-  };
-  // One revocation at a time, so two concurrent requests for one device append one op.
-  let revoking: Promise<unknown> = Promise.resolve();
   app.post<{ Params: { device: DeviceId }; Body: { reason?: string; afterSeq?: number } }>(
     '/v1/devices/:device/revoke',
     {
@@ -382,19 +371,11 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
       ],
     },
     async (request) => {
-      const target = request.params.device;
-      const run = revoking.then(async () => {
-        if (target !== node.hqDevice) checkKnownDevice(target); // HQ itself: appendHqOp refuses it (CANNOT_REVOKE_HQ, 409)
-        if (node.isRevoked(target)) {
-          const existing = await revocationOf(target);
-          if (existing !== undefined) return { id: existing.id, target, afterSeq: existing.afterSeq };
-        }
-        const afterSeq = request.body.afterSeq ?? node.versionVector()[target] ?? 0;
-        const op = await node.appendHqOp({ type: 'revoke', target, afterSeq, reason: request.body.reason ?? '' });
-        return { id: op.id, target, afterSeq };
-      });
-      revoking = run.catch(() => undefined);
-      return run;
+      // The node's rules (the CLI's too): DEVICE_NOT_FOUND (404) for a device never enrolled,
+      // CANNOT_REVOKE_HQ (409), and a device revoked already gets its first revocation back.
+      const { afterSeq, reason } = request.body;
+      const { op } = await node.revoke(request.params.device, { ...(afterSeq !== undefined ? { afterSeq } : {}), reason: reason ?? '' });
+      return { id: op.id, target: op.target, afterSeq: op.afterSeq };
     },
   );
 

@@ -14,17 +14,20 @@ import { multiaddr, type Multiaddr } from '@multiformats/multiaddr';
 import { createLibp2p } from 'libp2p';
 import { EventEmitter } from 'node:events';
 import { checkAdmission, decodeCertificate, type Role } from '../core/cert.ts';
-import { InvalidInputError } from '../core/errors.ts';
-import type { DeviceId } from '../core/keys.ts';
+import { FieldmeshError, InvalidInputError } from '../core/errors.ts';
+import { isDeviceId, type DeviceId } from '../core/keys.ts';
 import { SYNC_PROTOCOL } from '../core/sync/frames.ts';
 import { DEFAULT_SYNC_LIMITS, SyncSession } from '../core/sync/session.ts';
 import type { MeshHost } from './host.ts';
 import { SessionDriver, type DriverLimits } from './session-driver.ts';
 
 export interface MeshOptions {
-  /** Multiaddrs to listen on. @default ['/ip4/127.0.0.1/tcp/0'] */
+  /** Multiaddrs to listen on (TCP). @default ['/ip4/127.0.0.1/tcp/0'] */
   readonly listen?: readonly string[];
-  /** Peers to keep dialling (multiaddrs with /p2p/<id>). */
+  /**
+   * Peers to keep dialling: TCP multiaddrs, best with /p2p/<id>. Without it the PeerId that
+   * answers a dial is taken as the link's peer from then on.
+   */
   readonly peers?: readonly string[];
   /** Discover peers on the local network by mDNS. @default false */
   readonly mdns?: boolean;
@@ -76,6 +79,54 @@ export type MeshEvent =
 
 const SERVICE_TAG = 'fieldmesh.local';
 
+/** A static peer: its address as given, parsed once, and the PeerId it names (null without /p2p/). */
+interface StaticPeer {
+  readonly address: string;
+  readonly target: Multiaddr;
+  readonly peer: DeviceId | null;
+}
+
+/**
+ * Parses a multiaddr we are to dial or listen on. It must parse, name a TCP port (the only
+ * transport), and any /p2p/ must name a device id (an Ed25519 PeerId). Checked before anything
+ * starts, so a bad address is an error of `start`, never a crash of a timer later on.
+ */
+export function checkMultiaddr(address: unknown, what: 'peer' | 'listen'): Multiaddr {
+  const example = what === 'peer' ? '/ip4/127.0.0.1/tcp/4001/p2p/<device>' : '/ip4/127.0.0.1/tcp/4001';
+  const shown = typeof address === 'string' ? address.slice(0, 200) : typeof address;
+  const bad = (why: string) => new InvalidInputError('BAD_MULTIADDR', `${what} address ${JSON.stringify(shown)} ${why}; e.g. ${example}`, { address: shown, what });
+  if (typeof address !== 'string') throw bad('is not a string');
+  let parsed: Multiaddr;
+  try {
+    parsed = multiaddr(address);
+  } catch (err) {
+    throw bad(`is not a multiaddr (${(err as Error).message})`);
+  }
+  const components = parsed.getComponents();
+  if (!components.some((c) => c.name === 'tcp')) throw bad('names no TCP port');
+  const ids = components.filter((c) => c.name === 'p2p');
+  if (ids.length > 1 || (ids.length === 1 && what === 'listen')) throw bad(what === 'listen' ? 'names a PeerId (/p2p/): listen addresses name none' : 'names more than one PeerId');
+  if (ids.length === 1 && !isDeviceId(ids[0]!.value)) throw bad('names no device id after /p2p/ (an Ed25519 PeerId)');
+  return parsed;
+}
+
+/** Why listening fails, per errno code, in the words a user reads. */
+const LISTEN_REASONS: Readonly<Record<string, string>> = { EADDRINUSE: 'address already in use', EADDRNOTAVAIL: 'no such local address', EACCES: 'permission denied' };
+
+/**
+ * libp2p reports addresses it could not listen on as one multi-line text
+ * (`UnsupportedListenAddressesError`, one line per address with the system error): made a
+ * FieldmeshError whose code is the errno code (`EADDRINUSE`, ...; `LISTEN_FAILED` when none is given).
+ */
+function listenError(err: unknown, listen: readonly string[]): unknown {
+  if ((err as Error | undefined)?.name !== 'UnsupportedListenAddressesError') return err;
+  // libp2p gives no structured field: its text is all there is to read the code from.
+  const line = /^\s*(\/\S+): .*?\b(E[A-Z]{2,})\b/m.exec((err as Error).message);
+  const address = line?.[1] ?? listen.join(', ');
+  const code = line?.[2] ?? 'LISTEN_FAILED';
+  return new FieldmeshError(code, `cannot listen on ${address}: ${LISTEN_REASONS[code] ?? code}`, { address, listen: [...listen] });
+}
+
 export class Mesh {
   readonly events = new EventEmitter();
   private readonly node: MeshHost;
@@ -97,13 +148,29 @@ export class Mesh {
   private unsubscribe: (() => void) | null = null;
   private stopping = false;
   private readonly random: () => number;
+  private readonly listen: readonly string[];
+  private readonly statics: readonly StaticPeer[];
+  /** PeerIds that answered dials of static addresses without /p2p/ (address -> PeerId). */
+  private readonly learned = new Map<string, DeviceId>();
 
+  /** Throws InvalidInputError BAD_MULTIADDR, naming the address, for any listen or peer address that is not a TCP multiaddr. */
   constructor(node: MeshHost, options: MeshOptions = {}) {
     if (node.certificate === null) throw new InvalidInputError('NOT_ENROLLED', 'an unenrolled node cannot join the mesh: enroll it first');
     this.node = node;
     this.options = options;
     this.limits = { ...DEFAULT_DRIVER_LIMITS, ...options.limits };
     this.random = options.random ?? Math.random;
+    this.listen = [...(options.listen ?? ['/ip4/127.0.0.1/tcp/0'])];
+    for (const address of this.listen) checkMultiaddr(address, 'listen');
+    this.statics = (options.peers ?? []).map((address) => {
+      const target = checkMultiaddr(address, 'peer');
+      return { address, target, peer: target.getComponents().find((c) => c.name === 'p2p')?.value ?? null };
+    });
+  }
+
+  /** The PeerId of a static peer: the one its address names, else the one that answered our last dial of it. */
+  private peerOf(link: StaticPeer): DeviceId | undefined {
+    return link.peer ?? this.learned.get(link.address);
   }
 
   get peerId(): string {
@@ -126,9 +193,10 @@ export class Mesh {
       service.addEventListener('peer', (event) => this.discovered(event.detail.id, event.detail.multiaddrs));
       return service;
     };
+    // createLibp2p starts the node (and stops it again when listening fails).
     this.libp2p = await createLibp2p({
       privateKey: this.node.privateKey,
-      addresses: { listen: [...(this.options.listen ?? ['/ip4/127.0.0.1/tcp/0'])] },
+      addresses: { listen: [...this.listen] },
       transports: [tcp()],
       connectionEncrypters: [noise()],
       streamMuxers: [yamux()],
@@ -136,6 +204,8 @@ export class Mesh {
       services: { identify: identify() },
       connectionManager: { maxConnections: this.options.maxConnections ?? 128, inboundConnectionThreshold: 100, maxIncomingPendingConnections: 32 },
       connectionGater: { denyDialPeer: penalized, denyInboundEncryptedConnection: penalized },
+    }).catch((err: unknown) => {
+      throw listenError(err, this.listen);
     });
     await this.libp2p.handle(SYNC_PROTOCOL, (stream, connection) => this.runSession(stream, connection), { maxInboundStreams: 2, maxOutboundStreams: 2 });
     this.libp2p.addEventListener('peer:discovery', (event) => this.discovered(event.detail.id, event.detail.multiaddrs));
@@ -179,11 +249,11 @@ export class Mesh {
 
   /** The static peers (uplink included): connected or not, dial attempts, last error, next dial. */
   links(): LinkInfo[] {
-    return (this.options.peers ?? []).map((address) => {
-      const id = multiaddr(address).getComponents().find((c) => c.name === 'p2p')?.value;
+    return this.statics.map((link) => {
+      const id = this.peerOf(link);
       const connected = id !== undefined && this.drivers.has(id);
-      const state = this.redial.get(address);
-      return { address, connected, attempts: state?.attempt ?? 0, lastError: state?.lastError ?? null, nextAttemptMs: connected ? null : (state?.nextMs ?? null) };
+      const state = this.redial.get(link.address);
+      return { address: link.address, connected, attempts: state?.attempt ?? 0, lastError: state?.lastError ?? null, nextAttemptMs: connected ? null : (state?.nextMs ?? null) };
     });
   }
 
@@ -209,9 +279,12 @@ export class Mesh {
    * side that opens sessions, once the session is admitted (or refused).
    */
   async dial(address: string | Multiaddr): Promise<void> {
-    const libp2p = this.requireStarted();
-    const connection = await libp2p.dial(typeof address === 'string' ? multiaddr(address) : address, { signal: AbortSignal.timeout(this.limits.handshakeTimeoutMs) });
+    const connection = await this.connect(typeof address === 'string' ? checkMultiaddr(address, 'peer') : address);
     await this.openSession(connection.remotePeer);
+  }
+
+  private async connect(target: Multiaddr): Promise<Connection> {
+    return this.requireStarted().dial(target, { signal: AbortSignal.timeout(this.limits.handshakeTimeoutMs) });
   }
 
   /**
@@ -318,6 +391,13 @@ export class Mesh {
       if (driver.admittedAt !== null || blame) {
         this.events.emit('event', { kind: 'peer:closed', device: driver.admittedAt !== null ? device : driver.connection.remotePeer.toString(), code, blame } satisfies MeshEvent);
       }
+      // A static peer's session that ends (or is refused) says why: its link's last error.
+      const remote = driver.connection.remotePeer.toString();
+      for (const link of this.statics) {
+        if (this.peerOf(link) !== remote || this.drivers.has(remote)) continue;
+        const state = this.redial.get(link.address) ?? { attempt: 0, nextMs: 0, lastError: null };
+        this.redial.set(link.address, { ...state, lastError: `session closed: ${code}` });
+      }
       if (!this.stopping) this.scheduleRedial(this.options.redialMinMs ?? 500);
     },
     learnedCerts: (from: SessionDriver, certs: readonly Uint8Array[]): void => this.shareCertificates(certs, from),
@@ -329,7 +409,7 @@ export class Mesh {
 
   /** Dials every static peer we are not syncing with, each on its own capped, jittered back-off. */
   private scheduleRedial(delayMs: number): void {
-    if (this.stopping || (this.options.peers ?? []).length === 0) return;
+    if (this.stopping || this.statics.length === 0) return;
     if (this.timer !== null) clearTimeout(this.timer);
     this.timer = setTimeout(() => void this.redialNow(), delayMs);
     this.timer.unref();
@@ -339,8 +419,10 @@ export class Mesh {
     this.timer = null;
     const now = Date.now();
     let soonest = Number.POSITIVE_INFINITY;
-    for (const address of this.options.peers ?? []) {
-      const id = multiaddr(address).getComponents().find((c) => c.name === 'p2p')?.value;
+    for (const link of this.statics) {
+      const { address } = link;
+      // A link that is up (or being set up) is not dialled again, whether its address names the peer or we learned it.
+      const id = this.peerOf(link);
       if ((id !== undefined && this.syncingWith(id)) || this.dialing.has(address)) continue;
       const state = this.redial.get(address) ?? { attempt: 0, nextMs: 0, lastError: null };
       if (state.nextMs > now) {
@@ -354,7 +436,11 @@ export class Mesh {
       this.redial.set(address, next);
       soonest = Math.min(soonest, next.nextMs);
       this.dialing.add(address);
-      void this.dial(address)
+      void this.connect(link.target)
+        .then((connection) => {
+          if (link.peer === null) this.learned.set(address, connection.remotePeer.toString());
+          return this.openSession(connection.remotePeer);
+        })
         .catch((err: Error) => {
           const current = this.redial.get(address);
           if (current !== undefined) this.redial.set(address, { ...current, lastError: err.message });

@@ -94,7 +94,32 @@ export async function enroll(options: EnrollOptions): Promise<Certificate> {
     hq.signer,
   );
   await saveCertificate(dataDir, cert);
+  await recordIssued(options.hqDataDir, cert);
   return cert;
+}
+
+/** Where HQ's data dir keeps the certificates signed for it outside a running node. */
+export const ISSUED_DIR = 'issued';
+
+/**
+ * Keeps a copy of a certificate HQ signed in HQ's data dir (`issued/<device>.cert`), without
+ * opening HQ's database (HQ may be running): HQ can then revoke a device enrolled this way even
+ * before any of its ops or its certificate reached HQ through the mesh.
+ */
+async function recordIssued(hqDataDir: string, cert: Certificate): Promise<void> {
+  const dir = join(hqDataDir, ISSUED_DIR);
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  await writeFile(join(dir, `${cert.device}.cert`), cert.bytes, { mode: 0o600 });
+}
+
+/** The certificate HQ signed for `device` by `enroll`, if its data dir holds one (null otherwise). */
+export async function readIssued(hqDataDir: string, device: string): Promise<Uint8Array | null> {
+  try {
+    return await readFile(join(hqDataDir, ISSUED_DIR, `${device}.cert`));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw err;
+  }
 }
 
 /** The device's certificate in its data dir, or null when it has not been enrolled. */

@@ -10,15 +10,15 @@ import { EMPTY_TIP, type LogTip } from '../core/chain.ts';
 import { InvalidInputError, RuleViolationError } from '../core/errors.ts';
 import { verifyForkProof, type ForkProof } from '../core/chain.ts';
 import type { Hlc } from '../core/hlc.ts';
-import type { DeviceId } from '../core/keys.ts';
+import { isDeviceId, type DeviceId } from '../core/keys.ts';
 import { viewDigestBytes, isVisible } from '../core/materialize.ts';
-import { DATA_OP_TYPES, opIdOf, parseOp, type DataOpType, type Op, type OpId } from '../core/op.ts';
+import { DATA_OP_TYPES, opIdOf, parseOp, type DataOpType, type Op, type OpId, type RevokeBody } from '../core/op.ts';
 import type { TipId, Tips } from '../core/sync/frames.ts';
 import { decodeBundle, encodeBundle } from '../core/bundle.ts';
 import { missingRanges, type VersionVector } from '../core/version-vector.ts';
 import { STATUSES, type OpStatus, type StatusName } from '../core/status.ts';
 import { policyOf, type DomainPolicy, type ResolutionConfig, type Strategy } from '../core/strategies.ts';
-import { checkFields, type Fields, type Value } from '../core/value.ts';
+import { checkFields, checkValue, type Fields, type Value } from '../core/value.ts';
 import { viewOf, type Conflict, type EntityView } from '../core/view.ts';
 import type { EntityState } from '../core/entity.ts';
 import type { OpMeta } from '../store/apply.ts';
@@ -29,11 +29,12 @@ import { TABLES } from '../store/tables.ts';
 import { verifyStore, type VerifyReport } from '../store/verify.ts';
 import { createHash } from 'node:crypto';
 import { loadOrCreateDeviceKey, type DeviceKey } from './device-key.ts';
-import { hqCertificate, readDeviceCertificate, saveCertificate } from './enroll.ts';
+import { hqCertificate, readDeviceCertificate, readIssued, saveCertificate } from './enroll.ts';
 import { admissionTimeMs, checkAdmission, decodeCertificate, issueCertificate, type Certificate } from '../core/cert.ts';
 import { badChoice, conflictNotFound, entityExists, entityNotFound, unknownDomain } from './errors.ts';
 import { Subscription } from './subscription.ts';
-import { Mesh, type LinkInfo, type MeshEvent, type MeshOptions, type PeerInfo } from '../net/mesh.ts';
+// Type-only: libp2p is loaded by start(), so commands that only read a data dir never load it.
+import type { LinkInfo, Mesh, MeshEvent, MeshOptions, PeerInfo } from '../net/mesh.ts';
 
 export type { Role } from '../core/cert.ts';
 import type { Role } from '../core/cert.ts';
@@ -136,6 +137,46 @@ export interface DeviceStatus {
 
 export type Resolution = { readonly fields: Fields } | { readonly delete: true };
 
+export interface RevokeOptions {
+  /** The device's ops up to this seq stay valid. @default every op of it this node holds */
+  readonly afterSeq?: number;
+  /** Why (at most 512 chars). @default '' */
+  readonly reason?: string;
+}
+
+export interface Revocation {
+  /** HQ's revoke op: the one appended, or the one that revoked the device before. */
+  readonly op: Op<RevokeBody>;
+  /** False when the device was revoked already and nothing was appended. */
+  readonly created: boolean;
+}
+
+/** Most revocations HQ's log is searched for the one that names a device. */
+const MAX_REVOCATIONS_SCANNED = 100_000;
+
+/**
+ * Checks a version vector from elsewhere (an API, a `--since` file): a plain object mapping
+ * device ids to non-negative safe integers. Throws InvalidInputError BAD_VERSION_VECTOR naming
+ * the first bad entry.
+ */
+export function checkVersionVector(value: unknown): asserts value is VersionVector {
+  const bad = (why: string, details: Record<string, unknown> = {}) =>
+    new InvalidInputError('BAD_VERSION_VECTOR', `a version vector is a plain object {"<device id>": seq, ...}: ${why}`, { ...details, why });
+  if (typeof value !== 'object' || value === null || Array.isArray(value) || Object.getPrototypeOf(value) !== Object.prototype) {
+    throw bad(Array.isArray(value) ? 'got an array' : value === null ? 'got null' : `got ${typeof value === 'object' ? (value as object).constructor?.name ?? 'an object' : typeof value}`);
+  }
+  for (const [device, seq] of Object.entries(value)) {
+    if (!isDeviceId(device)) {
+      const shown = String(device).slice(0, 80);
+      throw bad(`${JSON.stringify(shown)} is not a device id`, { device: shown });
+    }
+    if (typeof seq !== 'number' || !Number.isSafeInteger(seq) || seq < 0) {
+      const shown = typeof seq === 'object' && seq !== null ? (Array.isArray(seq) ? 'an array' : 'an object') : String(JSON.stringify(seq));
+      throw bad(`seq of ${device} must be a non-negative integer, got ${shown}`, { device, seq: shown });
+    }
+  }
+}
+
 const ZERO_COUNTS = (): Record<StatusName, number> => ({ pending: 0, synced: 0, failed: 0, conflict: 0 });
 
 export class FieldNode {
@@ -149,6 +190,10 @@ export class FieldNode {
   private readonly key: DeviceKey;
   private readonly cert: Certificate | null;
   private mesh: Mesh | null = null;
+  /** A start() under way (so two concurrent calls start one mesh). */
+  private starting: Promise<void> | null = null;
+  /** Revocations run one at a time, so two concurrent ones for one device append one op. */
+  private revoking: Promise<unknown> = Promise.resolve();
   private readonly now: () => number;
   private readonly maxDriftMs: number;
   private readonly maxBacklog: number;
@@ -325,6 +370,47 @@ export class FieldNode {
   }
 
   /**
+   * HQ only: revokes a device. Its ops up to `afterSeq` (default: all this node holds of it) stay
+   * valid, every later one is refused on every node, and it can no longer sync. Idempotent: a
+   * device revoked already gets its existing revocation back (`created: false`) and nothing is
+   * appended; concurrent calls run one at a time. Refuses a malformed id (InvalidInputError
+   * BAD_DEVICE_ID), a device this node holds no certificate for (RuleViolationError
+   * DEVICE_NOT_FOUND), HQ itself (CANNOT_REVOKE_HQ) and any node but HQ (NOT_HQ).
+   */
+  revoke(device: DeviceId, options: RevokeOptions = {}): Promise<Revocation> {
+    const run = this.revoking.then(async (): Promise<Revocation> => {
+      if (this.role !== 'server' || this.device !== this.hqDevice) throw new RuleViolationError('NOT_HQ', 'only the team\'s HQ node revokes devices');
+      if (!isDeviceId(device)) throw new InvalidInputError('BAD_DEVICE_ID', `${JSON.stringify(String(device).slice(0, 80))} is not a device id (an Ed25519 PeerId)`, { device: String(device).slice(0, 80) });
+      if (device === this.hqDevice) throw new RuleViolationError('CANNOT_REVOKE_HQ', 'HQ cannot revoke itself: it would void every receipt and edit to come', { device });
+      // Enrolled = HQ holds its certificate: from enrollDevice, a sync, a bundle, or the copy
+      // `enroll` left in HQ's data dir (issued/), for a device HQ has not heard from yet.
+      if (!this.isEnrolled(device)) {
+        const issued = isDeviceId(device) ? await readIssued(this.dataDir, device) : null;
+        if (issued !== null) await this.addCertificates([issued]);
+      }
+      if (!this.isEnrolled(device)) throw new RuleViolationError('DEVICE_NOT_FOUND', `device ${device} is not enrolled in team ${this.team} (HQ holds no certificate for it)`, { device });
+      if (this.isRevoked(device)) {
+        const existing = await this.revocationOf(device);
+        // (Not found only past MAX_REVOCATIONS_SCANNED revocations: a second one then changes nothing, as the lowest afterSeq counts.)
+        if (existing !== undefined) return { op: existing, created: false };
+      }
+      const afterSeq = options.afterSeq ?? this.versionVector()[device] ?? 0;
+      const op = (await this.appendHqOp({ type: 'revoke', target: device, afterSeq, reason: options.reason ?? '' })) as Op<RevokeBody>;
+      return { op, created: true };
+    });
+    this.revoking = run.catch(() => undefined);
+    return run;
+  }
+
+  /** HQ's revoke op that names `device`, or undefined (revocations are rare: HQ's log is searched). */
+  async revocationOf(device: DeviceId): Promise<Op<RevokeBody> | undefined> {
+    if (!this.isRevoked(device)) return undefined;
+    const summaries = await this.ops({ type: 'revoke', device: this.hqDevice, limit: MAX_REVOCATIONS_SCANNED });
+    for (const op of await this.readOps(summaries.map((s) => s.id))) if (op?.type === 'revoke' && op.target === device) return op;
+    return undefined;
+  }
+
+  /**
    * Ops of other devices HQ has given no verdict on yet, oldest first per device: the pending
    * and conflicted ones without a receipt.
    */
@@ -371,8 +457,11 @@ export class FieldNode {
   /**
    * A bundle of every op the holder of `theirs` lacks (everything when omitted), with the
    * certificates and fork proofs needed to accept them. `onProgress` gets the ops gathered so far.
+   * Throws InvalidInputError BAD_VERSION_VECTOR when `theirs` is not a version vector.
    */
   async exportBundle(theirs: VersionVector = {}, onProgress?: (ops: number) => void): Promise<Uint8Array> {
+    // A seq below 0 (or not an integer) would make ranges that start before seq 1: duplicate ops.
+    checkVersionVector(theirs);
     const runs: { device: DeviceId; ops: Uint8Array[] }[] = [];
     let total = 0;
     for (const range of missingRanges(this.versionVector(), theirs)) {
@@ -413,6 +502,8 @@ export class FieldNode {
   /** HQ only: signs a certificate for a device (whose key was made on the device) and keeps it. */
   async enrollDevice(device: DeviceId, user: string, role: Role, validForMs: number): Promise<Certificate> {
     if (this.role !== 'server' || this.device !== this.hqDevice) throw new RuleViolationError('NOT_HQ', 'only the team\'s HQ node enrolls devices');
+    // HQ's own certificate (role server, the team root) would be replaced by this one, and shared with every peer.
+    if (device === this.hqDevice) throw new RuleViolationError('CANNOT_ENROLL_HQ', 'the device id is HQ\'s own: HQ holds its team root certificate', { device });
     const now = this.now();
     const cert = issueCertificate({ team: this.team, device, user, role, issuedMs: now, expiresMs: now + validForMs }, this.key.signer);
     this.share(await this.addCertificates([cert.bytes]));
@@ -508,10 +599,20 @@ export class FieldNode {
     return isVisible(view) ? view : null;
   }
 
-  /** Existing entities of a domain in entity-id order, optionally filtered by field equality. */
+  /**
+   * Existing entities of a domain in entity-id order, optionally filtered by field equality.
+   * `where` must be a plain object of field values (checked as a change's are: depth, shape),
+   * else InvalidInputError (BAD_FIELDS, VALUE_TOO_DEEP, BAD_VALUE).
+   */
   async query(domain: string, options: QueryOptions = {}): Promise<EntityView[]> {
     const limit = options.limit ?? 1000;
-    const where = Object.entries(options.where ?? {});
+    const given: unknown = options.where ?? {};
+    if (typeof given !== 'object' || given === null || Array.isArray(given) || Object.getPrototypeOf(given) !== Object.prototype) {
+      throw new InvalidInputError('BAD_FIELDS', `query of ${domain}: where must be a plain object of field values`);
+    }
+    // Before the comparison below walks them (recursively): a value nested thousands deep would overflow the stack.
+    for (const [field, value] of Object.entries(given)) checkValue(value, `where.${field}`);
+    const where = Object.entries(given as Readonly<Record<string, Value>>);
     const out: EntityView[] = [];
     for await (const [, state] of this.store.scan<EntityState>(TABLES.entity, under(domain))) {
       const view = this.viewFor(state);
@@ -690,18 +791,28 @@ export class FieldNode {
 
   /**
    * Joins the mesh: listens, discovers (mDNS if asked), dials static peers and syncs with every
-   * admitted peer of the team. Needs an enrolled node.
+   * admitted peer of the team. Needs an enrolled node. Every listen and peer address is checked
+   * first (InvalidInputError BAD_MULTIADDR naming it); an address it cannot listen on fails with
+   * a FieldmeshError whose code is the system's (`EADDRINUSE`, `EADDRNOTAVAIL`, ...).
    */
   async start(options: MeshOptions = {}): Promise<void> {
     if (this.mesh !== null) return;
-    const mesh = new Mesh(this, options);
-    mesh.events.on('event', (event: MeshEvent) => this.forward({ kind: 'peer', event }));
-    await mesh.start();
-    this.mesh = mesh;
+    this.starting ??= (async () => {
+      // Loaded here, not at the top: opening a data dir to read it does not load libp2p.
+      const { Mesh } = await import('../net/mesh.ts');
+      const mesh = new Mesh(this, options);
+      mesh.events.on('event', (event: MeshEvent) => this.forward({ kind: 'peer', event }));
+      await mesh.start();
+      this.mesh = mesh;
+    })().finally(() => {
+      this.starting = null;
+    });
+    return this.starting;
   }
 
   /** Leaves the mesh (the data stays open). */
   async stop(): Promise<void> {
+    await this.starting?.catch(() => undefined);
     const mesh = this.mesh;
     this.mesh = null;
     await mesh?.stop();

@@ -120,5 +120,6 @@ export function replayCommand(config: SimConfig): string {
   if (config.faults.join(',') !== d.faults.join(',')) flags.push(`--faults ${config.faults.length === 0 ? 'none' : config.faults.join(',')}`);
   if (config.blackout) flags.push('--blackout');
   if (config.variant !== d.variant) flags.push(`--variant ${config.variant}`);
-  return `npm run sim -- ${flags.join(' ')}`;
+  // run.sh runs it with a Node that runs TypeScript (installing one when the system's cannot).
+  return `bash scripts/run.sh sim ${flags.join(' ')}`;
 }

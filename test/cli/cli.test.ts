@@ -117,6 +117,9 @@ describe('commands on data dirs no node holds', () => {
     ]);
     expect(fieldInit).toEqual({ device: expect.stringMatching(/^12D3Koo/), dataDir: fa, enrolled: false });
     expect(gwEnroll).toMatchObject({ device: expect.stringMatching(/^12D3Koo/), team: TEAM, user: 'base-camp', role: 'gateway' });
+    // `enroll` also left a copy of the certificate in HQ's dir (issued/): HQ can revoke the device
+    // before it ever syncs.
+    expect(await readFile(join(hq, 'issued', `${gwEnroll.device}.cert`))).toEqual(Buffer.from((await readDeviceCertificate(gw))!.bytes));
     const expiresInDays = (Date.parse(gwEnroll.expires) - Date.now()) / 86_400_000;
     expect(expiresInDays).toBeGreaterThan(29.9);
     expect(expiresInDays).toBeLessThanOrEqual(30);
@@ -303,7 +306,8 @@ describe('running nodes', () => {
       await n.mutate({ type: 'create', domain: 'case', entity: 'case-11', fields: { status: 'open' } });
     });
     await withNode(dirs.hq!.dir, (n) => n.mutate({ type: 'create', domain: 'case', entity: 'case-7', fields: { title: 'Warehouse fire', status: 'escalated' } }));
-    // The device that gets lost wrote a note; its bundle reaches HQ only after HQ revoked it.
+    // The device that gets lost wrote a note; its bundle reaches HQ only after HQ revoked it (HQ
+    // never heard from it: it knows the device by the copy `enroll` left in HQ's dir).
     const lostBundle = join(root, 'lost.bundle');
     await withNode(dirs.lost!.dir, async (n) => {
       await n.mutate({ type: 'create', domain: 'note', entity: 'n-lost', fields: { text: 'left behind' } });

@@ -40,9 +40,9 @@ describe('determinism', () => {
 describe('config', () => {
   it('fills defaults and prints only what differs in the replay command', () => {
     expect(simConfig({ seed: 5 })).toEqual({ ...DEFAULT_SIM_CONFIG, seed: 5 });
-    expect(replayCommand(simConfig({ seed: 5 }))).toBe('npm run sim -- --seed 5');
-    expect(replayCommand(simConfig({ seed: 5, nodes: 9, faults: ['crash', 'reset'], variant: 'arrival-order-state' }))).toBe('npm run sim -- --seed 5 --nodes 9 --faults crash,reset --variant arrival-order-state');
-    expect(replayCommand(simConfig({ seed: 5, faults: [] }))).toBe('npm run sim -- --seed 5 --faults none');
+    expect(replayCommand(simConfig({ seed: 5 }))).toBe('bash scripts/run.sh sim --seed 5');
+    expect(replayCommand(simConfig({ seed: 5, nodes: 9, faults: ['crash', 'reset'], variant: 'arrival-order-state' }))).toBe('bash scripts/run.sh sim --seed 5 --nodes 9 --faults crash,reset --variant arrival-order-state');
+    expect(replayCommand(simConfig({ seed: 5, faults: [] }))).toBe('bash scripts/run.sh sim --seed 5 --faults none');
   });
 
   it('refuses options out of bounds, naming the option', () => {

@@ -1,0 +1,101 @@
+/**
+ * The `fieldmesh` command as real processes: `revoke` follows the node's rules, as HQ's API does
+ * (revoking again returns the first revocation and appends nothing; a device never enrolled is
+ * DEVICE_NOT_FOUND), and a command that only opens a stopped data dir never loads libp2p (the
+ * mesh is imported by `start` alone). Every process is stopped and every dir removed after each test.
+ */
+import { spawn } from 'node:child_process';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { describe, expect, it } from 'vitest';
+import { DEFAULT_DOMAINS, readConfig, toPolicies, writeConfig } from '../../src/cli/config.ts';
+import { signerFromSeed } from '../../src/core/keys.ts';
+import { enroll } from '../../src/node/enroll.ts';
+import { FieldNode } from '../../src/node/field-node.ts';
+import { CLI, stopChild, useCli } from './helpers.ts';
+
+const cli = useCli();
+const TEAM = 'rescue';
+
+/** Opens a CLI data dir in this process, as the CLI would (config.json), for `fn`. */
+async function withNode<T>(dataDir: string, fn: (node: FieldNode) => Promise<T>): Promise<T> {
+  const config = await readConfig(dataDir);
+  const node = await FieldNode.open({ dataDir, team: config.team, user: config.user, role: config.role, domains: toPolicies(config.domains) });
+  try {
+    return await fn(node);
+  } finally {
+    await node.close();
+  }
+}
+
+/** HQ's data dir and one enrolled field device's, as `fieldmesh init` / `enroll` leave them, HQ knowing the device. */
+async function team(root: string) {
+  const hq = join(root, 'hq');
+  await mkdir(hq, { recursive: true });
+  await writeConfig(hq, { team: TEAM, user: 'hq-staff', role: 'server', domains: DEFAULT_DOMAINS });
+  const hqDevice = await withNode(hq, async (n) => n.device);
+  const tablet = join(root, 'tablet');
+  const cert = await enroll({ hqDataDir: hq, dataDir: tablet, team: TEAM, user: 'alice', role: 'field' });
+  await writeConfig(tablet, { team: TEAM, user: 'alice', role: 'field', domains: DEFAULT_DOMAINS });
+  // HQ holds the tablet's certificate, as after their first sync (`enroll` writes it to the tablet's dir only).
+  await withNode(hq, (n) => n.addCertificates([cert.bytes]));
+  return { hq, hqDevice, tablet, tabletDevice: cert.device };
+}
+
+describe('revoke', () => {
+  it('returns the existing revocation when the device is revoked already (nothing appended) and refuses a device never enrolled', async () => {
+    const { hq, hqDevice, tabletDevice } = await team(await cli.dir());
+    const first = await cli.json(['-d', hq, 'revoke', tabletDevice, '--reason', 'lost in the river']);
+    expect(first).toEqual({ id: expect.stringMatching(/^[0-9a-f]{64}$/), seq: 1, target: tabletDevice, afterSeq: 0, created: true });
+    const again = await cli.json(['-d', hq, 'revoke', tabletDevice, '--after-seq', '5', '--reason', 'again']);
+    expect(again).toEqual({ ...first, created: false });
+    const text = await cli.ok(['-d', hq, 'revoke', tabletDevice]);
+    expect(text.stdout.trim()).toBe(`revoked ${tabletDevice} after seq 0`);
+
+    const stranger = signerFromSeed(new Uint8Array(32).fill(7)).device;
+    const refused = await cli.run(['-d', hq, 'revoke', stranger]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr.trim()).toBe(`fieldmesh: device ${stranger} is not enrolled in team ${TEAM} (HQ holds no certificate for it) [DEVICE_NOT_FOUND]`);
+    const hqItself = await cli.run(['-d', hq, 'revoke', hqDevice]);
+    expect([hqItself.code, hqItself.stderr.trim().endsWith('[CANNOT_REVOKE_HQ]')]).toEqual([1, true]);
+
+    const revocations = await withNode(hq, (n) => n.ops({ type: 'revoke' }));
+    expect(revocations.map((o) => o.id)).toEqual([first.id]);
+  });
+});
+
+describe('loading', () => {
+  it('a command on a stopped data dir (status) does not load libp2p or the mesh', async () => {
+    const root = await cli.dir();
+    const { tablet } = await team(root);
+    // Records every module the process resolves, and writes the list when it exits.
+    const hook = join(root, 'record-modules.mjs');
+    const list = join(root, 'modules.json');
+    await writeFile(
+      hook,
+      [
+        "import { registerHooks } from 'node:module';",
+        "import { writeFileSync } from 'node:fs';",
+        'const urls = new Set();',
+        'registerHooks({ resolve(specifier, context, next) { const r = next(specifier, context); urls.add(r.url); return r; } });',
+        `process.on('exit', () => writeFileSync(${JSON.stringify(list)}, JSON.stringify([...urls])));`,
+      ].join('\n'),
+    );
+    const child = spawn(process.execPath, ['--import', pathToFileURL(hook).href, CLI, '--json', '-d', tablet, 'status'], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NODE_OPTIONS: '' } });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    const timer = setTimeout(() => void stopChild(child, 5_000), 60_000);
+    const code = await new Promise<number | null>((done) => child.once('close', done));
+    clearTimeout(timer);
+    expect(code, stderr).toBe(0);
+    expect(JSON.parse(stdout)).toMatchObject({ role: 'field', links: [] });
+
+    const urls = JSON.parse(await readFile(list, 'utf8')) as string[];
+    // The recording works: the node itself was loaded.
+    expect(urls.some((u) => u.endsWith('/src/node/field-node.ts'))).toBe(true);
+    expect(urls.filter((u) => u.endsWith('/src/net/mesh.ts') || u.endsWith('/src/net/session-driver.ts') || /\/node_modules\/(libp2p|@libp2p\/(tcp|mdns)|@chainsafe)\//.test(u))).toEqual([]);
+  });
+});

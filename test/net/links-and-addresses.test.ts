@@ -1,0 +1,131 @@
+/**
+ * The mesh's addresses and links with real FieldNodes on loopback: bad listen and peer addresses
+ * are refused by `start` (typed, naming the address) instead of crashing a redial timer later; a
+ * port that is taken gives its errno code; and a static peer given without /p2p/<id> (as
+ * `fieldmesh start --hq /ip4/127.0.0.1/tcp/4001` does) shows as up once its session is, and is
+ * not dialled again while it stays up.
+ */
+import { createServer, type AddressInfo, type Server } from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { FieldmeshError, InvalidInputError } from '../../src/core/errors.ts';
+import { Mesh } from '../../src/net/mesh.ts';
+import type { FieldNode } from '../../src/node/field-node.ts';
+import { LOOPBACK, sleep, useLoopback, waitFor } from './helpers.ts';
+
+const DOMAINS = { case: 'merge' } as const;
+const lb = useLoopback();
+
+const servers: Server[] = [];
+afterEach(async () => {
+  for (const server of servers.splice(0)) await new Promise<void>((done) => server.close(() => done()));
+});
+
+/** Awaits `promise`, which must reject with a FieldmeshError of class `cls` and `code`; returns it. */
+async function rejection<E extends FieldmeshError>(promise: Promise<unknown>, cls: abstract new (...args: never[]) => E, code: string): Promise<E> {
+  const err = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err, 'expected a rejection').toBeInstanceOf(cls);
+  expect((err as E).code, (err as Error).message).toBe(code);
+  return err as E;
+}
+
+describe('addresses given to start', () => {
+  const BAD_PEERS = [
+    'not-a-multiaddr',
+    '/ip4/127.0.0.1/tcp/99999',
+    '/ip4/127.0.0.1',
+    '/ip4/127.0.0.1/tcp/4001/p2p/not-a-peer-id',
+    '/ip4/127.0.0.1/tcp/4001/p2p/QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N',
+  ];
+
+  it('refuses every malformed peer or listen address up front (BAD_MULTIADDR naming it); nothing is left running', async () => {
+    const team = await lb.team(DOMAINS);
+    const node = await team.node('alice');
+    for (const address of BAD_PEERS) {
+      const err = await rejection(node.start({ ...LOOPBACK, peers: ['/ip4/127.0.0.1/tcp/4001', address] }), InvalidInputError, 'BAD_MULTIADDR');
+      expect(err.details).toMatchObject({ address, what: 'peer' });
+      expect(err.message).toContain(JSON.stringify(address));
+      expect(() => new Mesh(node, { peers: [address] })).toThrow(InvalidInputError);
+    }
+    for (const address of ['/ip4/127.0.0.1', 'junk', `/ip4/127.0.0.1/tcp/0/p2p/${node.device}`]) {
+      const err = await rejection(node.start({ ...LOOPBACK, listen: [address] }), InvalidInputError, 'BAD_MULTIADDR');
+      expect(err.details).toMatchObject({ address, what: 'listen' });
+    }
+    expect(node.addresses()).toEqual([]);
+    expect(node.links()).toEqual([]);
+
+    // The node starts normally afterwards, and its links list every peer as given.
+    const hq = await team.hq();
+    await hq.start(LOOPBACK);
+    await node.start({ ...LOOPBACK, peers: hq.addresses() });
+    await waitFor('the link to HQ', () => node.links()[0]?.connected === true);
+  });
+
+  it('gives the errno code of a listen address that is taken (FieldmeshError EADDRINUSE), and can start again on another', async () => {
+    const server = createServer();
+    servers.push(server);
+    await new Promise<void>((done) => server.listen({ host: '127.0.0.1', port: 0 }, () => done()));
+    const address = `/ip4/127.0.0.1/tcp/${(server.address() as AddressInfo).port}`;
+    const team = await lb.team(DOMAINS);
+    const hq = await team.hq();
+    const err = await rejection(hq.start({ ...LOOPBACK, listen: [address] }), FieldmeshError, 'EADDRINUSE');
+    expect(err.details).toMatchObject({ address });
+    expect(err.message).toBe(`cannot listen on ${address}: address already in use`);
+    await hq.start(LOOPBACK);
+    expect(hq.addresses()).toHaveLength(1);
+  });
+});
+
+describe('a static peer given without /p2p/<id>', () => {
+  /** Field devices until one has a PeerId below HQ's and one above (so each side opens the session once). */
+  async function bothSides(team: Awaited<ReturnType<typeof lb.team>>): Promise<FieldNode[]> {
+    let below: FieldNode | null = null;
+    let above: FieldNode | null = null;
+    for (let i = 0; i < 24 && (below === null || above === null); i++) {
+      const node = await team.node(`dev${i}`);
+      if (node.device < team.hqDevice) below ??= node;
+      else above ??= node;
+    }
+    if (below === null || above === null) throw new Error('no device on one side of HQ in 24 tries');
+    return [below, above];
+  }
+
+  it('shows as connected once the session is up, is not dialled again while up, and shows the error once down', async () => {
+    const team = await lb.team(DOMAINS);
+    const hq = await team.hq();
+    await hq.start(LOOPBACK);
+    const [withId] = hq.addresses();
+    const bare = withId!.slice(0, withId!.indexOf('/p2p/'));
+    expect(bare).toMatch(/^\/ip4\/127\.0\.0\.1\/tcp\/\d+$/);
+
+    const devices = await bothSides(team);
+    for (const [i, device] of devices.entries()) {
+      await device.start({ ...LOOPBACK, peers: [bare], redialMinMs: 20, redialMaxMs: 100 });
+      await device.mutate({ type: 'create', domain: 'case', entity: `c${i}`, fields: { n: i } });
+    }
+    for (const device of devices) {
+      const up = await waitFor(`${device.user}'s link to HQ to show as up`, () => (device.links()[0]?.connected === true ? device.links()[0] : undefined));
+      expect(up).toEqual({ address: bare, connected: true, attempts: 0, lastError: null, nextAttemptMs: null });
+      expect(device.peers().map((p) => p.device)).toContain(team.hqDevice);
+    }
+    await waitFor('HQ to hold both cases', async () => (await hq.get('case', 'c0')) !== null && (await hq.get('case', 'c1')) !== null);
+
+    // While the link stays up it is not dialled again: many redial periods later, still no attempt.
+    for (let round = 0; round < 10; round++) {
+      await sleep(100);
+      for (const device of devices) expect(device.links()[0]).toEqual({ address: bare, connected: true, attempts: 0, lastError: null, nextAttemptMs: null });
+    }
+
+    // HQ goes away: the link shows as down, with its redials and why.
+    await hq.stop();
+    for (const device of devices) {
+      const down = await waitFor(`${device.user}'s link to show as down and redialled`, () => {
+        const link = device.links()[0];
+        return link !== undefined && !link.connected && link.attempts >= 1 && link.lastError !== null ? link : undefined;
+      });
+      expect(down.address).toBe(bare);
+    }
+  });
+});
