@@ -16,13 +16,12 @@ import { join } from 'node:path';
 import { Level } from 'level';
 import { describe, expect, it } from 'vitest';
 import { callRunning } from '../../src/cli/control.ts';
-import { DEFAULT_DOMAINS, readConfig, toPolicies, writeConfig } from '../../src/cli/config.ts';
+import { DEFAULT_DOMAINS, writeConfig } from '../../src/cli/config.ts';
 import type { Role } from '../../src/core/cert.ts';
 import { enroll, readDeviceCertificate } from '../../src/node/enroll.ts';
-import { FieldNode } from '../../src/node/field-node.ts';
 import { logKey } from '../../src/store/keys.ts';
 import { TABLES, tableKey } from '../../src/store/tables.ts';
-import { freePort, pool, stopChild, useCli, waitFor, type Result } from './helpers.ts';
+import { freePort, pool, stopChild, useCli, waitFor, withNode, type Result } from './helpers.ts';
 
 const cli = useCli();
 const TEAM = 'rescue';
@@ -30,17 +29,6 @@ const HEX64 = /^[0-9a-f]{64}$/;
 
 /** The last line a command printed on stderr, parsed (with --json, errors are JSON). */
 const jsonError = (r: Result) => JSON.parse(r.stderr.trim().split('\n').pop()!) as { error: { code: string; message: string } };
-
-/** Opens a CLI data dir in this process, as the CLI would (config.json), for `fn`. */
-async function withNode<T>(dataDir: string, fn: (node: FieldNode) => Promise<T>): Promise<T> {
-  const config = await readConfig(dataDir);
-  const node = await FieldNode.open({ dataDir, team: config.team, user: config.user, role: config.role, domains: toPolicies(config.domains) });
-  try {
-    return await fn(node);
-  } finally {
-    await node.close();
-  }
-}
 
 /** Data dirs set up in-process as `fieldmesh init` / `enroll` leave them (config.json, key, certificate). */
 async function team(root: string, devices: readonly [string, string, Exclude<Role, 'server'>][]) {

@@ -13,6 +13,8 @@ import { tmpdir } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterEach, beforeEach } from 'vitest';
+import { readConfig, toPolicies } from '../../src/cli/config.ts';
+import { FieldNode } from '../../src/node/field-node.ts';
 
 export const CLI = resolve(import.meta.dirname, '../../src/cli/main.ts');
 
@@ -43,19 +45,7 @@ export async function waitFor<T>(what: string, check: () => T | Promise<T>, time
 
 export { freePort } from '../fixtures/ports.ts';
 
-/** Runs `tasks` with at most `limit` at a time; resolves with their results in order. */
-export async function pool<T>(limit: number, tasks: readonly (() => Promise<T>)[]): Promise<T[]> {
-  const out: T[] = new Array(tasks.length);
-  let next = 0;
-  const lane = async () => {
-    while (next < tasks.length) {
-      const i = next++;
-      out[i] = await tasks[i]!();
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, tasks.length) }, lane));
-  return out;
-}
+export { pool } from '../fixtures/pool.ts';
 
 export interface RunningNode {
   readonly child: ChildProcess;
@@ -240,4 +230,15 @@ async function readTree(root: string): Promise<Map<string, Buffer>> {
     out.set(relative(root, path), await readFile(path));
   }
   return out;
+}
+
+/** Opens a CLI data dir in this process, as the CLI would (config.json), for `fn`. */
+export async function withNode<T>(dataDir: string, fn: (node: FieldNode) => Promise<T>): Promise<T> {
+  const config = await readConfig(dataDir);
+  const node = await FieldNode.open({ dataDir, team: config.team, user: config.user, role: config.role, domains: toPolicies(config.domains) });
+  try {
+    return await fn(node);
+  } finally {
+    await node.close();
+  }
 }

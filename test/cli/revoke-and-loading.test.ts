@@ -9,25 +9,13 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { DEFAULT_DOMAINS, readConfig, toPolicies, writeConfig } from '../../src/cli/config.ts';
+import { DEFAULT_DOMAINS, writeConfig } from '../../src/cli/config.ts';
 import { signerFromSeed } from '../../src/core/keys.ts';
 import { enroll } from '../../src/node/enroll.ts';
-import { FieldNode } from '../../src/node/field-node.ts';
-import { CLI, stopChild, useCli } from './helpers.ts';
+import { CLI, stopChild, useCli, withNode } from './helpers.ts';
 
 const cli = useCli();
 const TEAM = 'rescue';
-
-/** Opens a CLI data dir in this process, as the CLI would (config.json), for `fn`. */
-async function withNode<T>(dataDir: string, fn: (node: FieldNode) => Promise<T>): Promise<T> {
-  const config = await readConfig(dataDir);
-  const node = await FieldNode.open({ dataDir, team: config.team, user: config.user, role: config.role, domains: toPolicies(config.domains) });
-  try {
-    return await fn(node);
-  } finally {
-    await node.close();
-  }
-}
 
 /** HQ's data dir and one enrolled field device's, as `fieldmesh init` / `enroll` leave them, HQ knowing the device. */
 async function team(root: string) {

@@ -34,6 +34,17 @@ type Close = Command & { kind: 'close' };
 type Load = Command & { kind: 'load' };
 type Ingest = Command & { kind: 'ingest' };
 
+/** The FieldmeshError `fn` throws (it must throw one). */
+function refusal(fn: () => unknown): FieldmeshError {
+  try {
+    fn();
+  } catch (err) {
+    if (err instanceof FieldmeshError) return err;
+    throw err;
+  }
+  throw new Error('expected a refusal');
+}
+
 function certFor(device: DeviceId, options: { team?: string; issuedMs?: number; expiresMs?: number } = {}): Uint8Array {
   const issuedMs = options.issuedMs ?? T0 - DAY;
   const cert = issueCertificate({ team: options.team ?? TEAM, device, user: `user-${device.slice(-4)}`, role: 'field', issuedMs, expiresMs: options.expiresMs ?? issuedMs + 365 * DAY }, HQ);
@@ -536,14 +547,9 @@ describe('SyncSession: protocol violations close the session, blaming the peer',
     session.receive(helloFrom(x));
     const cmds = session.receive(encodeFrame({ type: 'ops', device: x.id, ops: [ops[2]!.bytes, ops[3]!.bytes] }));
     const ingest = cmds.find((c): c is Ingest => c.kind === 'ingest')!;
-    let error: FieldmeshError | undefined;
-    try {
-      y.ingest(ingest.device, ingest.ops);
-    } catch (err) {
-      error = err as FieldmeshError;
-    }
-    expect(error?.code).toBe('SEQ_GAP');
-    expectViolation(session.ingested({ error: error! }), 'SEQ_GAP');
+    const error = refusal(() => y.ingest(ingest.device, ingest.ops));
+    expect(error.code).toBe('SEQ_GAP');
+    expectViolation(session.ingested({ error: error }), 'SEQ_GAP');
     expect(y.vv()[x.id] ?? 0).toBe(0);
   });
 
@@ -1034,14 +1040,9 @@ describe('SyncSession: forks', () => {
     session.receive(helloFrom(x));
     const frame = encodeFrame({ type: 'ops', device: log.device, ops: log.a.slice(3) });
     const ingest = session.receive(frame).find((c): c is Ingest => c.kind === 'ingest')!;
-    let error: FieldmeshError | undefined;
-    try {
-      y.ingest(ingest.device, ingest.ops);
-    } catch (err) {
-      error = err as FieldmeshError;
-    }
-    expect(error?.code).toBe('PREV_MISMATCH');
-    const out = session.ingested({ error: error! });
+    const error = refusal(() => y.ingest(ingest.device, ingest.ops));
+    expect(error.code).toBe('PREV_MISMATCH');
+    const out = session.ingested({ error: error });
     expect(out.find((c) => c.kind === 'close')).toBeUndefined();
     expect(out.map((c) => (c.kind === 'send' ? c.frame : c))).toEqual([
       { type: 'credit', bytes: frame.length },
@@ -1067,14 +1068,9 @@ describe('SyncSession: forks', () => {
     const session = facing(y);
     session.receive(helloFrom(new MemNode('fz3')));
     const ingest = session.receive(encodeFrame({ type: 'ops', device: x.id, ops: [first!.bytes, second!.bytes, third.bytes] })).find((c): c is Ingest => c.kind === 'ingest')!;
-    let error: FieldmeshError | undefined;
-    try {
-      y.ingest(ingest.device, ingest.ops);
-    } catch (err) {
-      error = err as FieldmeshError;
-    }
-    expect(error?.code).toBe('PREV_MISMATCH');
-    expect(session.ingested({ error: error! })).toContainEqual({ kind: 'read', device: x.id, seq: 2, purpose: 'compare' });
+    const error = refusal(() => y.ingest(ingest.device, ingest.ops));
+    expect(error.code).toBe('PREV_MISMATCH');
+    expect(session.ingested({ error: error })).toContainEqual({ kind: 'read', device: x.id, seq: 2, purpose: 'compare' });
     expectViolation(session.opRead('compare', null), 'PREV_MISMATCH');
   });
 

@@ -4,24 +4,11 @@
  * node refuse, and blame, an honest peer (both found by the simulator, src/sim).
  */
 import { describe, expect, it } from 'vitest';
-import type { MeshEvent } from '../../src/net/mesh.ts';
-import type { FieldNode } from '../../src/node/field-node.ts';
-import { converge, startMesh, useLoopback } from './helpers.ts';
+import { blames, converge, startMesh, useLoopback } from './helpers.ts';
 
 const lb = useLoopback();
 const DOMAINS = { note: 'merge' } as const;
 const DAY = 86_400_000;
-
-/** Sessions closed with blame, as `node` reports them. */
-function blames(node: FieldNode): MeshEvent[] {
-  const seen: MeshEvent[] = [];
-  void (async () => {
-    for await (const event of node.subscribe({ kinds: ['peer'] })) {
-      if (event.kind === 'peer' && event.event.kind === 'peer:closed' && event.event.blame) seen.push(event.event);
-    }
-  })();
-  return seen;
-}
 
 describe('certificates outside sessions, clocks set back', () => {
   it("a bundle's certificates go to live peers ahead of its ops", async () => {

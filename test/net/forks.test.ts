@@ -9,24 +9,12 @@
 import { cp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import type { MeshEvent } from '../../src/net/mesh.ts';
 import type { FieldNode } from '../../src/node/field-node.ts';
 import type { Team } from '../fixtures/team.ts';
-import { startMesh, useLoopback, waitFor } from './helpers.ts';
+import { blames, startMesh, useLoopback, waitFor } from './helpers.ts';
 
 const lb = useLoopback();
 const DOMAINS = { note: 'merge' } as const;
-
-/** Sessions closed with blame, as `node` reports them. */
-function blames(node: FieldNode): MeshEvent[] {
-  const seen: MeshEvent[] = [];
-  void (async () => {
-    for await (const event of node.subscribe({ kinds: ['peer'] })) {
-      if (event.kind === 'peer' && event.event.kind === 'peer:closed' && event.event.blame) seen.push(event.event);
-    }
-  })();
-  return seen;
-}
 
 async function write(node: FieldNode, n: number, label: string): Promise<void> {
   for (let i = 0; i < n; i++) await node.mutate({ type: 'create', domain: 'note', entity: `${label}-${i}`, fields: { text: `${label} ${i}` } });

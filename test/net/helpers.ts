@@ -8,7 +8,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach } from 'vitest';
-import type { MeshOptions } from '../../src/net/mesh.ts';
+import type { MeshEvent, MeshOptions } from '../../src/net/mesh.ts';
 import type { FieldNode } from '../../src/node/field-node.ts';
 import { createTeam, type Domains, type Team } from '../fixtures/team.ts';
 export { rng } from '../core/helpers.ts';
@@ -95,4 +95,15 @@ export async function converge(nodes: readonly FieldNode[], what = 'convergence'
 
 function sortedVV(vv: Readonly<Record<string, number>>): [string, number][] {
   return Object.entries(vv).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+}
+
+/** Sessions closed with blame, as `node` reports them. */
+export function blames(node: FieldNode): MeshEvent[] {
+  const seen: MeshEvent[] = [];
+  void (async () => {
+    for await (const event of node.subscribe({ kinds: ['peer'] })) {
+      if (event.kind === 'peer' && event.event.kind === 'peer:closed' && event.event.blame) seen.push(event.event);
+    }
+  })();
+  return seen;
 }

@@ -7,6 +7,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { resolve } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { pool } from '../fixtures/pool.ts';
 
 const SIM_CLI = resolve(import.meta.dirname, '../../src/sim/cli.ts');
 
@@ -39,20 +40,6 @@ function sim(args: readonly string[], timeoutMs = 60_000): Promise<Result> {
       done({ code, stdout, stderr });
     });
   });
-}
-
-/** Runs `tasks` with at most `limit` at a time. */
-async function pool<T>(limit: number, tasks: readonly (() => Promise<T>)[]): Promise<T[]> {
-  const out: T[] = new Array(tasks.length);
-  let next = 0;
-  const lane = async () => {
-    while (next < tasks.length) {
-      const i = next++;
-      out[i] = await tasks[i]!();
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, tasks.length) }, lane));
-  return out;
 }
 
 const BAD: readonly [readonly string[], RegExp][] = [
