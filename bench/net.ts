@@ -15,7 +15,7 @@
  *
  *   FIELDMESH_BENCH_CATCHUP_OPS   ops A holds (default 20000; the issue's figure is 100000). A must
  *   ingest the history before B can catch up, and both are bound by the store's ingest rate
- *   (well under 1k ops/s for this history on a 2-core machine), so the default keeps the whole
+ *   (about 4-5k ops/s for this history on a 2-core machine), so the default keeps the whole
  *   `npm run bench` within about 5 minutes.
  */
 import { execFileSync, fork, type ChildProcess } from 'node:child_process';

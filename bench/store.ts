@@ -5,7 +5,7 @@
  * batches), and the reopen time and memory of a data dir holding many ops of 20 devices.
  *
  *   FIELDMESH_BENCH_REOPEN_OPS   ops in the big data dir (default 100000; the issue's figure is 1000000).
- *   Building the dir is bound by the store's ingest rate (about 1-2k ops/s on a 2-core machine),
+ *   Building the dir is bound by the store's ingest rate (about 5k ops/s on a 2-core machine: 1,000,000 ops take about 3 minutes),
  *   so the default keeps the whole `npm run bench` within about 5 minutes.
  *
  * Reopen is measured in child processes (`node bench/store.ts --open-child ...`), so that the
