@@ -20,7 +20,7 @@
  *
  * Every node and server is stopped and closed in `finally` blocks, also when a part fails.
  */
-import { createServer, type AddressInfo } from 'node:net';
+import { freePort } from '../src/net/free-port.ts';
 import { join } from 'node:path';
 import Fastify from 'fastify';
 import type { DeviceId, DeviceSigner } from '../src/core/keys.ts';
@@ -254,18 +254,6 @@ interface UplinkNodes {
 }
 
 const vvSum = (vv: VersionVector) => Object.values(vv).reduce((s, x) => s + x, 0);
-
-/** A loopback TCP port free right now (HQ will listen on it later). */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 async function uplinkRun(root: string, log: (line: string) => void): Promise<UplinkFigures> {
   const perDevice = envCount('FIELDMESH_BENCH_UPLINK_OPS', 10_000, { min: RUN_OPS, step: RUN_OPS });

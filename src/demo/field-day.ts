@@ -15,7 +15,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
-import { createServer, type AddressInfo } from 'node:net';
+import { freePort } from '../net/free-port.ts';
 
 const CLI = resolve(import.meta.dirname, '../cli/main.ts');
 const root = await mkdtemp(join(tmpdir(), 'fieldmesh-demo-'));
@@ -62,18 +62,6 @@ async function waitFor<T>(what: string, check: () => Promise<T | null>, timeoutM
     await new Promise((r) => setTimeout(r, 300));
   }
   throw new Error(`timed out waiting for ${what}`);
-}
-
-/** A loopback port free right now, for HQ to listen on once its uplink "comes back". */
-function freePort(): Promise<number> {
-  return new Promise((done, fail) => {
-    const server = createServer();
-    server.once('error', fail);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as AddressInfo;
-      server.close(() => done(port));
-    });
-  });
 }
 
 const nodes = ['hq', 'gateway', 'alice-tab', 'alice-lap', 'bob'];

@@ -43,7 +43,7 @@ export async function waitFor<T>(what: string, check: () => T | Promise<T>, time
   }
 }
 
-export { freePort } from '../fixtures/ports.ts';
+export { freePort } from '../../src/net/free-port.ts';
 
 export { pool } from '../fixtures/pool.ts';
 

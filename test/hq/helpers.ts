@@ -42,7 +42,7 @@ export async function within<T>(what: string, promise: Promise<T>, ms = 10_000):
 /** Mesh options for the tests: loopback only, no mDNS, quick redials. */
 export const LOOPBACK: MeshOptions = { mdns: false, listen: ['/ip4/127.0.0.1/tcp/0'], redialMinMs: 100, redialMaxMs: 800 };
 
-export { freePort } from '../fixtures/ports.ts';
+export { freePort } from '../../src/net/free-port.ts';
 
 /** Awaits `promise`, which must reject with an instance of `cls` carrying `code`; returns the error. */
 export async function expectRejects<E extends FieldmeshError>(promise: Promise<unknown>, cls: abstract new (...args: never[]) => E, code: string): Promise<E> {

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { afterEach, expect, test } from 'vitest';
 import { FieldNode } from '../../src/node/field-node.ts';
 import { enroll } from '../../src/node/enroll.ts';
-import { freePort } from '../fixtures/ports.ts';
+import { freePort } from '../../src/net/free-port.ts';
 
 const DOMAINS = { case: 'merge' } as const;
 const cleanups: (() => Promise<void>)[] = [];
