@@ -46,10 +46,6 @@ export class Policy {
     }
   }
 
-  judge(op: EntityOp, authorRole: Role | null): Verdict {
-    return this.check(op, authorRole);
-  }
-
   /**
    * The same rules as a check a node runs on its own changes before signing them
    * (FieldNodeOptions.checkChange): a refused change throws with the reason as its code, an
@@ -58,14 +54,14 @@ export class Policy {
    */
   checker(role: Role): (change: Change) => void {
     return (change) => {
-      const verdict = this.check(change, role);
+      const verdict = this.judge(change, role);
       if (verdict.accepted) return;
       const Refusal = verdict.reason === 'ROLE_NOT_ALLOWED' ? RuleViolationError : InvalidInputError;
       throw new Refusal(verdict.reason, `${change.domain}: ${verdict.detail}`, { domain: change.domain, reason: verdict.reason });
     };
   }
 
-  private check(op: Change, authorRole: Role | null): Verdict {
+  judge(op: Change, authorRole: Role | null): Verdict {
     const rules = this.rules.get(op.domain);
     if (rules === undefined) return { accepted: false, reason: 'UNKNOWN_DOMAIN', detail: `HQ declares no domain ${op.domain}` };
     if (rules.writers !== null && (authorRole === null || !rules.writers.includes(authorRole))) {

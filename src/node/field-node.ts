@@ -385,7 +385,7 @@ export class FieldNode {
       // Enrolled = HQ holds its certificate: from enrollDevice, a sync, a bundle, or the copy
       // `enroll` left in HQ's data dir (issued/), for a device HQ has not heard from yet.
       if (!this.isEnrolled(device)) {
-        const issued = isDeviceId(device) ? await readIssued(this.dataDir, device) : null;
+        const issued = await readIssued(this.dataDir, device);
         if (issued !== null) await this.addCertificates([issued]);
       }
       if (!this.isEnrolled(device)) throw new RuleViolationError('DEVICE_NOT_FOUND', `device ${device} is not enrolled in team ${this.team} (HQ holds no certificate for it)`, { device });
