@@ -2,7 +2,8 @@
  * From-scratch materialization: a set of ops (and fork proofs) in, entity views and op statuses
  * out. The result depends only on the set, never on the order ops are given in: entity ops are
  * applied in causal order (Kahn's algorithm over `base`), HQ ops are folded into an Authority
- * first, and ops whose base has not arrived wait (causal buffering).
+ * first, and ops whose base has not arrived wait (causal buffering). Ops of a device at or past
+ * its proven fork point are void: outside causal history (see `effectiveBase`).
  */
 import { hash } from 'node:crypto';
 import { AuthorityBuilder, exclusionOf, type Authority } from './authority.ts';
@@ -58,20 +59,66 @@ export function previousOwnSeqs(ops: Iterable<EntityOp>): Map<OpId, number> {
 export const baseOmitsOwnOp = (op: EntityOp, baseClocks: readonly CausalClock[], previousOwnSeq: number): boolean =>
   previousOwnSeq > 0 && !baseClocks.some((c) => (c[op.device] ?? 0) >= previousOwnSeq);
 
+/** An op at or past its device's proven fork point: it counts nowhere, not even in causal history. */
+export const isVoid = (op: Pick<Op, 'device' | 'seq'>, authority: Pick<Authority, 'forkedAt'>): boolean => op.seq >= (authority.forkedAt.get(op.device) ?? Number.POSITIVE_INFINITY);
+
 /**
- * Applies one entity's ops in causal order. `otherEntityOps` tells whether an id names a known op
- * of another entity (making the op invalid rather than waiting).
+ * The base an op applies with. A base id naming a void op stands for that op's own base, as far
+ * as it is held (recursively): an honest device that saw an op of a forked device before the
+ * proof reached it built on it, and every node must apply its op alike, whether it holds that
+ * void op or not (a node that does not fetches it by id, docs/protocol.md "Forks"). `voidOp`
+ * returns the held void op with an id, if any. A void op that is not an op of the same entity
+ * makes the base bad, as naming any other entity's op does.
  */
-export function materializeEntity(domain: string, entity: string, ops: Iterable<EntityOp>, authority: Authority, isOtherEntityOp: (id: OpId) => boolean = () => false): EntityResult {
+export function effectiveBase(op: EntityOp, voidOp: (id: OpId) => Op | undefined): { readonly base: readonly OpId[]; readonly bad: boolean } {
+  if (!op.base.some((id) => voidOp(id) !== undefined)) return { base: op.base, bad: false };
+  const base = new Set<OpId>();
+  const seen = new Set<OpId>();
+  const todo = [...op.base];
+  let bad = false;
+  while (todo.length > 0) {
+    const id = todo.pop()!;
+    if (seen.has(id)) continue;
+    seen.add(id);
+    const v = voidOp(id);
+    if (v === undefined) base.add(id);
+    else if (!isEntityOp(v) || v.domain !== op.domain || v.entity !== op.entity) bad = true;
+    else todo.push(...v.base);
+  }
+  return { base: [...base].sort(), bad };
+}
+
+/** The op with its effective base in place of its own (heads follow the base it applies with). */
+export const withBase = (op: EntityOp, base: readonly OpId[]): EntityOp => (base === op.base ? op : { ...op, base });
+
+/**
+ * Applies one entity's ops in causal order. `isOtherEntityOp` tells whether an id names a known
+ * op of another entity (making the op invalid rather than waiting); `voidOp` finds held void ops
+ * outside `ops` (void ops among `ops` are found without it).
+ */
+export function materializeEntity(
+  domain: string,
+  entity: string,
+  ops: Iterable<EntityOp>,
+  authority: Authority,
+  isOtherEntityOp: (id: OpId) => boolean = () => false,
+  voidOp: (id: OpId) => Op | undefined = () => undefined,
+): EntityResult {
   const byId = new Map<OpId, EntityOp>();
-  for (const op of ops) byId.set(op.id, op);
+  const voids = new Map<OpId, EntityOp>();
+  for (const op of ops) (isVoid(op, authority) ? voids : byId).set(op.id, op);
+  const voidOf = (id: OpId): Op | undefined => voids.get(id) ?? voidOp(id);
+  const effective = new Map<OpId, EntityOp>();
   const missing = new Map<OpId, number>();
   const dependents = new Map<OpId, OpId[]>();
   const badBase: OpId[] = [];
   const ready: OpId[] = [];
-  for (const op of byId.values()) {
+  for (const original of byId.values()) {
+    const { base, bad: badVoid } = effectiveBase(original, voidOf);
+    const op = withBase(original, base);
+    effective.set(op.id, op);
     let count = 0;
-    let bad = false;
+    let bad = badVoid;
     for (const b of op.base) {
       if (byId.has(b)) {
         count++;
@@ -93,7 +140,7 @@ export function materializeEntity(domain: string, entity: string, ops: Iterable<
   let state = emptyEntity(domain, entity);
   const clocks = new Map<OpId, CausalClock>();
   for (let i = 0; i < ready.length; i++) {
-    const op = byId.get(ready[i]!)!;
+    const op = effective.get(ready[i]!)!;
     const baseClocks = op.base.map((b) => clocks.get(b)!);
     if (baseOmitsOwnOp(op, baseClocks, previousOwn.get(op.id)!)) {
       badBase.push(op.id);
@@ -141,13 +188,17 @@ export function materialize(ops: Iterable<Op>, config: ResolutionConfig, forks: 
     if (group === undefined) groups.set(key, [op]);
     else group.push(op);
   }
+  const voidOf = (id: OpId): Op | undefined => {
+    const op = all.get(id);
+    return op !== undefined && isVoid(op, authority) ? op : undefined;
+  };
   const entities = new Map<string, { state: EntityState; view: EntityView }>();
   const statuses = new Map<OpId, OpStatus>();
   const waiting: OpId[] = [];
   for (const key of [...groups.keys()].sort()) {
     const group = groups.get(key)!;
     const { domain, entity } = group[0]!;
-    const result = materializeEntity(domain, entity, group, authority, (id) => all.has(id));
+    const result = materializeEntity(domain, entity, group, authority, (id) => all.has(id), voidOf);
     const view = viewOf(result.state, config);
     entities.set(key, { state: result.state, view });
     const inConflict = new Set(conflictOps(view));

@@ -22,7 +22,7 @@ import { checkFields, checkValue, type Fields, type Value } from '../core/value.
 import { viewOf, type Conflict, type EntityView } from '../core/view.ts';
 import type { EntityState } from '../core/entity.ts';
 import type { OpMeta } from '../store/apply.ts';
-import { ingest, type IngestResult } from '../store/ingest.ts';
+import { ingest, ingestVoids, type IngestResult } from '../store/ingest.ts';
 import { entityKeyOf, logKey, parseSeq, split, under } from '../store/keys.ts';
 import { Store, type StoreLimits } from '../store/store.ts';
 import { TABLES } from '../store/tables.ts';
@@ -582,6 +582,33 @@ export class FieldNode {
     if (!this.isEnrolled(proof.device)) throw new RuleViolationError('UNENROLLED', `fork proof of a device not enrolled: ${proof.device}`);
     if ((this.store.forks.get(proof.device) ?? Number.POSITIVE_INFINITY) <= proof.seq) return false;
     return this.store.write((ctx) => ctx.recordFork(proof.device, proof.seq, { device: proof.device, seq: proof.seq, ops: proof.ops }));
+  }
+
+  /**
+   * Ids our parked ops wait for (at most `limit`). With a fork proven, some may be void ops (past
+   * a fork point) that no peer offers in its log: a sync session asks its peer for them by id.
+   */
+  missingBases(limit: number): Promise<OpId[]> {
+    return this.store.missingBases(limit);
+  }
+
+  /** Envelopes of the void ops among `ids` that we hold, to answer a peer asking for them. */
+  voidOps(ids: readonly OpId[]): Promise<Uint8Array[]> {
+    return this.store.voidOps(ids);
+  }
+
+  /**
+   * Keeps void ops a peer sent by id (each signed, of an enrolled device of the team; all or
+   * nothing): the ops that name them in their base then apply. Returns the ops that were news.
+   */
+  addVoidOps(encoded: readonly Uint8Array[]): Promise<Op[]> {
+    return this.store.write((ctx) => ingestVoids(ctx, encoded, { team: this.team, isEnrolled: (d) => this.isEnrolled(d) }));
+  }
+
+  /** Calls `listener` with the envelopes of void ops newly kept (to pass on to peers that asked). */
+  onVoids(listener: (envelopes: readonly Uint8Array[]) => void): () => void {
+    this.store.events.on('voids', listener);
+    return () => this.store.events.off('voids', listener);
   }
 
   /** Ingests ops from elsewhere (a peer, a bundle). All or nothing: an invalid op stores nothing. */

@@ -11,7 +11,7 @@ import { applyEntityOp, clockOf, emptyEntity, type CausalClock, type EntityState
 import type { DeviceId } from '../core/keys.ts';
 import type { ForkProof, LogTip } from '../core/chain.ts';
 import { HLC_ZERO, type Hlc } from '../core/hlc.ts';
-import { baseOmitsOwnOp, materializeEntity } from '../core/materialize.ts';
+import { baseOmitsOwnOp, effectiveBase, isVoid, materializeEntity, withBase } from '../core/materialize.ts';
 import { isEntityOp, parseOp, type EntityOp, type Op, type OpId } from '../core/op.ts';
 import { statusOf, type OpStatus } from '../core/status.ts';
 import { policyOf, type ResolutionConfig } from '../core/strategies.ts';
@@ -64,6 +64,8 @@ export class ApplyContext {
   clock: Hlc = HLC_ZERO;
   /** Fork proofs this transaction recorded (announced once durable). */
   readonly newForks: ForkProof[] = [];
+  /** Void ops fetched by id that this transaction kept (announced once durable). */
+  readonly newVoids: Uint8Array[] = [];
   /** Log tips this transaction moved. */
   readonly tips = new Map<DeviceId, LogTip>();
   private readonly afterViews: EntityView[] = [];
@@ -150,6 +152,13 @@ export class ApplyContext {
     const ownKey = byEntityKey(op.domain, op.entity, op.device, 0);
     const previousOwnSeq = (await this.txn.get<number>(TABLES.ownLast, ownKey)) ?? 0;
     this.txn.put(TABLES.ownLast, ownKey, op.seq);
+    if (isVoid(op, this)) {
+      // Past its device's fork point (a log replayed on rebuild): it never applies, and what
+      // waits for it goes through it.
+      await this.putNewMeta(op, this.metaOf(op, null, false, 0, previousOwnSeq));
+      await this.wake(op.id);
+      return;
+    }
     await this.tryApply(op, true, previousOwnSeq);
   }
 
@@ -197,10 +206,12 @@ export class ApplyContext {
 
   /** Applies the op if its whole base is here, else parks it; then wakes what waited for it. */
   private async tryApply(op: EntityOp, fresh: boolean, previousOwnSeq: number): Promise<void> {
+    // With no fork proven, no base can name a void op.
+    const effective = this.forkedAt.size === 0 ? { base: op.base, bad: false } : effectiveBase(op, mapLookup(await this.voidsFrom(op.base)));
     const baseClocks: CausalClock[] = [];
     const missing: OpId[] = [];
-    let badBase = false;
-    for (const b of op.base) {
+    let badBase = effective.bad;
+    for (const b of effective.base) {
       const meta = await this.txn.get<OpMeta>(TABLES.op, b);
       if (meta === undefined) missing.push(b);
       else if (meta.domain !== op.domain || meta.entity !== op.entity) badBase = true;
@@ -227,7 +238,7 @@ export class ApplyContext {
     const clock = clockOf(op, baseClocks);
     const existing = fresh ? undefined : await this.txn.get<OpMeta>(TABLES.op, op.id); // it waited for its base
     const authority = await this.authorityFor([op.id], existing === undefined);
-    const state = applyEntityOp(await this.entityState(op.domain, op.entity), op, clock, exclusionOf(op, authority) === null);
+    const state = applyEntityOp(await this.entityState(op.domain, op.entity), withBase(op, effective.base), clock, exclusionOf(op, authority) === null);
     this.txn.put(TABLES.entity, entityKeyOf(op.domain, op.entity), state);
     const inConflict = inOpenConflict(state, op.id, this.resolution);
     const meta = this.metaOf(op, clock, false, 0, previousOwnSeq);
@@ -245,7 +256,7 @@ export class ApplyContext {
     for (const waiter of waiters) {
       this.txn.del(TABLES.waiting, waitingKey(id, waiter));
       const meta = await this.txn.get<OpMeta>(TABLES.op, waiter);
-      if (meta === undefined || meta.clock !== null || meta.badBase) {
+      if (meta === undefined || meta.clock !== null || meta.badBase || isVoid(meta, this)) {
         this.parked.take(waiter);
         continue;
       }
@@ -255,6 +266,49 @@ export class ApplyContext {
       const op = this.parked.take(waiter) ?? (await this.loadOp(meta.device, meta.seq));
       if (isEntityOp(op)) await this.tryApply(op, false, meta.previousOwnSeq);
     }
+  }
+
+  /**
+   * Held void ops (past their device's fork point, in our log or fetched by id) reachable from
+   * `ids` through void ops' bases: what `effectiveBase` needs.
+   */
+  async voidsFrom(ids: Iterable<OpId>): Promise<Map<OpId, Op>> {
+    const found = new Map<OpId, Op>();
+    const seen = new Set<OpId>();
+    let todo = [...ids];
+    while (todo.length > 0) {
+      const next: OpId[] = [];
+      for (const id of todo) {
+        if (seen.has(id)) continue;
+        seen.add(id);
+        const op = await this.voidOp(id);
+        if (op === undefined) continue;
+        found.set(id, op);
+        if (isEntityOp(op)) next.push(...op.base);
+      }
+      todo = next;
+    }
+    return found;
+  }
+
+  private async voidOp(id: OpId): Promise<Op | undefined> {
+    const meta = await this.txn.get<OpMeta>(TABLES.op, id);
+    if (meta !== undefined) return isVoid(meta, this) ? this.loadOp(meta.device, meta.seq) : undefined;
+    const bytes = await this.txn.get<Uint8Array>(TABLES.voids, id);
+    return bytes === undefined ? undefined : parseOp(bytes).op;
+  }
+
+  /**
+   * Keeps a void op fetched by id (the caller checked it: signed, of an enrolled device of the
+   * team): ops that name it in their base apply through it. False if it is not void or held.
+   */
+  async addVoidOp(op: Op): Promise<boolean> {
+    if (!isVoid(op, this)) return false;
+    if ((await this.txn.get(TABLES.op, op.id)) !== undefined || (await this.txn.get(TABLES.voids, op.id)) !== undefined) return false;
+    this.txn.put(TABLES.voids, op.id, op.bytes);
+    this.newVoids.push(op.bytes);
+    await this.wake(op.id);
+    return true;
   }
 
   async loadOp(device: DeviceId, seq: number): Promise<Op> {
@@ -308,17 +362,21 @@ export class ApplyContext {
     this.forkedAt.set(device, seq);
     this.txn.put(TABLES.fork, device, proof);
     this.newForks.push(proof as ForkProof);
-    await this.markDevice(device, seq);
+    await this.markDevice(device, seq, true);
     return true;
   }
 
-  /** Schedules a rebuild of every entity the device wrote from `fromSeq` on, and refreshes statuses. */
-  private async markDevice(device: DeviceId, fromSeq: number): Promise<void> {
+  /**
+   * Schedules a rebuild of every entity the device wrote from `fromSeq` on, and refreshes
+   * statuses. Past a fork point its ops are void: ops parked on them go through them now.
+   */
+  private async markDevice(device: DeviceId, fromSeq: number, voided = false): Promise<void> {
     const tip = await this.txn.get<{ seq: number }>(TABLES.tip, device);
     for (let seq = fromSeq; seq <= (tip?.seq ?? 0); seq++) {
       const op = await this.loadOp(device, seq);
       if (isEntityOp(op)) this.rebuild.add(entityKeyOf(op.domain, op.entity));
       else await this.refreshStatus(op.id);
+      if (voided) await this.wake(op.id);
     }
   }
 
@@ -339,7 +397,8 @@ export class ApplyContext {
       for (const b of new Set(ops.flatMap((o) => o.base))) {
         if (!inEntity.has(b) && (await this.txn.get(TABLES.op, b)) !== undefined) elsewhere.add(b);
       }
-      const result = materializeEntity(domain, entity, ops, await this.authorityFor(ops.map((o) => o.id)), (id) => elsewhere.has(id));
+      const voids = this.forkedAt.size === 0 ? new Map<OpId, Op>() : await this.voidsFrom([...new Set(ops.flatMap((o) => o.base))].filter((b) => !inEntity.has(b)));
+      const result = materializeEntity(domain, entity, ops, await this.authorityFor(ops.map((o) => o.id)), (id) => elsewhere.has(id), mapLookup(voids));
       this.txn.put(TABLES.entity, key, result.state);
       const bad = new Set(result.badBase);
       for (const op of ops) {
@@ -378,3 +437,8 @@ export class ApplyContext {
     }
   }
 }
+
+const mapLookup =
+  <K, V>(map: ReadonlyMap<K, V>) =>
+  (key: K): V | undefined =>
+    map.get(key);

@@ -41,8 +41,8 @@ export interface IngestOptions {
   readonly maxOpBytes?: number;
 }
 
-export async function ingest(ctx: ApplyContext, encoded: readonly Uint8Array[], options: IngestOptions): Promise<IngestResult> {
-  const parsed = encoded.map((bytes) => parseOp(bytes, options.maxOpBytes));
+/** Ops of our team by enrolled devices (and of the frame's device, if named), or a typed error. */
+function checkMembership(parsed: readonly ParsedOp[], options: Pick<IngestOptions, 'team' | 'isEnrolled' | 'device'>): void {
   for (const p of parsed) {
     if (p.op.team !== options.team) {
       throw new InvalidInputError('WRONG_TEAM', `op ${p.op.device}#${p.op.seq} is of team ${p.op.team}, not ${options.team}`, { expected: options.team, found: p.op.team });
@@ -54,6 +54,27 @@ export async function ingest(ctx: ApplyContext, encoded: readonly Uint8Array[], 
       throw new RuleViolationError('UNENROLLED', `op ${p.op.device}#${p.op.seq} is by a device that is not enrolled in team ${options.team}`, { device: p.op.device });
     }
   }
+}
+
+/**
+ * Void ops fetched by id (docs/protocol.md, "Forks"): ops past a fork point that ops we hold
+ * name in their base. Each must decode canonically, carry its own valid signature (they are not
+ * a chain) and be of an enrolled device of our team, or nothing is stored. Those not past a fork
+ * point we hold a proof of, or held already, are skipped: the sender may know a proof that has
+ * not reached us yet. Returns the ops kept.
+ */
+export async function ingestVoids(ctx: ApplyContext, encoded: readonly Uint8Array[], options: Pick<IngestOptions, 'team' | 'isEnrolled' | 'maxOpBytes'>): Promise<Op[]> {
+  const parsed = encoded.map((bytes) => parseOp(bytes, options.maxOpBytes));
+  checkMembership(parsed, options);
+  for (const p of parsed) checkSignature(p);
+  const kept: Op[] = [];
+  for (const p of parsed) if (await ctx.addVoidOp(p.op)) kept.push(p.op);
+  return kept;
+}
+
+export async function ingest(ctx: ApplyContext, encoded: readonly Uint8Array[], options: IngestOptions): Promise<IngestResult> {
+  const parsed = encoded.map((bytes) => parseOp(bytes, options.maxOpBytes));
+  checkMembership(parsed, options);
   // Validate every run before writing anything.
   const accepted: Op[] = [];
   const forks: { device: DeviceId; seq: number; proof: unknown }[] = [];

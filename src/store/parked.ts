@@ -38,6 +38,11 @@ export class ParkedIndex {
     return waiters;
   }
 
+  /** Ids that parked ops wait for. */
+  missing(): IterableIterator<OpId> {
+    return this.byMissing.keys();
+  }
+
   /** Keeps a parked op in memory, if there is room. */
   keep(op: EntityOp): void {
     if (this.ops.size >= this.maxOps) return;

@@ -12,10 +12,10 @@ import type { ForkProof, LogTip } from '../core/chain.ts';
 import { equals as equalBytes } from 'uint8arrays';
 import { HLC_ZERO, type Hlc } from '../core/hlc.ts';
 import type { DeviceId } from '../core/keys.ts';
-import { parseOp } from '../core/op.ts';
+import { parseOp, type OpId } from '../core/op.ts';
 import type { ResolutionConfig } from '../core/strategies.ts';
 import type { VersionVector } from '../core/version-vector.ts';
-import { ApplyContext, type StoreEvent } from './apply.ts';
+import { ApplyContext, type OpMeta, type StoreEvent } from './apply.ts';
 import { ParkedIndex } from './parked.ts';
 import { StoreClosedError, StoreCorruptError, StoreLockedError, StoreMismatchError } from './errors.ts';
 import { FieldmeshError } from '../core/errors.ts';
@@ -87,7 +87,10 @@ export class Store {
   readonly identity: StoreIdentity;
   readonly resolution: ResolutionConfig;
   readonly limits: StoreLimits;
-  /** 'entity', 'status', 'tips' (device -> new seq) and 'fork' (a new proof) events, emitted after the batch holding them is durable. */
+  /**
+   * 'entity', 'status', 'tips' (device -> new seq), 'fork' (a new proof) and 'voids' (void ops
+   * fetched by id) events, emitted after the batch holding them is durable.
+   */
   readonly events = new EventEmitter();
   /** Whether open() rebuilt the derived tables. */
   rebuilt = false;
@@ -279,6 +282,40 @@ export class Store {
     return out;
   }
 
+  /**
+   * Ids of ops we do not hold that parked ops wait for (at most `limit`; others wait for ops we
+   * hold that wait in turn). With a fork proven, some may be void ops that no peer offers in its
+   * log, only by id (docs/protocol.md, "Forks").
+   */
+  async missingBases(limit: number): Promise<OpId[]> {
+    const out: OpId[] = [];
+    if (this.parked === null) return out;
+    const reader = this.reader();
+    for (const id of [...this.parked.missing()]) {
+      if (out.length >= limit) break;
+      if ((await reader.get(TABLES.op, id)) === undefined && (await reader.get(TABLES.voids, id)) === undefined) out.push(id);
+    }
+    return out;
+  }
+
+  /** Envelopes of the void ops among `ids` that we hold (in our log or fetched by id). */
+  async voidOps(ids: readonly OpId[]): Promise<Uint8Array[]> {
+    const reader = this.reader();
+    const out: Uint8Array[] = [];
+    for (const id of ids) {
+      const fetched = await reader.get<Uint8Array>(TABLES.voids, id);
+      if (fetched !== undefined) {
+        out.push(fetched);
+        continue;
+      }
+      const meta = await reader.get<OpMeta>(TABLES.op, id);
+      if (meta === undefined || meta.seq < (this.forkedAt.get(meta.device) ?? Number.POSITIVE_INFINITY)) continue;
+      const bytes = await reader.getRaw(TABLES.log, logKey(meta.device, meta.seq));
+      if (bytes !== undefined) out.push(bytes);
+    }
+    return out;
+  }
+
   get forks(): ReadonlyMap<DeviceId, number> {
     return this.forkedAt;
   }
@@ -413,6 +450,7 @@ export class Store {
     this.emit(ctx);
     if (ctx.tips.size > 0) this.events.emit('tips', Object.fromEntries([...ctx.tips].map(([d, t]) => [d, t.seq])));
     for (const proof of ctx.newForks) this.events.emit('fork', proof);
+    if (ctx.newVoids.length > 0) this.events.emit('voids', ctx.newVoids);
     return true;
   }
 

@@ -20,6 +20,7 @@ export const TABLES = {
   conflict: 'x', // domain, entity -> id of its open conflict
   cert: 'n', // device -> its enrollment certificate (bytes), primary data
   ownLast: 'a', // domain, entity, device -> seq of the device's latest op on the entity
+  voids: 'y', // op id -> envelope of a void op (past its device's fork point) not in our log, primary data
 } as const;
 
 export type Table = (typeof TABLES)[keyof typeof TABLES];

@@ -21,7 +21,7 @@ import { exclusionOf } from '../../src/core/authority.ts';
 import { forkProofOf, verifyForkProof } from '../../src/core/chain.ts';
 import { applyEntityOp, clockOf, emptyEntity, type CausalClock } from '../../src/core/entity.ts';
 import { hlcReceive } from '../../src/core/hlc.ts';
-import { entityKey, materialize, materializeEntity, type ForkPoint } from '../../src/core/materialize.ts';
+import { effectiveBase, entityKey, isVoid, materialize, materializeEntity, withBase, type ForkPoint } from '../../src/core/materialize.ts';
 import { isEntityOp, type EntityOp, type Op, type OpId, type Verdict } from '../../src/core/op.ts';
 import { MERGE_FUNCTIONS, type ResolutionConfig } from '../../src/core/strategies.ts';
 import type { Value } from '../../src/core/value.ts';
@@ -277,7 +277,10 @@ describe('convergence', () => {
           let folded = emptyEntity(domain, entity);
           // Fold the ops the materializer applied (a forked branch may hold BAD_BASE ops).
           const applied = materializeEntity(domain, entity, group, whole.authority).clocks;
-          for (const op of randomCausalOrder(group.filter((o) => applied.has(o.id)), rand)) {
+          // Each applied with its effective base: void ops (past a fork point) stand for their own base.
+          const voidOp = (id: OpId) => group.find((o) => o.id === id && isVoid(o, whole.authority));
+          const effective = group.filter((o) => applied.has(o.id)).map((o) => withBase(o, effectiveBase(o, voidOp).base));
+          for (const op of randomCausalOrder(effective, rand)) {
             const clock = clockOf(op, op.base.map((b) => clocks.get(b)!));
             clocks.set(op.id, clock);
             folded = applyEntityOp(folded, op, clock, exclusionOf(op, whole.authority) === null);
