@@ -4,7 +4,8 @@
  *   - HQ's latest verdict on it rejects it (REJECTED, with HQ's reason),
  *   - HQ revoked its device with afterSeq < its seq (DEVICE_REVOKED),
  *   - its device forked at a seq <= its seq (DEVICE_FORKED): both fork branches are excluded,
- *     since no node may choose between them.
+ *     since no node may choose between them, and leave causal history too (void ops,
+ *     materialize.ts `effectiveBase`).
  * Only receipts and revocations authored by the team's HQ device count.
  */
 import type { DeviceId } from './keys.ts';

@@ -10,7 +10,8 @@
  * - A register per field holds the maximal writes to that field, where a delete counts as a write
  *   of "absent" to every field. Superseded writes drop out; concurrent writes stay side by side for
  *   the domain's strategy to resolve (see strategies.ts). Ops that do not write (rejected by HQ,
- *   past a fork or revocation) still take part in causality: they are heads and clocks, not values.
+ *   past a revocation) still take part in causality: they are heads and clocks, not values. Ops
+ *   past a fork point take no part at all (void, see materialize.ts `effectiveBase`).
  */
 import type { Hlc } from './hlc.ts';
 import type { DeviceId } from './keys.ts';

@@ -6,6 +6,7 @@ import type { PrivateKey } from '@libp2p/interface';
 import type { Certificate } from '../core/cert.ts';
 import type { ForkProof } from '../core/chain.ts';
 import type { DeviceId } from '../core/keys.ts';
+import type { OpId } from '../core/op.ts';
 import type { Tips } from '../core/sync/frames.ts';
 import type { VersionVector } from '../core/version-vector.ts';
 
@@ -27,9 +28,17 @@ export interface MeshHost {
   ingest(encoded: readonly Uint8Array[], device?: DeviceId): Promise<unknown>;
   addCertificates(encoded: readonly Uint8Array[]): Promise<DeviceId[]>;
   addForkProof(proof: ForkProof): Promise<boolean>;
+  /** Ids of ops we do not hold that parked ops wait for (at most `limit`). */
+  missingBases(limit: number): Promise<OpId[]>;
+  /** Envelopes of the void ops (past a fork point) among `ids` that we hold. */
+  voidOps(ids: readonly OpId[]): Promise<Uint8Array[]>;
+  /** Keeps void ops a peer sent by id; throws a FieldmeshError for a bad one (nothing kept). */
+  addVoidOps(encoded: readonly Uint8Array[]): Promise<unknown>;
   isRevoked(device: DeviceId): boolean;
   /** The time peers' certificates are judged at (core/cert.ts admissionTimeMs). */
   admissionNowMs(): number;
   onAdvanced(listener: (tips: Readonly<Record<DeviceId, number>>) => void): () => void;
   onFork(listener: (proof: ForkProof) => void): () => void;
+  /** Void ops newly kept (fetched by id), for the peers that asked for them. */
+  onVoids(listener: (envelopes: readonly Uint8Array[]) => void): () => void;
 }

@@ -1,6 +1,6 @@
 /**
  * The mesh: a libp2p node (TCP, Noise, Yamux, identify, optional mDNS) that finds team peers,
- * runs one sync session per peer over `/fieldmesh/sync/2.0.0`, pushes every new op to every
+ * runs one sync session per peer over `/fieldmesh/sync/3.0.0`, pushes every new op to every
  * peer that lacks it, and keeps redialling static peers with capped exponential backoff and
  * jitter. A peer that breaks the protocol is dropped and refused for a back-off period.
  */
@@ -222,9 +222,14 @@ export class Mesh {
     const offFork = this.node.onFork((proof) => {
       for (const driver of this.drivers.values()) driver.dispatch(driver.session.sendForks([proof]));
     });
+    // Void ops fetched by id reach the peers that asked us for them.
+    const offVoids = this.node.onVoids((envelopes) => {
+      for (const driver of this.drivers.values()) driver.dispatch(driver.session.voidsLearned(envelopes));
+    });
     this.unsubscribe = () => {
       offAdvanced();
       offFork();
+      offVoids();
     };
     await this.libp2p.start();
     this.scheduleRedial(0);

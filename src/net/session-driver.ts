@@ -1,7 +1,7 @@
 /**
  * Pumps bytes between one libp2p stream and one SyncSession, and carries out the session's
  * commands against the MeshHost: loading log ranges and single ops, ingesting frames, storing
- * certificates and fork proofs. Sends go out in order through one queue; every await has a timeout.
+ * certificates, fork proofs and void ops. Sends go out in order through one queue; every await has a timeout.
  */
 import type { Connection, Stream } from '@libp2p/interface';
 import { InvalidDataLengthLengthError, lpStream } from '@libp2p/utils';
@@ -179,6 +179,23 @@ export class SessionDriver {
         case 'fork':
           this.storedOrBlame(async () => {
             await this.node.addForkProof({ device: cmd.device, seq: cmd.seq, ops: cmd.ops });
+            this.dispatch(this.session.settled(cmd.frameBytes));
+          });
+          break;
+        case 'missing':
+          // Behind the store work queued before it: parked ops it left are then known.
+          this.stored(async () => {
+            this.dispatch(this.session.missing(await this.node.missingBases(cmd.limit)));
+          });
+          break;
+        case 'lookup':
+          void this.task(async () => {
+            this.dispatch(this.session.voidsRead(await this.node.voidOps(cmd.ids), cmd.frameBytes));
+          });
+          break;
+        case 'voids':
+          this.storedOrBlame(async () => {
+            await this.node.addVoidOps(cmd.ops);
             this.dispatch(this.session.settled(cmd.frameBytes));
           });
           break;

@@ -8,15 +8,13 @@
  *    same proof (one fork point) once healed, and nothing at or past a fork point counts: logs
  *    may differ only there, and each node's state and statuses equal materialize over its own ops
  *    and the fork points;
- *  - causal order: no op waits for its base, and every applied op's base ops are applied.
- * One known gap is tolerated and counted (docs/testing.md, "Forks"): an op stranded by a
- * fork, one that a node cannot apply because its base names (directly or through ops that wait
- * too) an op of a forked device at or past the fork point that the node does not hold. It may
- * wait, and its entity is left out of the comparison of state hashes between nodes.
+ *  - causal order: no op waits for its base (but void ops, past a fork point, which never apply),
+ *    and every applied op's effective base ops are applied (a void op in a base stands for its
+ *    own base: ops built on a void op apply on every node, which fetches the void op by id).
  * Violations are reported to the run's context; the first one fails the seed.
  */
 import { createHash } from 'node:crypto';
-import { isVisible, materialize, stateHash, viewDigestBytes } from '../core/materialize.ts';
+import { effectiveBase, isVisible, materialize, stateHash, viewDigestBytes } from '../core/materialize.ts';
 import { isEntityOp, parseOp, type Op, type OpId } from '../core/op.ts';
 import type { OpStatus } from '../core/status.ts';
 import type { EntityState } from '../core/entity.ts';
@@ -34,6 +32,8 @@ interface Snapshot {
   readonly logs: Map<string, Uint8Array>;
   readonly hash: string;
   readonly ops: Map<OpId, Op>;
+  /** Void ops fetched by id (the `voids` table). */
+  readonly voids: Map<OpId, Op>;
   readonly metas: Map<OpId, OpMeta>;
   /** Ops waiting for a base, from the `waiting` table. */
   readonly waiting: Set<OpId>;
@@ -68,29 +68,9 @@ async function snapshot(node: SimNode, hashOf: HashOf): Promise<Snapshot> {
   for await (const [id, meta] of store.scan<OpMeta>(TABLES.op)) metas.set(id, meta);
   const waiting = new Set<OpId>();
   for await (const [key] of store.scan(TABLES.waiting)) waiting.add(split(key)[1]!);
-  return { node, logs, ops, hash: await hashOf(node), metas, waiting, forks: new Map(store.forks) };
-}
-
-/**
- * Ops of `s` stranded by a fork: entity ops not applied whose base names an op at or past its
- * device's fork point that `s` does not hold (some other node does), or a stranded op.
- */
-function strandedOps(s: Snapshot, everyOp: ReadonlyMap<OpId, Op>, forkAt: ReadonlyMap<string, number>): Set<OpId> {
-  const pastFork = (op: Op | undefined): boolean => op !== undefined && op.seq >= (forkAt.get(op.device) ?? Number.POSITIVE_INFINITY);
-  const unapplied = [...s.ops.values()].filter((op) => isEntityOp(op) && s.metas.get(op.id)?.clock == null && s.metas.get(op.id)?.badBase !== true);
-  const stranded = new Set<OpId>();
-  // Each pass strands at least one more op or ends: at most one pass per unapplied op.
-  for (let changed = true; changed; ) {
-    changed = false;
-    for (const op of unapplied) {
-      if (stranded.has(op.id) || !isEntityOp(op)) continue;
-      if (op.base.some((b) => stranded.has(b) || (!s.ops.has(b) && pastFork(everyOp.get(b))))) {
-        stranded.add(op.id);
-        changed = true;
-      }
-    }
-  }
-  return stranded;
+  const voids = new Map<OpId, Op>();
+  for await (const [id, bytes] of store.scan<Uint8Array>(TABLES.voids)) voids.set(id, parseOp(bytes).op);
+  return { node, logs, ops, voids, hash: await hashOf(node), metas, waiting, forks: new Map(store.forks) };
 }
 
 const sameBytes = (a: Uint8Array, b: Uint8Array): boolean => Buffer.from(a.buffer, a.byteOffset, a.length).equals(b);
@@ -132,20 +112,7 @@ export async function checkSettled(sim: SimContext, nodes: readonly SimNode[], h
     return seq !== undefined && Number.parseInt(seqHex, 16) >= seq;
   };
 
-  // The known gap: ops stranded by a fork wait, and their entities are compared no further.
-  const everyOp = new Map<OpId, Op>();
-  for (const s of snaps) for (const [id, op] of s.ops) everyOp.set(id, op);
-  const stranded = new Map(snaps.map((s) => [s, strandedOps(s, everyOp, forkAt)]));
-  const strandedEntities = new Set<string>();
-  for (const [s, ids] of stranded) {
-    sim.stats.forkStranded += ids.size;
-    for (const id of ids) {
-      const op = s.ops.get(id)!;
-      if (isEntityOp(op)) strandedEntities.add(`${op.domain}/${op.entity}`);
-    }
-  }
-  const comparable = new Map<Snapshot, string>();
-  for (const s of snaps) comparable.set(s, strandedEntities.size === 0 ? s.hash : await hashOf(s.node, strandedEntities));
+  for (const s of snaps) sim.stats.voidsFetched += s.voids.size;
 
   for (const s of snaps.slice(1)) {
     const missing = [...first.logs.keys()].filter((k) => !s.logs.has(k) && !pastFork(k));
@@ -161,23 +128,23 @@ export async function checkSettled(sim: SimContext, nodes: readonly SimNode[], h
         return;
       }
     }
-    if (comparable.get(s) !== comparable.get(first)) {
-      sim.violate('convergence', `${s.node.name} shows state ${comparable.get(s)!.slice(0, 12)}, ${first.node.name} ${comparable.get(first)!.slice(0, 12)}, over the same ops${forkAt.size > 0 ? ' (past fork points apart)' : ''}`);
+    if (s.hash !== first.hash) {
+      sim.violate('convergence', `${s.node.name} shows state ${s.hash.slice(0, 12)}, ${first.node.name} ${first.hash.slice(0, 12)}, over the same ops${forkAt.size > 0 ? ' (past fork points apart)' : ''}`);
       return;
     }
   }
 
-  // From-scratch agreement: each node against materialize over the ops it holds and the fork
-  // points (ops of a forked device from its fork point on are excluded). Nodes whose logs are
-  // identical share one materialization.
+  // From-scratch agreement: each node against materialize over the ops it holds (void ops it
+  // fetched included) and the fork points. Nodes that hold the same ops past fork points share
+  // one materialization.
   const forkPoints = [...forkAt].map(([device, seq]) => ({ device, seq }));
   const expectations = new Map<string, { ops: Op[]; expected: ReturnType<typeof materialize> }>();
   const expectationOf = (s: Snapshot) => {
-    const signature = [...s.logs.keys()].filter(pastFork).map((k) => `${k}=${createHash('sha256').update(s.logs.get(k)!).digest('hex')}`).join(',');
+    const signature = [...[...s.logs.keys()].filter(pastFork).map((k) => `${k}=${createHash('sha256').update(s.logs.get(k)!).digest('hex')}`), ...[...s.voids.keys()].sort()].join(',');
     let found = expectations.get(signature);
     if (found === undefined) {
       const ops = [...s.ops.values()];
-      const expected = materialize(ops, nodes[0]!.team.resolution, forkPoints);
+      const expected = materialize([...ops, ...s.voids.values()], nodes[0]!.team.resolution, forkPoints);
       const expectedHash = stateHash([...expected.entities.values()].map((e) => e.view));
       if (s.hash !== expectedHash) sim.violate('matches-materialize', `${s.node.name} shows state ${s.hash.slice(0, 12)}, materialize over the same ops gives ${expectedHash.slice(0, 12)}`);
       found = { ops, expected };
@@ -204,7 +171,7 @@ export async function checkSettled(sim: SimContext, nodes: readonly SimNode[], h
   const verdicts = expected.authority.verdicts;
   for (const s of snaps) {
     const { ops, expected } = ownOps.get(s)!;
-    const waiting = [...s.waiting].filter((id) => !stranded.get(s)!.has(id));
+    const waiting = [...s.waiting].filter((id) => !forkedOp(s.ops.get(id)!));
     if (waiting.length > 0) sim.violate('causal-order', `${s.node.name} still has ${waiting.length} op(s) waiting for their base after convergence`);
     for (const op of ops) {
       const meta = s.metas.get(op.id);
@@ -226,7 +193,11 @@ export async function checkSettled(sim: SimContext, nodes: readonly SimNode[], h
         if (meta.status.status === 'pending') sim.violate('receipts', `${s.node.name}: op ${op.id.slice(0, 12)} still pending after HQ judged everything`);
       }
       if (isEntityOp(op) && meta.clock !== null) {
-        for (const b of op.base) {
+        const voidOp = (id: OpId): Op | undefined => {
+          const held = s.voids.get(id) ?? s.ops.get(id);
+          return held !== undefined && forkedOp(held) ? held : undefined;
+        };
+        for (const b of effectiveBase(op, voidOp).base) {
           if (s.metas.get(b)?.clock == null) sim.violate('causal-order', `${s.node.name} applied ${op.id.slice(0, 12)} but not its base ${b.slice(0, 12)}`);
         }
       }

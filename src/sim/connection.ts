@@ -132,6 +132,22 @@ export class SessionEnd {
             if (this.alive) this.dispatch(this.session.settled(cmd.frameBytes));
           });
           break;
+        case 'missing':
+          // Behind the store work queued before it, as the net driver.
+          this.stored(async () => {
+            const ids = await this.node.store.missingBases(cmd.limit);
+            if (this.alive) this.dispatch(this.session.missing(ids));
+          });
+          break;
+        case 'lookup':
+          this.task(this.node.store.voidOps(cmd.ids), (ops) => this.dispatch(this.session.voidsRead(ops, cmd.frameBytes)));
+          break;
+        case 'voids':
+          this.storedOrBlame(async () => {
+            await this.node.addVoidOps(cmd.ops);
+            if (this.alive) this.dispatch(this.session.settled(cmd.frameBytes));
+          });
+          break;
         case 'caughtUp':
           break;
         case 'close':

@@ -29,8 +29,8 @@ export interface SimStats {
   wireBytes: number;
   /** Largest unacknowledged bytes in one direction of one session. */
   maxInFlightBytes: number;
-  /** Ops stranded by a fork after settling, summed over nodes (a known gap, docs/testing.md). */
-  forkStranded: number;
+  /** Void ops (past a fork point) held by id after settling, summed over nodes. */
+  voidsFetched: number;
 }
 
 const MAX_VIOLATIONS = 20;
@@ -53,7 +53,7 @@ export class SimContext {
       framesSent: 0,
       wireBytes: 0,
       maxInFlightBytes: 0,
-      forkStranded: 0,
+      voidsFetched: 0,
     };
   }
 

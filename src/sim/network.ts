@@ -210,4 +210,8 @@ export class SimNetwork implements NodeListener {
   fork(node: SimNode, proof: ForkProof): void {
     for (const end of this.liveEnds(node)) end.dispatch(end.session.sendForks([proof]));
   }
+
+  voids(node: SimNode, envelopes: readonly Uint8Array[]): void {
+    for (const end of this.liveEnds(node)) end.dispatch(end.session.voidsLearned(envelopes));
+  }
 }

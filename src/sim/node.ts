@@ -15,7 +15,7 @@ import { opIdOf, parseOp, type Op } from '../core/op.ts';
 import type { TipId, Tips } from '../core/sync/frames.ts';
 import type { VersionVector } from '../core/version-vector.ts';
 import { viewOf, type EntityView } from '../core/view.ts';
-import { ingest, type IngestResult } from '../store/ingest.ts';
+import { ingest, ingestVoids, type IngestResult } from '../store/ingest.ts';
 import { Store } from '../store/store.ts';
 import { TABLES } from '../store/tables.ts';
 import type { SimContext } from './context.ts';
@@ -33,6 +33,7 @@ export interface NodeListener {
   down(node: SimNode): void;
   advanced(node: SimNode, tips: Readonly<Record<DeviceId, number>>): void;
   fork(node: SimNode, proof: ForkProof): void;
+  voids(node: SimNode, envelopes: readonly Uint8Array[]): void;
 }
 
 export class SimNode {
@@ -149,6 +150,7 @@ export class SimNode {
       this.checkRecovered(store, own);
       store.events.on('tips', (tips: Record<DeviceId, number>) => this.listener.advanced(this, tips));
       store.events.on('fork', (proof: ForkProof) => this.listener.fork(this, proof));
+      store.events.on('voids', (envelopes: readonly Uint8Array[]) => this.listener.voids(this, envelopes));
       this.listener.up(this);
     });
   }
@@ -262,6 +264,11 @@ export class SimNode {
     const store = this.store;
     if ((store.forks.get(proof.device) ?? Number.POSITIVE_INFINITY) <= proof.seq) return false;
     return store.write((ctx) => ctx.recordFork(proof.device, proof.seq, { device: proof.device, seq: proof.seq, ops: proof.ops }));
+  }
+
+  /** As FieldNode.addVoidOps. */
+  addVoidOps(encoded: readonly Uint8Array[]): Promise<Op[]> {
+    return this.store.write((ctx) => ingestVoids(ctx, encoded, { team: SIM_TEAM, isEnrolled: (d) => this.isEnrolled(d) }));
   }
 
   /** As FieldNode.ingest: all or nothing. Resolves once durable. */

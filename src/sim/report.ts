@@ -29,7 +29,7 @@ export function formatResult(result: SimResult): string {
     `  events ${result.events}, ops ${result.ops}, mutations ${s.mutations}, receipts ${s.receipts}, sessions ${s.sessionsOpened}, frames ${s.framesSent}, wire ${s.wireBytes} B`,
     `  faults ${FAULT_TYPES.map((f) => `${f} ${s.faults[f]}`).join(', ')}`,
     `  convergence ${seconds(result.convergenceMs)} virtual s after healing; most events queued ${result.maxQueuedEvents}; largest in flight ${s.maxInFlightBytes} B`,
-    ...(s.forkStranded > 0 ? [`  ops stranded by a fork (known gap) ${s.forkStranded}`] : []),
+    ...(s.voidsFetched > 0 ? [`  void ops fetched by id ${s.voidsFetched}`] : []),
     `  fingerprint ${result.fingerprint}; ${result.wallMs.toFixed(0)} ms`,
   ].join('\n');
 }
@@ -42,7 +42,7 @@ export function formatSummary(summary: SoakSummary): string {
     ['faults injected', `${FAULT_TYPES.reduce((n, f) => n + summary.faults[f], 0)} (${FAULT_TYPES.map((f) => `${f} ${summary.faults[f]}`).join(', ')})`],
     ['ops', `${summary.ops} in final logs, ${summary.mutations} mutations`],
     ['wire bytes', String(summary.wireBytes)],
-    ['fork-stranded', `${summary.forkStranded} ops in ${summary.forkStrandedSeeds} seeds (known gap)`],
+    ['void ops fetched', `${summary.voidsFetched} in ${summary.voidsFetchedSeeds} seeds`],
     ['max convergence', `${seconds(summary.maxConvergenceMs)} virtual s${summary.maxConvergenceSeed === null ? '' : ` (seed ${summary.maxConvergenceSeed})`}`],
     ['wall time', `${seconds(summary.wallMs)} s`],
   ];

@@ -41,9 +41,9 @@ export interface SoakSummary {
   readonly ops: number;
   readonly mutations: number;
   readonly wireBytes: number;
-  /** Ops stranded by a fork (a known gap), and in how many seeds. */
-  readonly forkStranded: number;
-  readonly forkStrandedSeeds: number;
+  /** Void ops fetched by id (held after settling, over all nodes), and in how many seeds. */
+  readonly voidsFetched: number;
+  readonly voidsFetchedSeeds: number;
   /** Largest virtual time from healing to convergence, in ms, and its seed. */
   readonly maxConvergenceMs: number;
   readonly maxConvergenceSeed: number | null;
@@ -68,8 +68,8 @@ class Tally {
   ops = 0;
   mutations = 0;
   wireBytes = 0;
-  forkStranded = 0;
-  forkStrandedSeeds = 0;
+  voidsFetched = 0;
+  voidsFetchedSeeds = 0;
   maxConvergenceMs = 0;
   maxConvergenceSeed: number | null = null;
   done = 0;
@@ -80,8 +80,8 @@ class Tally {
     this.ops += result.ops;
     this.mutations += result.stats.mutations;
     this.wireBytes += result.stats.wireBytes;
-    this.forkStranded += result.stats.forkStranded;
-    if (result.stats.forkStranded > 0) this.forkStrandedSeeds++;
+    this.voidsFetched += result.stats.voidsFetched;
+    if (result.stats.voidsFetched > 0) this.voidsFetchedSeeds++;
     for (const f of FAULT_TYPES) this.faults[f] += result.stats.faults[f];
     if (result.convergenceMs > this.maxConvergenceMs) {
       this.maxConvergenceMs = result.convergenceMs;
@@ -92,8 +92,8 @@ class Tally {
 
   summary(wallMs: number): SoakSummary {
     const failed = [...this.failed].sort((a, b) => a.config.seed - b.config.seed);
-    const { events, faults, ops, mutations, wireBytes, forkStranded, forkStrandedSeeds, maxConvergenceMs, maxConvergenceSeed } = this;
-    return { seeds: this.done, failed, events, faults, ops, mutations, wireBytes, forkStranded, forkStrandedSeeds, maxConvergenceMs, maxConvergenceSeed, wallMs };
+    const { events, faults, ops, mutations, wireBytes, voidsFetched, voidsFetchedSeeds, maxConvergenceMs, maxConvergenceSeed } = this;
+    return { seeds: this.done, failed, events, faults, ops, mutations, wireBytes, voidsFetched, voidsFetchedSeeds, maxConvergenceMs, maxConvergenceSeed, wallMs };
   }
 }
 

@@ -6,7 +6,7 @@ import { encode } from 'cborg';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { InvalidInputError } from '../../src/core/errors.ts';
-import { decodeFrame, encodeFrame, SYNC_VERSION, type Frame } from '../../src/core/sync/frames.ts';
+import { decodeFrame, encodeFrame, MAX_WANT_IDS, SYNC_VERSION, type Frame } from '../../src/core/sync/frames.ts';
 import { expectCoreError, runs, signerOf } from './helpers.ts';
 
 const A = signerOf('frames-a').device;
@@ -34,6 +34,8 @@ const samples: Frame[] = [
   { type: 'query', device: A, seq: 1 },
   { type: 'answer', device: A, seq: 12, op: bytes(300, 4) },
   { type: 'answer', device: B, seq: 3, op: null },
+  { type: 'want', ids: [ID1, ID2] },
+  { type: 'voids', ops: [bytes(300, 5)] },
 ];
 
 describe('encodeFrame / decodeFrame', () => {
@@ -82,6 +84,8 @@ describe('encodeFrame / decodeFrame', () => {
       fc.record({ type: fc.constant('goodbye' as const), code: text(64), message: text(512) }),
       fc.record({ type: fc.constant('query' as const), device: text(64), seq: fc.integer({ min: 1, max: Number.MAX_SAFE_INTEGER }) }),
       fc.record({ type: fc.constant('answer' as const), device: text(64), seq: fc.integer({ min: 1, max: Number.MAX_SAFE_INTEGER }), op: fc.option(blob, { nil: null }) }),
+      fc.record({ type: fc.constant('want' as const), ids: fc.array(fc.uint8Array({ minLength: 32, maxLength: 32 }).map((b) => Buffer.from(b).toString('hex')), { minLength: 1, maxLength: MAX_WANT_IDS }) }),
+      fc.record({ type: fc.constant('voids' as const), ops: fc.array(blob, { minLength: 1, maxLength: 4 }) }),
     );
     fc.assert(
       fc.property(frameArb, (frame) => {
@@ -138,6 +142,11 @@ describe('decodeFrame refuses malformed frames', () => {
     ['credit with a string amount', encode([5, '100'])],
     ['credit beyond safe integers', Uint8Array.of(0x82, 0x05, 0x1b, 0x00, 0x40, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00)],
     ['ops with no ops', encode([3, A, []])],
+    ['want with no ids', encode([10, []])],
+    ['want with a short id', encode([10, [bytes(31)]])],
+    ['want with more than MAX_WANT_IDS ids', encode([10, Array.from({ length: MAX_WANT_IDS + 1 }, () => bytes(32))])],
+    ['voids with no ops', encode([11, []])],
+    ['voids holding a string', encode([11, ['op']])],
     ['ops whose op is not bytes', encode([3, A, ['op']])],
     ['ops with a non-string device', encode([3, 7, [bytes(3)]])],
     ['ops with an over-long device', encode([3, 'x'.repeat(65), [bytes(3)]])],

@@ -16,9 +16,9 @@ import { checkAdmission, decodeCertificate, issueCertificate } from '../../src/c
 import { verifyRange, type ForkProof } from '../../src/core/chain.ts';
 import { FieldmeshError, InvalidInputError, RuleViolationError } from '../../src/core/errors.ts';
 import type { DeviceId } from '../../src/core/keys.ts';
-import { decodeOp, type Op } from '../../src/core/op.ts';
-import { encodeFrame, SYNC_VERSION, type Frame, type TipId, type Tips } from '../../src/core/sync/frames.ts';
-import { DEFAULT_SYNC_LIMITS, INTERLEAVED_RUN_BYTES, MAX_INGESTS_IN_FLIGHT, MIN_FRAME_BYTES, SyncSession, type Command, type LocalState, type SyncLimits } from '../../src/core/sync/session.ts';
+import { decodeOp, type Op, type OpId } from '../../src/core/op.ts';
+import { encodeFrame, MAX_WANT_IDS, SYNC_VERSION, type Frame, type TipId, type Tips } from '../../src/core/sync/frames.ts';
+import { DEFAULT_SYNC_LIMITS, INTERLEAVED_RUN_BYTES, MAX_INGESTS_IN_FLIGHT, MAX_WANTED_IDS, MIN_FRAME_BYTES, SyncSession, type Command, type LocalState, type SyncLimits } from '../../src/core/sync/session.ts';
 import type { VersionVector } from '../../src/core/version-vector.ts';
 import { flipBit, rng, signerOf, T0, TestDevice } from './helpers.ts';
 
@@ -70,6 +70,9 @@ class MemNode {
   forks: { device: DeviceId; seq: number; ops: readonly [Uint8Array, Uint8Array] }[] = [];
   /** Ops received that the node already held. */
   duplicates = 0;
+  /** Ids of ops that ops of the node wait for (set by a test), and void ops it fetched by id. */
+  readonly wanting = new Set<OpId>();
+  readonly voids = new Map<OpId, Uint8Array>();
   readonly ends: End[] = [];
   private clock = T0;
 
@@ -129,6 +132,20 @@ class MemNode {
 
   local(): LocalState {
     return { team: TEAM, hq: HQ.device, cert: this.cert, tips: this.tips(), certs: () => this.certs, forks: () => this.forks };
+  }
+
+  /** Like Store.voidOps: the ops among `ids` past their device's fork point that the node holds. */
+  voidOps(ids: readonly OpId[]): Uint8Array[] {
+    const out: Uint8Array[] = [];
+    for (const id of ids) {
+      const fetched = this.voids.get(id);
+      if (fetched !== undefined) out.push(fetched);
+      for (const [device, log] of this.logs) {
+        const forkedAt = Math.min(...this.forks.filter((f) => f.device === device).map((f) => f.seq));
+        for (const bytes of log.slice(forkedAt - 1)) if (decodeOp(bytes).id === id) out.push(bytes);
+      }
+    }
+    return out;
   }
 
   /** Like Store.loadRange: whole ops while they fit in maxBytes (4 bytes of framing each). */
@@ -263,6 +280,26 @@ class Net {
           end.reads.push(cmd);
           this.dispatch(end, end.session.opRead(cmd.purpose, end.node.logOf(cmd.device)[cmd.seq - 1] ?? null));
           break;
+        case 'missing':
+          end.events.push(cmd);
+          this.dispatch(end, end.session.missing([...end.node.wanting].slice(0, cmd.limit)));
+          break;
+        case 'lookup':
+          end.events.push(cmd);
+          this.dispatch(end, end.session.voidsRead(end.node.voidOps(cmd.ids), cmd.frameBytes));
+          break;
+        case 'voids': {
+          // Kept (the store checks them), then offered to every session of the node, as the mesh does.
+          end.events.push(cmd);
+          const fresh = cmd.ops.filter((bytes) => !end.node.voids.has(decodeOp(bytes).id));
+          for (const bytes of fresh) {
+            end.node.voids.set(decodeOp(bytes).id, bytes);
+            end.node.wanting.delete(decodeOp(bytes).id);
+          }
+          this.dispatch(end, end.session.settled(cmd.frameBytes));
+          if (fresh.length > 0) for (const other of end.node.ends) this.dispatch(other, other.session.voidsLearned(fresh));
+          break;
+        }
         default:
           end.events.push(cmd);
       }
@@ -1097,5 +1134,92 @@ describe('SyncSession: forks', () => {
     expectViolation(session.receive(encodeFrame({ type: 'query', device: log.device, seq: 2 })), 'QUERY_FLOOD');
     const other = claimed(2, 0, 0).session;
     expectViolation(other.receive(encodeFrame({ type: 'answer', device: log.device, seq: 1, op: null })), 'UNEXPECTED_ANSWER');
+  });
+});
+
+describe('SyncSession: void ops by id', () => {
+  /** A device forked at #3: branch a holds its first #3 and #4, branch b another #3. */
+  function forkedSetup() {
+    const log = forkedLog('sync-voids', 2, 2, 1);
+    const first = decodeOp(log.a[2]!);
+    const second = decodeOp(log.b[2]!);
+    const [low, high] = first.id < second.id ? [first, second] : [second, first];
+    const proof = { device: log.device, seq: 3, ops: [low.bytes, high.bytes] as const };
+    return { log, proof, wanted: first };
+  }
+
+  it('asks each peer once for the ops it waits for, and a peer that comes to hold one later sends it then', () => {
+    const net = new Net();
+    const { log, proof, wanted } = forkedSetup();
+    // x stored the first branch before the proof; y and z hold the other one, and each holds an
+    // op (not modelled) built on x's #3, which they wait for: they never get it in a log.
+    const x = new MemNode('vx');
+    const y = new MemNode('vy');
+    const z = new MemNode('vz');
+    x.logs.set(log.device, [...log.a]);
+    for (const n of [y, z]) {
+      n.logs.set(log.device, [...log.b]);
+      n.wanting.add(wanted.id);
+    }
+    for (const n of [x, y, z]) n.forks = [proof];
+    // y meets z first: z does not hold the op yet and remembers that y wants it.
+    const [ey, ez] = net.connect(y, z);
+    net.run();
+    expectOpen(ey, ez);
+    expect(ey.sent.filter((f) => f.type === 'want')).toEqual([{ type: 'want', ids: [wanted.id] }]);
+    expect(ez.count('voids')).toBe(0);
+    // z then meets x, which holds it: z gets it, and passes it to y, which asked.
+    const [ez2, ex] = net.connect(z, x);
+    net.run();
+    expectOpen(ey, ez, ez2, ex);
+    expect(ex.sent.filter((f) => f.type === 'voids')).toEqual([{ type: 'voids', ops: [wanted.bytes] }]);
+    expect(ez.sent.filter((f) => f.type === 'voids')).toEqual([{ type: 'voids', ops: [wanted.bytes] }]);
+    for (const n of [y, z]) {
+      expect(n.voids.get(wanted.id), n.name).toEqual(wanted.bytes);
+      expect(n.wanting.size).toBe(0);
+    }
+    // Each asked once per session (y and z ask each other), x wants nothing, and nothing past
+    // the fork point went out in a log.
+    expect([ey, ez, ez2, ex].map((e) => e.count('want'))).toEqual([1, 1, 1, 0]);
+    for (const end of [ey, ez, ez2, ex]) expect(sentSeqs(end, log.device).filter((seq) => seq >= 3)).toEqual([]);
+  });
+
+  it('asks for nothing while no fork is proven', () => {
+    const net = new Net();
+    const a = new MemNode('va');
+    const b = new MemNode('vb');
+    a.wanting.add('ab'.repeat(32));
+    const [ea, eb] = net.connect(a, b);
+    net.run();
+    expectOpen(ea, eb);
+    expect(ea.events.filter((c) => c.kind === 'missing')).toEqual([]);
+    expect(ea.count('want')).toBe(0);
+  });
+
+  it('answers a want within flow control, and ends the session on voids not asked for or a flood of wants', () => {
+    const { log, proof, wanted } = forkedSetup();
+    const x = new MemNode('vx2');
+    x.logs.set(log.device, [...log.a]);
+    x.forks = [proof];
+    const peer = new MemNode('vp');
+    const session = facing(x);
+    session.receive(helloFrom(peer));
+    const lookup = session.receive(encodeFrame({ type: 'want', ids: [wanted.id] }));
+    expect(lookup).toMatchObject([{ kind: 'lookup', ids: [wanted.id] }]);
+    const reply = session.voidsRead(x.voidOps([wanted.id]), (lookup[0] as Command & { kind: 'lookup' }).frameBytes);
+    expect(reply.flatMap((c) => (c.kind === 'send' ? [c.frame.type] : []))).toEqual(['credit', 'voids']);
+
+    expectViolation(session.receive(encodeFrame({ type: 'voids', ops: [wanted.bytes] })), 'UNEXPECTED_VOIDS');
+
+    const flooded = facing(x);
+    flooded.receive(helloFrom(peer));
+    let last: Command[] = [];
+    for (let i = 0; i * MAX_WANT_IDS <= MAX_WANTED_IDS && !flooded.closed; i++) {
+      const ids = Array.from({ length: MAX_WANT_IDS }, (_, k) => (i * MAX_WANT_IDS + k).toString(16).padStart(64, '0'));
+      last = flooded.receive(encodeFrame({ type: 'want', ids }));
+      // Each want is answered (nothing held), which returns its credit.
+      for (const c of last) if (c.kind === 'lookup') flooded.voidsRead([], c.frameBytes);
+    }
+    expectViolation(last, 'WANT_FLOOD');
   });
 });

@@ -12,14 +12,16 @@
  *   goodbye   := [7, code, message]                the sender closes because of `code`
  *   query     := [8, device, seq]                  send me your op of `device` at `seq`
  *   answer    := [9, device, seq, op: bstr | null] the op asked for, or null if not held
+ *   want      := [10, [id: bstr32]{1..64}]         send me these ops if they are void (past a fork point)
+ *   voids     := [11, [op: bstr]+]                 void ops the peer wanted
  */
 import { decodeCanonical, encodeCanonical } from '../cbor.ts';
 import { decodeError, tooLargeError } from '../errors.ts';
 import type { DeviceId } from '../keys.ts';
 import { opIdFromBytes, opIdToBytes, type OpId } from '../op.ts';
 
-export const SYNC_PROTOCOL = '/fieldmesh/sync/2.0.0';
-export const SYNC_VERSION = 2;
+export const SYNC_PROTOCOL = '/fieldmesh/sync/3.0.0';
+export const SYNC_VERSION = 3;
 
 /** Where a log stands as a peer offers it: the highest seq it holds (and counts) and that op's id. */
 export interface TipId {
@@ -39,9 +41,14 @@ export type Frame =
   | { readonly type: 'caughtUp' }
   | { readonly type: 'goodbye'; readonly code: string; readonly message: string }
   | { readonly type: 'query'; readonly device: DeviceId; readonly seq: number }
-  | { readonly type: 'answer'; readonly device: DeviceId; readonly seq: number; readonly op: Uint8Array | null };
+  | { readonly type: 'answer'; readonly device: DeviceId; readonly seq: number; readonly op: Uint8Array | null }
+  | { readonly type: 'want'; readonly ids: readonly OpId[] }
+  | { readonly type: 'voids'; readonly ops: readonly Uint8Array[] };
 
-const CODES = { hello: 1, certs: 2, ops: 3, fork: 4, credit: 5, caughtUp: 6, goodbye: 7, query: 8, answer: 9 } as const;
+/** Most op ids in one want frame. */
+export const MAX_WANT_IDS = 64;
+
+const CODES = { hello: 1, certs: 2, ops: 3, fork: 4, credit: 5, caughtUp: 6, goodbye: 7, query: 8, answer: 9, want: 10, voids: 11 } as const;
 
 export function encodeFrame(frame: Frame): Uint8Array {
   switch (frame.type) {
@@ -67,6 +74,10 @@ export function encodeFrame(frame: Frame): Uint8Array {
       return encodeCanonical([CODES.query, frame.device, frame.seq]);
     case 'answer':
       return encodeCanonical([CODES.answer, frame.device, frame.seq, frame.op]);
+    case 'want':
+      return encodeCanonical([CODES.want, frame.ids.map((id) => Uint8Array.from(opIdToBytes(id)))]);
+    case 'voids':
+      return encodeCanonical([CODES.voids, frame.ops]);
   }
 }
 
@@ -137,6 +148,16 @@ export function decodeFrame(bytes: Uint8Array, maxFrameBytes: number): Frame {
       arity(4);
       if (!isText(r[1], 64) || !isSeq(r[2]) || !(r[3] === null || isBytes(r[3]))) bad('malformed answer');
       return { type: 'answer', device: r[1] as string, seq: r[2] as number, op: r[3] as Uint8Array | null };
+    case CODES.want: {
+      arity(2);
+      const ids = r[1];
+      if (!Array.isArray(ids) || ids.length === 0 || ids.length > MAX_WANT_IDS || !ids.every((id) => isBytes(id) && id.length === 32)) bad('malformed want');
+      return { type: 'want', ids: (ids as Uint8Array[]).map(opIdFromBytes) };
+    }
+    case CODES.voids:
+      arity(2);
+      if (!Array.isArray(r[1]) || (r[1] as unknown[]).length === 0 || !(r[1] as unknown[]).every(isBytes)) bad('malformed voids');
+      return { type: 'voids', ops: r[1] as Uint8Array[] };
     default:
       return bad(`unknown frame type ${String(r[0])}`);
   }

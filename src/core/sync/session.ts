@@ -20,10 +20,10 @@ import type { ForkProof } from '../chain.ts';
 import { FieldmeshError, InvalidInputError, RuleViolationError } from '../errors.ts';
 import type { DeviceId } from '../keys.ts';
 import { LIMITS } from '../limits.ts';
-import { parseOp } from '../op.ts';
+import { opIdOf, parseOp, type OpId } from '../op.ts';
 import { seqOf, type VersionVector } from '../version-vector.ts';
 import { ForkSearch, type SearchStart } from './fork-search.ts';
-import { decodeFrame, encodeFrame, SYNC_VERSION, type Frame, type TipId, type Tips } from './frames.ts';
+import { decodeFrame, encodeFrame, MAX_WANT_IDS, SYNC_VERSION, type Frame, type TipId, type Tips } from './frames.ts';
 
 export interface SyncLimits {
   /** Largest frame we accept (and the most we ever send the peer its own limit permitting). @default 1 MiB */
@@ -48,6 +48,11 @@ export const OPS_FRAME_OVERHEAD = 128;
 export const INTERLEAVED_RUN_BYTES = 64 * 1024;
 /** Ingests handed to the driver at once (each one frame; the store commits them together). */
 export const MAX_INGESTS_IN_FLIGHT = 64;
+/**
+ * Op ids a session asks its peer for by id, and ids the peer asked for that we could not send
+ * yet (we send them if we come to hold them): each set is bounded, a peer wanting more is a flood.
+ */
+export const MAX_WANTED_IDS = 4096;
 
 export interface LocalState {
   readonly team: string;
@@ -73,6 +78,12 @@ export type Command =
   | { readonly kind: 'fork'; readonly device: DeviceId; readonly seq: number; readonly ops: readonly [Uint8Array, Uint8Array]; readonly frameBytes: number }
   /** Read our op of `device` at `seq` (null if not held) and call `opRead(purpose, bytes)`. */
   | { readonly kind: 'read'; readonly device: DeviceId; readonly seq: number; readonly purpose: ReadPurpose }
+  /** Find ids of ops we do not hold that parked ops wait for, and call `missing(ids)`. */
+  | { readonly kind: 'missing'; readonly limit: number }
+  /** Read the void ops among `ids` that we hold, and call `voidsRead(ops, frameBytes)`. */
+  | { readonly kind: 'lookup'; readonly ids: readonly OpId[]; readonly frameBytes: number }
+  /** Check and keep these void ops, then call `settled(frameBytes)` (a bad op is the peer's fault). */
+  | { readonly kind: 'voids'; readonly ops: readonly Uint8Array[]; readonly frameBytes: number }
   /** Store a fork proof this session built (it reaches every peer like any new proof). */
   | { readonly kind: 'proof'; readonly proof: ForkProof }
   /** The peer is admitted: `device` from its certificate. */
@@ -131,6 +142,16 @@ export class SyncSession {
   /** Ops frames sent and received, op bytes sent and received. */
   readonly stats = { framesOut: 0, framesIn: 0, opsOut: 0, opsIn: 0, bytesOut: 0, bytesIn: 0 };
   peerCaughtUp = false;
+  /** Ids we asked the peer for (once per session each). */
+  private readonly asked = new Set<OpId>();
+  /** Ids the peer asked for that we do not hold yet: sent if we come to hold them. */
+  private readonly peerWants = new Set<OpId>();
+  /** Void ops to send the peer (as credit allows), and those sent. */
+  private readonly voidsOut: Uint8Array[] = [];
+  private readonly voidsSent = new Set<OpId>();
+  /** A `missing` command is out; another is due once it returns. */
+  private seeking = false;
+  private seekAgain = false;
 
   constructor(local: LocalState, admit: Admit, limits: SyncLimits = DEFAULT_SYNC_LIMITS) {
     if (limits.windowBytes < limits.maxFrameBytes || limits.maxFrameBytes < MIN_FRAME_BYTES) {
@@ -200,7 +221,26 @@ export class SyncSession {
         return this.pump();
       case 'caughtUp':
         this.peerCaughtUp = true;
-        return [];
+        return this.seek();
+      case 'want': {
+        if (!this.takeWindow(bytes.length)) return this.violation('FLOW_CONTROL', `peer sent ${this.inboundBytes} bytes beyond the ${this.limits.windowBytes}-byte window`);
+        for (const id of frame.ids) if (!this.voidsSent.has(id)) this.peerWants.add(id);
+        if (this.peerWants.size > MAX_WANTED_IDS) return this.violation('WANT_FLOOD', `peer wants more than ${MAX_WANTED_IDS} ops by id`);
+        return [{ kind: 'lookup', ids: frame.ids, frameBytes: bytes.length }];
+      }
+      case 'voids': {
+        if (!this.takeWindow(bytes.length)) return this.violation('FLOW_CONTROL', `peer sent ${this.inboundBytes} bytes beyond the ${this.limits.windowBytes}-byte window`);
+        for (const op of frame.ops) {
+          let id: OpId;
+          try {
+            id = opIdOf(op);
+          } catch (err) {
+            return this.fail(err as FieldmeshError);
+          }
+          if (!this.asked.has(id)) return this.violation('UNEXPECTED_VOIDS', `peer sent op ${id} that we did not ask for`);
+        }
+        return [{ kind: 'voids', ops: frame.ops, frameBytes: bytes.length }];
+      }
       case 'goodbye':
         this.phase = 'closed';
         return [{ kind: 'close', code: frame.code, message: `peer said goodbye: ${frame.message}`, blame: false }];
@@ -311,7 +351,7 @@ export class SyncSession {
       out.push(this.sendCosting({ type: 'fork', device: f.device, seq: f.seq, ops: f.ops }));
       this.forkLearned(f.device, f.seq);
     }
-    out.push(...this.nextSearch());
+    out.push(...this.nextSearch(), ...this.seek());
     return out;
   }
 
@@ -335,6 +375,53 @@ export class SyncSession {
     for (const [device, seq] of Object.entries(vv)) {
       const offered = Math.min(seq, this.capOf(device));
       if (offered > seqOf(this.ourVV, device)) this.ourVV[device] = offered;
+    }
+    return this.pump();
+  }
+
+  /**
+   * Asks the driver for ids our parked ops wait for, once the peer has sent what it held at hello
+   * and only with a fork proven: then an op we lack may be void, which no peer offers in its log.
+   */
+  private seek(): Command[] {
+    if (this.phase !== 'open' || !this.peerCaughtUp || this.forkAt.size === 0 || this.ingesting > 0) return [];
+    if (this.seeking) {
+      this.seekAgain = true;
+      return [];
+    }
+    this.seeking = true;
+    return [{ kind: 'missing', limit: MAX_WANT_IDS }];
+  }
+
+  /** The driver found the ids our parked ops wait for: ask the peer for those not asked yet. */
+  missing(ids: readonly OpId[]): Command[] {
+    this.seeking = false;
+    if (this.phase !== 'open') return [];
+    const fresh = ids.filter((id) => !this.asked.has(id)).slice(0, MAX_WANTED_IDS - this.asked.size);
+    for (const id of fresh) this.asked.add(id);
+    const out: Command[] = fresh.length === 0 ? [] : [this.sendCosting({ type: 'want', ids: fresh.slice(0, MAX_WANT_IDS) })];
+    if (this.seekAgain) {
+      this.seekAgain = false;
+      out.push(...this.seek());
+    }
+    return out;
+  }
+
+  /** The driver read the void ops the peer wanted that we hold: they go out as credit allows. */
+  voidsRead(ops: readonly Uint8Array[], frameBytes: number): Command[] {
+    if (this.phase !== 'open') return [];
+    this.inboundBytes -= frameBytes;
+    return [this.send({ type: 'credit', bytes: frameBytes }), ...this.voidsLearned(ops)];
+  }
+
+  /** Void ops we came to hold (from any peer): those this peer asked for go to it. */
+  voidsLearned(ops: readonly Uint8Array[]): Command[] {
+    if (this.phase !== 'open') return [];
+    for (const op of ops) {
+      const id = opIdOf(op);
+      if (!this.peerWants.delete(id) || this.voidsSent.has(id)) continue;
+      this.voidsSent.add(id);
+      this.voidsOut.push(op);
     }
     return this.pump();
   }
@@ -479,7 +566,7 @@ export class SyncSession {
     this.inboundBytes -= done.bytes;
     this.peerVV[done.device] = Math.max(seqOf(this.peerVV, done.device), outcome.lastSeq);
     this.ourVV[done.device] = Math.max(seqOf(this.ourVV, done.device), Math.min(outcome.lastSeq, this.capOf(done.device)));
-    return [this.send({ type: 'credit', bytes: done.bytes }), ...this.nextIngest()];
+    return [this.send({ type: 'credit', bytes: done.bytes }), ...this.nextIngest(), ...this.seek()];
   }
 
   /**
@@ -492,11 +579,14 @@ export class SyncSession {
     return { device, seq: seq - 1, expect: found, peerHolds: true, ifSame: error };
   }
 
-  /** The driver stored a certs or fork frame: its bytes return to the peer as credit. */
+  /**
+   * The driver stored a certs, fork or voids frame: its bytes return to the peer as credit. A new
+   * proof or void op may leave parked ops waiting for void ops: ask for them.
+   */
   settled(frameBytes: number): Command[] {
     if (this.phase !== 'open') return [];
     this.inboundBytes -= frameBytes;
-    return [this.send({ type: 'credit', bytes: frameBytes })];
+    return [this.send({ type: 'credit', bytes: frameBytes }), ...this.seek()];
   }
 
   /** Counts a frame against our window: every frame but hello, credit, caughtUp and goodbye does. */
@@ -531,7 +621,26 @@ export class SyncSession {
   }
 
   private pump(): Command[] {
-    if (this.phase !== 'open' || this.loading) return [];
+    if (this.phase !== 'open') return [];
+    const out = this.sendVoids();
+    if (this.loading) return out;
+    return [...out, ...this.pumpOps()];
+  }
+
+  /** Queued void ops, in frames within the peer's limit, while credit lasts. */
+  private sendVoids(): Command[] {
+    const out: Command[] = [];
+    while (this.voidsOut.length > 0) {
+      let n = 0;
+      let bytes = OPS_FRAME_OVERHEAD;
+      while (n < this.voidsOut.length && (n === 0 || bytes + this.voidsOut[n]!.length + 8 <= this.peerMaxFrame)) bytes += this.voidsOut[n++]!.length + 8;
+      if (bytes > this.credit) break;
+      out.push(this.sendCosting({ type: 'voids', ops: this.voidsOut.splice(0, n) }));
+    }
+    return out;
+  }
+
+  private pumpOps(): Command[] {
     let held = false;
     if (this.credit >= this.peerMaxFrame) {
       // The log least far along its catch-up goes next (ties: device order).
