@@ -45,7 +45,7 @@ export interface MeshOptions {
   readonly random?: () => number;
 }
 
-export const DEFAULT_DRIVER_LIMITS: DriverLimits = { ...DEFAULT_SYNC_LIMITS, handshakeTimeoutMs: 10_000, writeTimeoutMs: 30_000 };
+export const DEFAULT_DRIVER_LIMITS: DriverLimits = { ...DEFAULT_SYNC_LIMITS, handshakeTimeoutMs: 10_000, writeTimeoutMs: 30_000, answerTimeoutMs: 30_000 };
 
 export interface PeerInfo {
   readonly device: DeviceId;

@@ -27,6 +27,8 @@ export interface DriverLimits extends SyncLimits {
   readonly handshakeTimeoutMs: number;
   /** Time for one frame to be written (a peer that stops reading is dropped). @default 30000 */
   readonly writeTimeoutMs: number;
+  /** Time for the peer to answer our query (a fork search waits for it, and holds its ops back). @default 30000 */
+  readonly answerTimeoutMs: number;
 }
 
 export class SessionDriver {
@@ -44,6 +46,8 @@ export class SessionDriver {
   private ingestReplies: Promise<void> = Promise.resolve();
   private done = false;
   private readonly now: () => number;
+  /** The deadline of our unanswered query, if any. */
+  private answerTimer: NodeJS.Timeout | null = null;
 
   constructor(stream: Stream, connection: Connection, session: SyncSession, node: MeshHost, hooks: DriverHooks, limits: DriverLimits, now: () => number) {
     this.stream = stream;
@@ -116,6 +120,7 @@ export class SessionDriver {
       switch (cmd.kind) {
         case 'send':
           this.send(cmd.bytes);
+          if (cmd.frame.type === 'query') this.awaitAnswer();
           break;
         case 'admitted':
           if (cmd.device !== this.connection.remotePeer.toString()) {
@@ -213,6 +218,19 @@ export class SessionDriver {
     }
   }
 
+  /** A peer that leaves our query unanswered is dropped, blamed: the search would wait for ever. */
+  private awaitAnswer(): void {
+    if (this.answerTimer !== null) clearTimeout(this.answerTimer);
+    const queries = this.session.stats.queriesOut;
+    this.answerTimer = setTimeout(() => {
+      this.answerTimer = null;
+      if (this.session.stats.queriesOut !== queries || !this.session.awaitingAnswer) return;
+      const message = `no answer to our query within ${this.limits.answerTimeoutMs} ms`;
+      this.dispatch(this.session.close('ANSWER_TIMEOUT', message));
+      this.finish('ANSWER_TIMEOUT', message, true);
+    }, this.limits.answerTimeoutMs);
+  }
+
   private send(bytes: Uint8Array): void {
     this.writes = this.writes.then(async () => {
       if (this.done) return;
@@ -250,6 +268,7 @@ export class SessionDriver {
   private finish(code: string, message: string, blame: boolean): void {
     if (this.done) return;
     this.done = true;
+    if (this.answerTimer !== null) clearTimeout(this.answerTimer);
     if (blame) this.stream.abort(new Error(`${code}: ${message}`));
     else void this.stream.close().catch(() => this.stream.abort(new Error(code)));
     this.hooks.closed(this, code, blame);

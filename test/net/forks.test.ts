@@ -97,7 +97,7 @@ describe('forked logs meet over the network', () => {
     };
     const device = await rollBack(team, alice, bob, { common: 1, first: 1, second: 1 }, edit);
     // Before anyone knows of the fork, alice builds on the first branch's op.
-    const built = await alice.mutate({ type: 'update', domain: 'note', entity: 'shared', fields: { checked: true } });
+    await alice.mutate({ type: 'update', domain: 'note', entity: 'shared', fields: { checked: true } });
     const blamed = [alice, bob, carol].map(blames);
     await startMesh(bob);
     await startMesh(alice, [bob]);

@@ -147,6 +147,21 @@ describe.concurrent('hostile ops: a bad frame is refused whole, the peer dropped
     expect(await team.a.forkProofs()).toEqual([]);
   });
 
+  it('a peer that never answers the query its op made us ask is dropped (ANSWER_TIMEOUT)', async (ctx) => {
+    const cleanup = cleanupFor(ctx);
+    const team = await TestTeam.start(cleanup, { limits: { answerTimeoutMs: 300 } });
+    const peer = await HostilePeer.create(cleanup);
+    const { session, cert } = await admitted(team, peer);
+    const log = new LogWriter(peer.signer, team.team);
+    const [first, second] = [log.create('q1', { v: 1 }), log.create('q2', { v: 2 })];
+    await sendStored(team, session, peer.device, [first!, second!]);
+    log.state = { tip: { seq: 2, id: first!.id }, clock: log.state.clock };
+    const before = await team.before();
+    await session.send({ type: 'ops', device: peer.device, ops: [log.create('q3', { v: 3 }).bytes] });
+    await session.waitForFrame((f) => f.type === 'query', 'a query for #2');
+    await expectDropped(team, peer, session, { codes: ['ANSWER_TIMEOUT'], before, tag: 'no-answer', readmitWith: cert.bytes });
+  });
+
   it('validly signed ops of a device that is not enrolled (UNENROLLED)', async (ctx) => {
     const cleanup = cleanupFor(ctx);
     const { team, peer, session, cert } = await setup(cleanup);

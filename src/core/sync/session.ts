@@ -140,7 +140,7 @@ export class SyncSession {
   private initialPending = true;
   private peerDevice: DeviceId | null = null;
   /** Ops frames sent and received, op bytes sent and received. */
-  readonly stats = { framesOut: 0, framesIn: 0, opsOut: 0, opsIn: 0, bytesOut: 0, bytesIn: 0 };
+  readonly stats = { framesOut: 0, framesIn: 0, opsOut: 0, opsIn: 0, bytesOut: 0, bytesIn: 0, queriesOut: 0 };
   peerCaughtUp = false;
   /** Ids we asked the peer for (once per session each). */
   private readonly asked = new Set<OpId>();
@@ -171,6 +171,11 @@ export class SyncSession {
 
   get closed(): boolean {
     return this.phase === 'closed';
+  }
+
+  /** Whether our last query is still unanswered (the driver bounds the wait). */
+  get awaitingAnswer(): boolean {
+    return this.search !== null && this.ours != null && this.theirs === undefined;
   }
 
   /** How many ops of ours the peer lacks, as far as we know. */
@@ -442,6 +447,7 @@ export class SyncSession {
       this.theirs = null;
       return this.compared();
     }
+    this.stats.queriesOut++;
     return [this.send({ type: 'query', device: search.device, seq: search.seq })];
   }
 
