@@ -6,7 +6,7 @@
  *   request  := {"id": n, "method": name, "params": {...}}
  *   response := {"id": n, "result": ...} | {"id": n, "error": {"code", "message"}}
  */
-import { createConnection, createServer, type Server } from 'node:net';
+import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -31,12 +31,14 @@ export async function serveControl(node: FieldNode, dataDir: string): Promise<Se
   const path = join(dataDir, CONTROL_SOCKET);
   await rm(path, { force: true }); // a stale socket of a node that crashed
   const server = createServer((socket) => {
-    const lines = createInterface({ input: socket, crlfDelay: Infinity });
-    lines.on('line', (line) => {
+    const tooLarge = () => {
+      socket.end(toJson({ id: null, error: { code: 'TOO_LARGE', message: `request longer than ${MAX_REQUEST_BYTES} bytes` } }) + '\n');
+      socket.destroy();
+    };
+    boundedLines(socket, MAX_REQUEST_BYTES, tooLarge, (line) => {
       void (async () => {
         let id: unknown = null;
         try {
-          if (line.length > MAX_REQUEST_BYTES) throw new FieldmeshError('TOO_LARGE', 'request too large');
           const request = JSON.parse(line) as { id?: unknown; method?: unknown; params?: unknown };
           // The request as a whole (params one level down): a deep id, echoed back, would break the reply too.
           if (nestsDeeperThan(request, MAX_PARAMS_DEPTH + 1)) throw tooDeep();
@@ -57,6 +59,30 @@ export async function serveControl(node: FieldNode, dataDir: string): Promise<Se
     server.listen(path, () => resolve());
   });
   return server;
+}
+
+/**
+ * Calls `onLine` with each line the socket sends; a line growing past `maxBytes` before its end
+ * calls `onTooLong` instead and nothing more is read (readline would buffer it whole first).
+ */
+function boundedLines(socket: Socket, maxBytes: number, onTooLong: () => void, onLine: (line: string) => void): void {
+  let pending: Buffer[] = [];
+  let pendingBytes = 0;
+  socket.on('data', (chunk: Buffer) => {
+    let start = 0;
+    for (let end = chunk.indexOf(0x0a); end !== -1; end = chunk.indexOf(0x0a, start)) {
+      pending.push(chunk.subarray(start, end));
+      const line = Buffer.concat(pending).toString('utf8');
+      pending = [];
+      pendingBytes = 0;
+      start = end + 1;
+      if (line.length > maxBytes) return void onTooLong();
+      onLine(line.endsWith('\r') ? line.slice(0, -1) : line);
+    }
+    pendingBytes += chunk.length - start;
+    if (pendingBytes > maxBytes) return void onTooLong();
+    if (start < chunk.length) pending.push(chunk.subarray(start));
+  });
 }
 
 /** Calls a running node; resolves undefined when no node is running on this data dir. */

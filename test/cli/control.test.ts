@@ -1,0 +1,68 @@
+/**
+ * The control socket of a running node (src/cli/control.ts), served by a real FieldNode in a temp
+ * dir: a request line longer than the 1 MiB limit is refused as soon as it grows past it (not
+ * read whole first), and the node keeps answering other connections.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { createConnection } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { callRunning, CONTROL_SOCKET, serveControl } from '../../src/cli/control.ts';
+import { FieldNode } from '../../src/node/field-node.ts';
+
+const cleanup: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  for (const step of cleanup.splice(0).reverse()) await step();
+});
+
+async function running(): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'fm-control-'));
+  cleanup.push(() => rm(dir, { recursive: true, force: true }));
+  const node = await FieldNode.open({ dataDir: dir, team: 'control-t', user: 'alice', role: 'server', domains: { note: 'merge' } });
+  cleanup.push(() => node.close());
+  const server = await serveControl(node, dir);
+  cleanup.push(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  return dir;
+}
+
+describe('control socket', () => {
+  it('answers one JSON request per line, several on one connection', async () => {
+    const dir = await running();
+    const put = await callRunning(dir, 'put', { domain: 'note', entity: 'n1', fields: { text: 'hello' } });
+    expect(put).toMatchObject({ result: { status: 'synced' } }); // HQ's own writes need no receipt
+    const socket = createConnection(join(dir, CONTROL_SOCKET));
+    const replies: string[] = [];
+    const done = new Promise<void>((resolve) => {
+      let buffered = '';
+      socket.on('data', (chunk: Buffer) => {
+        buffered += chunk.toString('utf8');
+        const lines = buffered.split('\n');
+        buffered = lines.pop()!;
+        replies.push(...lines);
+        if (replies.length === 2) resolve();
+      });
+    });
+    socket.write('{"id":1,"method":"get","params":{"domain":"note","entity":"n1"}}\r\n{"id":2,"method":"nope"}\n');
+    await done;
+    socket.destroy();
+    expect(JSON.parse(replies[0]!)).toMatchObject({ id: 1, result: { fields: { text: 'hello' } } });
+    expect(JSON.parse(replies[1]!)).toMatchObject({ id: 2, error: { code: 'BAD_METHOD' } });
+  });
+
+  it('refuses a request line past 1 MiB before its end arrives, and keeps serving', async () => {
+    const dir = await running();
+    const socket = createConnection(join(dir, CONTROL_SOCKET));
+    const reply = new Promise<string>((resolve) => {
+      let text = '';
+      socket.on('data', (chunk: Buffer) => (text += chunk.toString('utf8')));
+      socket.on('close', () => resolve(text));
+    });
+    socket.on('error', () => undefined); // the node hangs up while we still write
+    // 2 MiB with no newline: a reader that waited for the line's end would hold it all.
+    const chunk = Buffer.alloc(64 * 1024, 'x');
+    for (let i = 0; i < 32 && !socket.destroyed; i++) socket.write(chunk);
+    expect(JSON.parse((await reply).trim())).toMatchObject({ id: null, error: { code: 'TOO_LARGE' } });
+    expect(await callRunning(dir, 'get', { domain: 'note', entity: 'missing' })).toEqual({ result: null });
+  });
+});
