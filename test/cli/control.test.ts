@@ -27,7 +27,7 @@ async function running(): Promise<string> {
 }
 
 describe('control socket', () => {
-  it('answers one JSON request per line, several on one connection', async () => {
+  it('answers one JSON request per line, several on one connection (CRLF too)', async () => {
     const dir = await running();
     const put = await callRunning(dir, 'put', { domain: 'note', entity: 'n1', fields: { text: 'hello' } });
     expect(put).toMatchObject({ result: { status: 'synced' } }); // HQ's own writes need no receipt
@@ -46,8 +46,10 @@ describe('control socket', () => {
     socket.write('{"id":1,"method":"get","params":{"domain":"note","entity":"n1"}}\r\n{"id":2,"method":"nope"}\n');
     await done;
     socket.destroy();
-    expect(JSON.parse(replies[0]!)).toMatchObject({ id: 1, result: { fields: { text: 'hello' } } });
-    expect(JSON.parse(replies[1]!)).toMatchObject({ id: 2, error: { code: 'BAD_METHOD' } });
+    // Each reply carries its request's id; a quick one may overtake a slow one.
+    const byId = replies.map((r) => JSON.parse(r) as { id: number }).sort((a, b) => a.id - b.id);
+    expect(byId[0]).toMatchObject({ id: 1, result: { fields: { text: 'hello' } } });
+    expect(byId[1]).toMatchObject({ id: 2, error: { code: 'BAD_METHOD' } });
   });
 
   it('refuses a request line past 1 MiB before its end arrives, and keeps serving', async () => {
