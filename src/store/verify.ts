@@ -1,7 +1,8 @@
 /**
  * Re-checks a data dir from its logs: every op decodes canonically, carries a valid signature,
  * and chains to its predecessor without gaps; every log ends at its recorded tip; every op has
- * its metadata row. Reports problems instead of stopping at the first.
+ * its metadata row; every void op fetched by id is signed and past a proven fork point. Reports
+ * problems instead of stopping at the first.
  */
 import { checkExtends, EMPTY_TIP, type LogTip } from '../core/chain.ts';
 import { FieldmeshError } from '../core/errors.ts';
@@ -9,7 +10,7 @@ import { decodeOp } from '../core/op.ts';
 import { logKey, parseSeq, split, under } from './keys.ts';
 import type { Store } from './store.ts';
 import { stripTable, TABLES } from './tables.ts';
-import { openRecord } from './records.ts';
+import { openRecord, openValue } from './records.ts';
 
 export interface VerifyProblem {
   readonly device: string;
@@ -76,7 +77,26 @@ export async function verifyStore(store: Store, onProgress?: (ops: number) => vo
     if (++ops % 10_000 === 0) onProgress?.(ops);
   }
   await endDevice();
+  await verifyVoids(store, problems);
   return { devices: devices.size, ops, problems };
+}
+
+/** Void ops fetched by id: each decodes, is signed, is filed under its own id and is past its device's fork point. */
+async function verifyVoids(store: Store, problems: VerifyProblem[]): Promise<void> {
+  try {
+    for await (const [fullKey, record] of store.scanRecords(TABLES.voids)) {
+      try {
+        const op = decodeOp(openValue<Uint8Array>(fullKey, record, store.dir));
+        if (op.id !== stripTable(fullKey)) throw new FieldmeshError('MISFILED', `void op ${op.id} stored under ${stripTable(fullKey)}`);
+        if (op.seq < (store.forks.get(op.device) ?? Number.POSITIVE_INFINITY)) throw new FieldmeshError('NOT_VOID', `op ${op.device}#${op.seq} is kept as void, but no fork point at or below its seq is proven`);
+      } catch (err) {
+        const e = err as FieldmeshError;
+        problems.push({ device: '', seq: 0, code: e.code ?? 'ERROR', message: e.message });
+      }
+    }
+  } catch (err) {
+    problems.push({ device: '', seq: 0, code: (err as FieldmeshError).code ?? 'ERROR', message: (err as Error).message });
+  }
 }
 
 const sameTip = (a: LogTip, b: LogTip) => a.seq === b.seq && a.id === b.id;

@@ -11,6 +11,7 @@ import { InvalidInputError, RuleViolationError } from '../../src/core/errors.ts'
 import { materialize, stateHash } from '../../src/core/materialize.ts';
 import { parseOp, type Op } from '../../src/core/op.ts';
 import type { FieldNode } from '../../src/node/field-node.ts';
+import { sealValue } from '../../src/store/records.ts';
 import { TABLES, tableKey } from '../../src/store/tables.ts';
 import { expectRejects, introduce, signerOf, snapshot, TestAuthor, useTemp } from '../node/helpers.ts';
 
@@ -92,6 +93,15 @@ describe('void ops (past a fork point)', () => {
     const rebuilt = await temp.open(dir);
     expect(await rebuilt.stateHash()).toBe(hash);
     expect(await rebuilt.missingBases(10)).toEqual([]);
+
+    // verify re-checks the table: an op kept as void that no fork point covers, and a garbled row.
+    await rebuilt.close();
+    const raw = new Level<string, Uint8Array>(join(dir, 'db'), { keyEncoding: 'utf8', valueEncoding: 'view' });
+    await raw.put(tableKey(TABLES.voids, h2.id), sealValue(tableKey(TABLES.voids, h2.id), h2.bytes));
+    await raw.put(tableKey(TABLES.voids, 'ff'.repeat(32)), Uint8Array.of(1, 2, 3, 4, 5));
+    await raw.close();
+    const checked = await temp.open(dir);
+    expect((await checked.verify()).problems.map((p) => p.code).sort()).toEqual(['NOT_VOID', 'STORE_CORRUPT']);
   });
 
   it('ops parked on an op that becomes void apply once the proof arrives', async () => {
