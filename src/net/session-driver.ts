@@ -10,7 +10,6 @@ import type { Uint8ArrayList } from 'uint8arraylist';
 import { FieldmeshError } from '../core/errors.ts';
 import type { DeviceId } from '../core/keys.ts';
 import { SyncSession, type Command, type SyncLimits } from '../core/sync/session.ts';
-import { parseOp } from '../core/op.ts';
 import type { MeshHost } from './host.ts';
 
 export interface DriverHooks {
@@ -168,8 +167,8 @@ export class SessionDriver {
             this.ingestReplies = this.ingestReplies.then(() =>
               this.task(async () => {
                 const err = await outcome;
-                if (err === null) this.dispatch(this.session.ingested({ lastSeq: parseOp(cmd.ops[cmd.ops.length - 1]!).op.seq }));
-                else if (err instanceof FieldmeshError) this.dispatch(this.session.ingested({ error: err }));
+                if (err === null) this.dispatch(this.session.ingested(null));
+                else if (err instanceof FieldmeshError) this.dispatch(this.session.ingested(err));
                 else throw err;
               }),
             );

@@ -9,7 +9,6 @@
 import type { ForkProof } from '../core/chain.ts';
 import { FieldmeshError } from '../core/errors.ts';
 import { encodingLength } from 'uint8-varint';
-import { parseOp } from '../core/op.ts';
 import type { Tips } from '../core/sync/frames.ts';
 import { DEFAULT_SYNC_LIMITS, SyncSession, type Command } from '../core/sync/session.ts';
 import type { SimContext } from './context.ts';
@@ -114,8 +113,8 @@ export class SessionEnd {
             this.ingestReplies = this.ingestReplies.then(async () => {
               const err = await outcome;
               if (!this.alive) return;
-              if (err === null) this.dispatch(this.session.ingested({ lastSeq: parseOp(cmd.ops[cmd.ops.length - 1]!).op.seq }));
-              else if (err instanceof FieldmeshError) this.dispatch(this.session.ingested({ error: err }));
+              if (err === null) this.dispatch(this.session.ingested(null));
+              else if (err instanceof FieldmeshError) this.dispatch(this.session.ingested(err));
               else this.sim.unexpected(`${this.node.name} ingest for ${this.peer.node.name}`)(err);
             });
           });

@@ -335,20 +335,19 @@ class Net {
 
   private finishIngest(end: End): void {
     const cmd = end.ingests.shift()!;
-    let lastSeq: number;
     try {
-      lastSeq = end.node.ingest(cmd.device, cmd.ops);
+      end.node.ingest(cmd.device, cmd.ops);
     } catch (err) {
       if (!(err instanceof FieldmeshError)) throw err;
-      this.dispatch(end, end.session.ingested({ error: err }));
+      this.dispatch(end, end.session.ingested(err));
       return;
     }
     if (this.order === 'ingested-first') {
-      this.dispatch(end, end.session.ingested({ lastSeq }));
+      this.dispatch(end, end.session.ingested(null));
       this.advance(end.node);
     } else {
       this.advance(end.node);
-      this.dispatch(end, end.session.ingested({ lastSeq }));
+      this.dispatch(end, end.session.ingested(null));
     }
   }
 
@@ -586,7 +585,7 @@ describe('SyncSession: protocol violations close the session, blaming the peer',
     const ingest = cmds.find((c): c is Ingest => c.kind === 'ingest')!;
     const error = refusal(() => y.ingest(ingest.device, ingest.ops));
     expect(error.code).toBe('SEQ_GAP');
-    expectViolation(session.ingested({ error: error }), 'SEQ_GAP');
+    expectViolation(session.ingested(error), 'SEQ_GAP');
     expect(y.vv()[x.id] ?? 0).toBe(0);
   });
 
@@ -770,7 +769,7 @@ describe('SyncSession: flow control', () => {
     const frame = encodeFrame({ type: 'ops', device: a.id, ops: ops.map((o) => o.bytes) });
     const cmds = session.receive(frame);
     expect(cmds).toEqual([{ kind: 'ingest', device: a.id, ops: ops.map((o) => o.bytes) }]);
-    const after = session.ingested({ lastSeq: 3 });
+    const after = session.ingested(null);
     expect(after.map((c) => (c.kind === 'send' ? c.frame : c))).toEqual([{ type: 'credit', bytes: frame.length }]);
   });
 
@@ -796,7 +795,7 @@ describe('SyncSession: flow control', () => {
     session.receive(helloFrom(a));
     const [o1, o2, o3, o4] = a.write(4, 40_000);
     session.receive(encodeFrame({ type: 'ops', device: a.id, ops: [o1!.bytes, o2!.bytes] }));
-    session.ingested({ lastSeq: 2 });
+    session.ingested(null);
     expect(session.receive(encodeFrame({ type: 'ops', device: a.id, ops: [o3!.bytes, o4!.bytes] })).map((c) => c.kind)).toEqual(['ingest']);
     expect(session.closed).toBe(false);
   });
@@ -813,8 +812,8 @@ describe('SyncSession: flow control', () => {
       expect(cmds.map((c) => c.kind)).toEqual(['ingest']);
       expect((cmds[0] as Ingest).ops[0]).toEqual(written[i]!.bytes);
     }
-    for (const [i, frame] of frames.entries()) {
-      expect(session.ingested({ lastSeq: i + 1 }).map((c) => (c.kind === 'send' ? c.frame : c))).toEqual([{ type: 'credit', bytes: frame.length }]);
+    for (const frame of frames) {
+      expect(session.ingested(null).map((c) => (c.kind === 'send' ? c.frame : c))).toEqual([{ type: 'credit', bytes: frame.length }]);
     }
   });
 
@@ -830,10 +829,10 @@ describe('SyncSession: flow control', () => {
     for (const frame of frames) expect(session.receive(frame).map((c) => c.kind)).toEqual(['ingest']);
     // The first does not chain to b's op #1 (as if b held another branch): a fork search starts.
     const mismatch = new RuleViolationError('PREV_MISMATCH', 'op #2 does not follow our #1', { device: a.id, seq: 2, found: 'ab'.repeat(32) });
-    const first = session.ingested({ error: mismatch });
+    const first = session.ingested(mismatch);
     expect(first.map((c) => c.kind)).toEqual(['send', 'read']);
     // The second, behind it, fails too (it cannot chain): dropped and credited, the session stays open.
-    const second = session.ingested({ error: new RuleViolationError('SEQ_GAP', 'op #3 after tip #1', { device: a.id }) });
+    const second = session.ingested(new RuleViolationError('SEQ_GAP', 'op #3 after tip #1', { device: a.id }));
     expect(second.map((c) => (c.kind === 'send' ? c.frame : c))).toEqual([{ type: 'credit', bytes: frames[1]!.length }]);
     expect(session.closed).toBe(false);
   });
@@ -1079,7 +1078,7 @@ describe('SyncSession: forks', () => {
     const ingest = session.receive(frame).find((c): c is Ingest => c.kind === 'ingest')!;
     const error = refusal(() => y.ingest(ingest.device, ingest.ops));
     expect(error.code).toBe('PREV_MISMATCH');
-    const out = session.ingested({ error: error });
+    const out = session.ingested(error);
     expect(out.find((c) => c.kind === 'close')).toBeUndefined();
     expect(out.map((c) => (c.kind === 'send' ? c.frame : c))).toEqual([
       { type: 'credit', bytes: frame.length },
@@ -1107,7 +1106,7 @@ describe('SyncSession: forks', () => {
     const ingest = session.receive(encodeFrame({ type: 'ops', device: x.id, ops: [first!.bytes, second!.bytes, third.bytes] })).find((c): c is Ingest => c.kind === 'ingest')!;
     const error = refusal(() => y.ingest(ingest.device, ingest.ops));
     expect(error.code).toBe('PREV_MISMATCH');
-    expect(session.ingested({ error: error })).toContainEqual({ kind: 'read', device: x.id, seq: 2, purpose: 'compare' });
+    expect(session.ingested(error)).toContainEqual({ kind: 'read', device: x.id, seq: 2, purpose: 'compare' });
     expectViolation(session.opRead('compare', null), 'PREV_MISMATCH');
   });
 

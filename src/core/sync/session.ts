@@ -135,7 +135,7 @@ export class SyncSession {
   private readonly doomed = new Map<DeviceId, number>();
   /** The peer's log tips when the session opened: how far along each log's catch-up is. */
   private readonly peerStart = new Map<DeviceId, number>();
-  private readonly inbound: { device: DeviceId; ops: readonly Uint8Array[]; bytes: number }[] = [];
+  private readonly inbound: { device: DeviceId; ops: readonly Uint8Array[]; bytes: number; lastSeq: number }[] = [];
   private inboundBytes = 0;
   private initialPending = true;
   private peerDevice: DeviceId | null = null;
@@ -277,7 +277,7 @@ export class SyncSession {
         if (!this.takeWindow(bytes.length)) return this.violation('FLOW_CONTROL', `peer sent ${this.inboundBytes} bytes beyond the ${this.limits.windowBytes}-byte window`);
         this.stats.opsIn += frame.ops.length;
         this.stats.bytesIn += bytes.length;
-        this.inbound.push({ device: frame.device, ops: frame.ops, bytes: bytes.length });
+        this.inbound.push({ device: frame.device, ops: frame.ops, bytes: bytes.length, lastSeq: last.seq });
         return this.nextIngest();
       }
     }
@@ -545,23 +545,23 @@ export class SyncSession {
   }
 
   /**
-   * The driver finished the last `ingest` command: the seq of the frame's last op once stored,
-   * or why the frame was refused (the session then closes, blaming the peer).
+   * The driver finished the oldest `ingest` command: null once the frame is stored, or why it was
+   * refused (the session then closes, blaming the peer, unless a fork search explains it).
    */
-  ingested(outcome: { readonly lastSeq: number } | { readonly error: FieldmeshError }): Command[] {
+  ingested(error: FieldmeshError | null): Command[] {
     this.ingesting--;
     if (this.phase !== 'open') return [];
     const done = this.inbound.shift()!;
     const doomed = this.doomed.get(done.device) ?? 0;
     if (doomed > 0) this.doomed.set(done.device, doomed - 1);
-    if ('error' in outcome && doomed > 0) {
+    if (error !== null && doomed > 0) {
       // It followed a refused frame of its device, and is dropped with it.
       this.inboundBytes -= done.bytes;
       return [this.send({ type: 'credit', bytes: done.bytes }), ...this.nextIngest()];
     }
-    if ('error' in outcome) {
-      const search = this.chainSearch(done.device, outcome.error);
-      if (search === null) return this.fail(outcome.error);
+    if (error !== null) {
+      const search = this.chainSearch(done.device, error);
+      if (search === null) return this.fail(error);
       // The frame is dropped (its ops follow an op that differs from ours) and credited, and so
       // are the frames of its device already handed over behind it.
       this.inboundBytes -= done.bytes;
@@ -570,8 +570,8 @@ export class SyncSession {
       return [this.send({ type: 'credit', bytes: done.bytes }), ...this.nextSearch(), ...this.pump()];
     }
     this.inboundBytes -= done.bytes;
-    this.peerVV[done.device] = Math.max(seqOf(this.peerVV, done.device), outcome.lastSeq);
-    this.ourVV[done.device] = Math.max(seqOf(this.ourVV, done.device), Math.min(outcome.lastSeq, this.capOf(done.device)));
+    this.peerVV[done.device] = Math.max(seqOf(this.peerVV, done.device), done.lastSeq);
+    this.ourVV[done.device] = Math.max(seqOf(this.ourVV, done.device), Math.min(done.lastSeq, this.capOf(done.device)));
     return [this.send({ type: 'credit', bytes: done.bytes }), ...this.nextIngest(), ...this.seek()];
   }
 
