@@ -91,6 +91,8 @@ export class ApplyContext {
   orphanVerdictsDelta = 0;
   /** Ops added in this transaction whose verdict arrived before them. */
   private readonly verdictAhead = new Set<OpId>();
+  /** Ops added in this transaction with no verdict stored: only this transaction can write one (no disk read needed). */
+  private readonly addedUnjudged = new Set<OpId>();
   /** Ops of manual-strategy entities whose status this transaction set: re-checked at the end. */
   private readonly statusTouched = new Map<string, Set<OpId>>();
 
@@ -98,7 +100,7 @@ export class ApplyContext {
     const verdicts = new Map<OpId, VerdictRecord>();
     if (isNew && !ids.some((id) => this.verdictAhead.has(id))) return { verdicts, revokedAfter: this.revokedAfter, forkedAt: this.forkedAt };
     for (const id of ids) {
-      const v = await this.txn.get<VerdictRecord>(TABLES.verdict, id);
+      const v = this.addedUnjudged.has(id) ? this.txn.written<VerdictRecord>(TABLES.verdict, id) : await this.txn.get<VerdictRecord>(TABLES.verdict, id);
       if (v !== undefined) verdicts.set(id, v);
     }
     return { verdicts, revokedAfter: this.revokedAfter, forkedAt: this.forkedAt };
@@ -134,7 +136,7 @@ export class ApplyContext {
     if (this.orphanVerdictsCommitted + this.orphanVerdictsDelta > 0 && (await this.txn.get(TABLES.verdict, op.id)) !== undefined) {
       this.orphanVerdictsDelta--;
       this.verdictAhead.add(op.id);
-    }
+    } else this.addedUnjudged.add(op.id);
     this.txn.put(TABLES.log, logKey(op.device, op.seq), op.bytes);
     const tip = { seq: op.seq, id: op.id };
     this.txn.put(TABLES.tip, op.device, tip);

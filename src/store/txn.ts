@@ -131,6 +131,12 @@ export class Txn {
     }
   }
 
+  /** A row as this change (or the batch in flight) wrote it; undefined if neither wrote it. Never reads the disk. */
+  written<T>(table: Table, key: string): T | undefined {
+    const pending = this.pending(tableKey(table, key));
+    return pending === undefined || pending === DELETED ? undefined : (pending as T);
+  }
+
   /** Raw bytes of many rows in one round trip (committed rows only: for readers). */
   async getRawMany(table: Table, keys: readonly string[]): Promise<(Uint8Array | undefined)[]> {
     const full = keys.map((key) => tableKey(table, key));
