@@ -59,7 +59,10 @@ const byOp = (a: OpRef, b: OpRef): number => (a.op < b.op ? -1 : a.op > b.op ? 1
 export function clockOf(op: EntityOp, baseClocks: readonly CausalClock[]): CausalClock {
   const out: Record<DeviceId, number> = {};
   for (const clock of baseClocks) {
-    for (const [device, seq] of Object.entries(clock)) if ((out[device] ?? 0) < seq) out[device] = seq;
+    for (const device in clock) {
+      const seq = clock[device]!;
+      if ((out[device] ?? 0) < seq) out[device] = seq;
+    }
   }
   if ((out[op.device] ?? 0) < op.seq) out[op.device] = op.seq;
   return out;

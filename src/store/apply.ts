@@ -156,8 +156,8 @@ export class ApplyContext {
   }
 
   private metaOf(op: Op, clock: CausalClock | null, badBase: boolean, waitingOn: number, previousOwnSeq = 0): Omit<OpMeta, 'status'> {
-    const target = isEntityOp(op) ? { domain: op.domain, entity: op.entity } : { domain: null, entity: null };
-    return { device: op.device, seq: op.seq, type: op.type, user: op.user, wallMs: op.hlc.wallMs, counter: op.hlc.counter, ...target, clock, badBase, waitingOn, previousOwnSeq };
+    const entityOp = isEntityOp(op);
+    return { device: op.device, seq: op.seq, type: op.type, user: op.user, wallMs: op.hlc.wallMs, counter: op.hlc.counter, domain: entityOp ? op.domain : null, entity: entityOp ? op.entity : null, clock, badBase, waitingOn, previousOwnSeq };
   }
 
   /** Metadata of an op just added, with its status (an op that is new has no rows to replace). */
@@ -187,7 +187,9 @@ export class ApplyContext {
       if (set === undefined) this.statusTouched.set(key, new Set([id]));
       else set.add(id);
     }
-    this.txn.put(TABLES.op, id, { ...meta, status: next });
+    // A literal, not a spread of `meta`: this runs for every op (and meta may carry a stale status).
+    const row: OpMeta = { device: meta.device, seq: meta.seq, type: meta.type, user: meta.user, wallMs: meta.wallMs, counter: meta.counter, domain: meta.domain, entity: meta.entity, clock: meta.clock, badBase: meta.badBase, waitingOn: meta.waitingOn, previousOwnSeq: meta.previousOwnSeq, status: next };
+    this.txn.put(TABLES.op, id, row);
   }
 
   private async bump(device: DeviceId, status: string, delta: number): Promise<void> {
