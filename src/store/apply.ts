@@ -96,9 +96,12 @@ export class ApplyContext {
   /** Ops of manual-strategy entities whose status this transaction set: re-checked at the end. */
   private readonly statusTouched = new Map<string, Set<OpId>>();
 
+  /** The authority of new ops without verdicts (one per transaction; its maps are this context's, so it stays current). */
+  private noVerdicts: Authority | undefined;
+
   async authorityFor(ids: readonly OpId[], isNew = false): Promise<Authority> {
+    if (isNew && !ids.some((id) => this.verdictAhead.has(id))) return (this.noVerdicts ??= { verdicts: new Map(), revokedAfter: this.revokedAfter, forkedAt: this.forkedAt });
     const verdicts = new Map<OpId, VerdictRecord>();
-    if (isNew && !ids.some((id) => this.verdictAhead.has(id))) return { verdicts, revokedAfter: this.revokedAfter, forkedAt: this.forkedAt };
     for (const id of ids) {
       const v = this.addedUnjudged.has(id) ? this.txn.written<VerdictRecord>(TABLES.verdict, id) : await this.txn.get<VerdictRecord>(TABLES.verdict, id);
       if (v !== undefined) verdicts.set(id, v);
