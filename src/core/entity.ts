@@ -71,7 +71,9 @@ export function clockOf(op: EntityOp, baseClocks: readonly CausalClock[]): Causa
 }
 
 function insertMaximal<T extends OpRef>(set: readonly T[], item: T, clock: CausalClock): T[] {
-  return [...set.filter((c) => !inPast(c, clock)), item].sort(byOp);
+  const out = set.filter((c) => !inPast(c, clock)); // one array, not a filtered one and a spread copy
+  out.push(item);
+  return out.sort(byOp);
 }
 
 /** True when the op deletes the entity (a delete, or a resolution choosing deletion). */
@@ -83,7 +85,9 @@ export const isDeletion = (op: EntityOp): boolean => op.type === 'delete' || (op
  */
 export function applyEntityOp(state: EntityState, op: EntityOp, clock: CausalClock, writes: boolean): EntityState {
   const ref: OpRef = { op: op.id, device: op.device, seq: op.seq };
-  const heads = [...state.heads.filter((h) => !op.base.includes(h.op)), ref].sort(byOp);
+  const heads = state.heads.filter((h) => !op.base.includes(h.op));
+  heads.push(ref);
+  heads.sort(byOp);
   if (!writes) return { ...state, heads };
   const write = (deleted: boolean, value: Value): Write => ({ op: ref.op, device: ref.device, seq: ref.seq, hlc: op.hlc, user: op.user, deleted, value });
   const registers: Record<string, readonly Write[]> = { ...state.registers };

@@ -79,8 +79,16 @@ export class ApplyContext {
 
   /** Only manual domains have conflicts: others skip computing views on the hot path. */
   manual(domain: string): boolean {
-    return policyOf(this.resolution, domain).strategy === 'manual';
+    let manual = this.manualDomains.get(domain);
+    if (manual === undefined) {
+      manual = policyOf(this.resolution, domain).strategy === 'manual';
+      this.manualDomains.set(domain, manual);
+    }
+    return manual;
   }
+
+  /** manual() per domain, asked for every op: the policy is looked up once per transaction. */
+  private readonly manualDomains = new Map<string, boolean>();
 
   get hqDevice(): DeviceId {
     return this.resolution.hqDevice;

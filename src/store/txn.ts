@@ -241,11 +241,12 @@ export class Txn {
         if (rows === undefined) continue;
         const log = slot === slotOf(TABLES.log);
         const prefix = String.fromCharCode(96 + slot) + '\u0001';
-        for (const [key, pending] of rows) {
+        // forEach rather than for-of over entries: no [key, value] array per row.
+        rows.forEach((pending, key) => {
           const full = prefix + key;
           if (pending === DELETED) batch.del(full);
           else batch.put(full, log ? sealRecord(full, pending as Uint8Array) : sealValue(full, pending));
-        }
+        });
       }
     } catch (err) {
       await batch.close();
@@ -259,7 +260,7 @@ export class Txn {
       if (rows === undefined) continue;
       const table = String.fromCharCode(96 + slot) as Table;
       if (UNCACHED.has(table)) continue;
-      for (const [key, pending] of rows) this.cache.set(table, key, pending === DELETED ? ABSENT : pending);
+      rows.forEach((pending, key) => this.cache.set(table, key, pending === DELETED ? ABSENT : pending));
     }
   }
 }
