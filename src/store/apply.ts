@@ -99,8 +99,6 @@ export class ApplyContext {
   orphanVerdictsDelta = 0;
   /** Ops added in this transaction whose verdict arrived before them. */
   private readonly verdictAhead = new Set<OpId>();
-  /** Ops added in this transaction with no verdict stored: only this transaction can write one (no disk read needed). */
-  private readonly addedUnjudged = new Set<OpId>();
   /** Ops of manual-strategy entities whose status this transaction set: re-checked at the end. */
   private readonly statusTouched = new Map<string, Set<OpId>>();
 
@@ -111,7 +109,7 @@ export class ApplyContext {
     if (isNew && !ids.some((id) => this.verdictAhead.has(id))) return (this.noVerdicts ??= { verdicts: new Map(), revokedAfter: this.revokedAfter, forkedAt: this.forkedAt });
     const verdicts = new Map<OpId, VerdictRecord>();
     for (const id of ids) {
-      const v = this.addedUnjudged.has(id) ? this.txn.written<VerdictRecord>(TABLES.verdict, id) : await this.txn.get<VerdictRecord>(TABLES.verdict, id);
+      const v = await this.txn.get<VerdictRecord>(TABLES.verdict, id);
       if (v !== undefined) verdicts.set(id, v);
     }
     return { verdicts, revokedAfter: this.revokedAfter, forkedAt: this.forkedAt };
@@ -130,12 +128,17 @@ export class ApplyContext {
   /** Loads, in one round trip, the rows that adding these ops will read. */
   async prefetchFor(ops: readonly Op[]): Promise<void> {
     const wanted: [Table, string][] = [];
+    // A receipt's verdicts on ops added by this very batch need no read: addOp declares them absent (Txn.knownAbsent).
+    const adding = ops.length > 1 && ops.some((op) => op.type === 'receipt') ? new Set(ops.map((op) => op.id)) : null;
     for (const op of ops) {
       if (isEntityOp(op)) {
         wanted.push([TABLES.entity, entityKeyOf(op.domain, op.entity)], [TABLES.ownLast, byEntityKey(op.domain, op.entity, op.device, 0)]);
         for (const b of op.base) wanted.push([TABLES.op, b]);
       } else if (op.type === 'receipt') {
-        for (const v of op.verdicts) wanted.push([TABLES.verdict, v.op], [TABLES.op, v.op]);
+        for (const v of op.verdicts) {
+          if (adding?.has(v.op) !== true) wanted.push([TABLES.verdict, v.op]);
+          wanted.push([TABLES.op, v.op]);
+        }
       }
       if (this.orphanVerdictsCommitted + this.orphanVerdictsDelta > 0) wanted.push([TABLES.verdict, op.id]);
     }
@@ -147,7 +150,7 @@ export class ApplyContext {
     if (this.orphanVerdictsCommitted + this.orphanVerdictsDelta > 0 && (await this.txn.get(TABLES.verdict, op.id)) !== undefined) {
       this.orphanVerdictsDelta--;
       this.verdictAhead.add(op.id);
-    } else this.addedUnjudged.add(op.id);
+    } else this.txn.knownAbsent(TABLES.verdict, op.id); // no verdict on disk: HQ's receipt or a status refresh reads none
     this.txn.put(TABLES.log, logKey(op.device, op.seq), op.bytes);
     const tip = { seq: op.seq, id: op.id };
     this.txn.put(TABLES.tip, op.device, tip);

@@ -87,10 +87,15 @@ export class Txn {
     this.parent = parent;
   }
 
+  /** A row as written by this change or the batch in flight (DELETED for a delete or a row known absent), else undefined. */
   private pending(table: Table, key: string): unknown {
     const slot = slotOf(table);
     const own = this.writes[slot]?.get(key);
-    return own !== undefined || this.parent === null ? own : this.parent.writes[slot]?.get(key);
+    if (own !== undefined) return own;
+    const parent = this.parent;
+    const inFlight = parent === null ? undefined : parent.writes[slot]?.get(key);
+    if (inFlight !== undefined) return inFlight;
+    return this.absentRows[slot]?.has(key) === true || parent?.absentRows[slot]?.has(key) === true ? DELETED : undefined;
   }
 
   /**
@@ -153,10 +158,18 @@ export class Txn {
     }
   }
 
-  /** A row as this change (or the batch in flight) wrote it; undefined if neither wrote it. Never reads the disk. */
-  written<T>(table: Table, key: string): T | undefined {
-    const pending = this.pending(table, key);
-    return pending === undefined || pending === DELETED ? undefined : (pending as T);
+  /**
+   * Per table slot: rows known not to exist on disk that this change does not write (so far): read as
+   * absent by this change and the one built on top of it, and cached as absent once committed.
+   */
+  private readonly absentRows: (Set<string> | undefined)[] = new Array(SLOTS);
+
+  /** Declares a row that is not on disk (nor written by the batch in flight): reads of it need no disk. */
+  knownAbsent(table: Table, key: string): void {
+    const slot = slotOf(table);
+    let keys = this.absentRows[slot];
+    if (keys === undefined) keys = this.absentRows[slot] = new Set();
+    keys.add(key);
   }
 
   /** Raw bytes of many rows in one round trip (committed rows only: for readers). */
@@ -261,6 +274,13 @@ export class Txn {
       const table = String.fromCharCode(96 + slot) as Table;
       if (UNCACHED.has(table)) continue;
       rows.forEach((pending, key) => this.cache.set(table, key, pending === DELETED ? ABSENT : pending));
+    }
+    for (let slot = 0; slot < SLOTS; slot++) {
+      const keys = this.absentRows[slot];
+      if (keys === undefined) continue;
+      const table = String.fromCharCode(96 + slot) as Table;
+      const rows = this.writes[slot];
+      for (const key of keys) if (rows?.has(key) !== true) this.cache.set(table, key, ABSENT);
     }
   }
 }
