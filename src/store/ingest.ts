@@ -14,7 +14,7 @@
 import { checkExtends, forkProofOf, type LogTip } from '../core/chain.ts';
 import { InvalidInputError, RuleViolationError } from '../core/errors.ts';
 import { hlcReceive } from '../core/hlc.ts';
-import { checkSignature, parseOp, parseOpView, type Op, type ParsedOp } from '../core/op.ts';
+import { checkSignature, parseOp, type Op, type ParsedOp } from '../core/op.ts';
 import type { DeviceId } from '../core/keys.ts';
 import type { ApplyContext } from './apply.ts';
 import { logKey } from './keys.ts';
@@ -42,9 +42,7 @@ export interface IngestOptions {
 }
 
 export async function ingest(ctx: ApplyContext, encoded: readonly Uint8Array[], options: IngestOptions): Promise<IngestResult> {
-  // Views, not copies, of body and signature: `encoded` is kept (each op's bytes go to the log) and
-  // the signatures are checked before this returns.
-  const parsed = encoded.map((bytes) => parseOpView(bytes, options.maxOpBytes));
+  const parsed = encoded.map((bytes) => parseOp(bytes, options.maxOpBytes));
   for (const p of parsed) {
     if (p.op.team !== options.team) {
       throw new InvalidInputError('WRONG_TEAM', `op ${p.op.device}#${p.op.seq} is of team ${p.op.team}, not ${options.team}`, { expected: options.team, found: p.op.team });
