@@ -23,6 +23,9 @@ export type Db = AbstractLevel<string | Uint8Array, string, Uint8Array>;
  */
 const SLOTS = 32;
 const slotOf = (table: string): number => table.charCodeAt(0) & 31; // table letters are a..z
+for (const table of Object.values(TABLES)) {
+  if (!/^[a-z]$/.test(table)) throw new Error(`table prefix '${table}': Txn and RowCache slots need a single lower-case letter`);
+}
 const emptySlots = (): Map<string, unknown>[] => Array.from({ length: SLOTS }, () => new Map<string, unknown>());
 
 /**
