@@ -66,6 +66,12 @@ export function viewOf(state: EntityState, config: ResolutionConfig): EntityView
   return { domain: state.domain, entity: state.entity, exists, fields: exists ? fields : {}, conflict, heads: state.heads.map((h) => h.op) };
 }
 
+/** Whether the entity exists: the same answer as `viewOf(state, config).exists`, resolving only the `$exists` register. */
+export function existsIn(state: EntityState, config: ResolutionConfig): boolean {
+  const policy = policyOf(config, state.domain);
+  return Object.hasOwn(state.registers, EXISTS) && !resolveRegister(state.registers[EXISTS]!, policy, EXISTS, config.hqDevice).deleted;
+}
+
 /**
  * Whether `op` is a candidate of the entity's open conflict: the same answer as
  * `conflictOps(viewOf(state, config)).includes(op)`, without resolving every field.

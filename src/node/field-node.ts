@@ -19,7 +19,7 @@ import { missingRanges, type VersionVector } from '../core/version-vector.ts';
 import { STATUSES, type OpStatus, type StatusName } from '../core/status.ts';
 import { policyOf, type DomainPolicy, type ResolutionConfig, type Strategy } from '../core/strategies.ts';
 import { checkFields, checkValue, type Fields, type Value } from '../core/value.ts';
-import { viewOf, type Conflict, type EntityView } from '../core/view.ts';
+import { existsIn, viewOf, type Conflict, type EntityView } from '../core/view.ts';
 import type { EntityState } from '../core/entity.ts';
 import type { OpMeta } from '../store/apply.ts';
 import { ingest, ingestVoids, type IngestResult } from '../store/ingest.ts';
@@ -315,10 +315,12 @@ export class FieldNode {
     const fields = input.fields ?? {};
     checkFields(fields, `${input.domain}/${input.entity}`);
     if (input.type === 'delete' && Object.keys(fields).length > 0) throw new InvalidInputError('BAD_FIELDS', 'delete takes no fields');
-    return this.author(input.domain, input.entity, (view) => {
-      if (input.type === 'create' && view.exists) throw entityExists(input.domain, input.entity);
-      if (input.type !== 'create' && !view.exists) throw entityNotFound(input.domain, input.entity);
-      return { type: input.type, domain: input.domain, entity: input.entity, base: [...view.heads], fields };
+    // Only existence and heads are needed: resolving every field for a full view would cost more than the rest of the check.
+    return this.author(input.domain, input.entity, (state) => {
+      const exists = existsIn(state, this.resolution);
+      if (input.type === 'create' && exists) throw entityExists(input.domain, input.entity);
+      if (input.type !== 'create' && !exists) throw entityNotFound(input.domain, input.entity);
+      return { type: input.type, domain: input.domain, entity: input.entity, base: state.heads.map((h) => h.op), fields };
     });
   }
 
@@ -333,16 +335,16 @@ export class FieldNode {
       const missing = conflict.fields.map((f) => f.field).filter((f) => f !== '$exists' && !(f in fields));
       if (missing.length > 0) throw badChoice(conflictId, missing);
     }
-    return this.author(conflict.domain, conflict.entity, (view) => {
+    return this.author(conflict.domain, conflict.entity, (state) => {
+      const view = this.viewFor(state);
       if (view.conflict?.id !== conflictId) throw conflictNotFound(conflictId);
       return { type: 'resolve', domain: conflict.domain, entity: conflict.entity, base: [...view.heads], conflict: conflictId, exists: !deleting, fields };
     });
   }
 
-  private async author(domain: string, entity: string, draftFor: (view: EntityView) => EntityDraft): Promise<MutationResult> {
+  private async author(domain: string, entity: string, draftFor: (state: EntityState) => EntityDraft): Promise<MutationResult> {
     return this.store.write(async (ctx) => {
-      const view = this.viewFor(await ctx.entityState(domain, entity));
-      const draft = draftFor(view);
+      const draft = draftFor(await ctx.entityState(domain, entity));
       this.checkChange?.(draft);
       const tip = (await ctx.txn.get<LogTip>(TABLES.tip, this.device)) ?? EMPTY_TIP;
       const { op, state } = authorOp({ signer: this.key.signer, team: this.team, user: this.user }, { tip, clock: ctx.clock }, this.now(), draft);

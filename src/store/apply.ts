@@ -81,8 +81,16 @@ export class ApplyContext {
 
   /** Only manual domains have conflicts: others skip computing views on the hot path. */
   manual(domain: string): boolean {
-    return policyOf(this.resolution, domain).strategy === 'manual';
+    let manual = this.manualDomains.get(domain);
+    if (manual === undefined) {
+      manual = policyOf(this.resolution, domain).strategy === 'manual';
+      this.manualDomains.set(domain, manual);
+    }
+    return manual;
   }
+
+  /** manual() per domain, asked for every op: the policy is looked up once per transaction. */
+  private readonly manualDomains = new Map<string, boolean>();
 
   get hqDevice(): DeviceId {
     return this.resolution.hqDevice;
@@ -96,9 +104,12 @@ export class ApplyContext {
   /** Ops of manual-strategy entities whose status this transaction set: re-checked at the end. */
   private readonly statusTouched = new Map<string, Set<OpId>>();
 
+  /** The authority of new ops without verdicts (one per transaction; its maps are this context's, so it stays current). */
+  private noVerdicts: Authority | undefined;
+
   async authorityFor(ids: readonly OpId[], isNew = false): Promise<Authority> {
+    if (isNew && !ids.some((id) => this.verdictAhead.has(id))) return (this.noVerdicts ??= { verdicts: new Map(), revokedAfter: this.revokedAfter, forkedAt: this.forkedAt });
     const verdicts = new Map<OpId, VerdictRecord>();
-    if (isNew && !ids.some((id) => this.verdictAhead.has(id))) return { verdicts, revokedAfter: this.revokedAfter, forkedAt: this.forkedAt };
     for (const id of ids) {
       const v = await this.txn.get<VerdictRecord>(TABLES.verdict, id);
       if (v !== undefined) verdicts.set(id, v);
@@ -119,12 +130,17 @@ export class ApplyContext {
   /** Loads, in one round trip, the rows that adding these ops will read. */
   async prefetchFor(ops: readonly Op[]): Promise<void> {
     const wanted: [Table, string][] = [];
+    // A receipt's verdicts on ops added by this very batch need no read: addOp declares them absent (Txn.knownAbsent).
+    const adding = ops.length > 1 && ops.some((op) => op.type === 'receipt') ? new Set(ops.map((op) => op.id)) : null;
     for (const op of ops) {
       if (isEntityOp(op)) {
         wanted.push([TABLES.entity, entityKeyOf(op.domain, op.entity)], [TABLES.ownLast, byEntityKey(op.domain, op.entity, op.device, 0)]);
         for (const b of op.base) wanted.push([TABLES.op, b]);
       } else if (op.type === 'receipt') {
-        for (const v of op.verdicts) wanted.push([TABLES.verdict, v.op], [TABLES.op, v.op]);
+        for (const v of op.verdicts) {
+          if (adding?.has(v.op) !== true) wanted.push([TABLES.verdict, v.op]);
+          wanted.push([TABLES.op, v.op]);
+        }
       }
       if (this.orphanVerdictsCommitted + this.orphanVerdictsDelta > 0) wanted.push([TABLES.verdict, op.id]);
     }
@@ -136,7 +152,7 @@ export class ApplyContext {
     if (this.orphanVerdictsCommitted + this.orphanVerdictsDelta > 0 && (await this.txn.get(TABLES.verdict, op.id)) !== undefined) {
       this.orphanVerdictsDelta--;
       this.verdictAhead.add(op.id);
-    }
+    } else this.txn.knownAbsent(TABLES.verdict, op.id); // no verdict on disk: HQ's receipt or a status refresh reads none
     this.txn.put(TABLES.log, logKey(op.device, op.seq), op.bytes);
     const tip = { seq: op.seq, id: op.id };
     this.txn.put(TABLES.tip, op.device, tip);
@@ -163,8 +179,8 @@ export class ApplyContext {
   }
 
   private metaOf(op: Op, clock: CausalClock | null, badBase: boolean, waitingOn: number, previousOwnSeq = 0): Omit<OpMeta, 'status'> {
-    const target = isEntityOp(op) ? { domain: op.domain, entity: op.entity } : { domain: null, entity: null };
-    return { device: op.device, seq: op.seq, type: op.type, user: op.user, wallMs: op.hlc.wallMs, counter: op.hlc.counter, ...target, clock, badBase, waitingOn, previousOwnSeq };
+    const entityOp = isEntityOp(op);
+    return { device: op.device, seq: op.seq, type: op.type, user: op.user, wallMs: op.hlc.wallMs, counter: op.hlc.counter, domain: entityOp ? op.domain : null, entity: entityOp ? op.entity : null, clock, badBase, waitingOn, previousOwnSeq };
   }
 
   /** Metadata of an op just added, with its status (an op that is new has no rows to replace). */
@@ -194,7 +210,9 @@ export class ApplyContext {
       if (set === undefined) this.statusTouched.set(key, new Set([id]));
       else set.add(id);
     }
-    this.txn.put(TABLES.op, id, { ...meta, status: next });
+    // A literal, not a spread of `meta`: this runs for every op (and meta may carry a stale status).
+    const row: OpMeta = { device: meta.device, seq: meta.seq, type: meta.type, user: meta.user, wallMs: meta.wallMs, counter: meta.counter, domain: meta.domain, entity: meta.entity, clock: meta.clock, badBase: meta.badBase, waitingOn: meta.waitingOn, previousOwnSeq: meta.previousOwnSeq, status: next };
+    this.txn.put(TABLES.op, id, row);
   }
 
   private async bump(device: DeviceId, status: string, delta: number): Promise<void> {

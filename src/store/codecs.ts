@@ -17,7 +17,12 @@ export interface Codec<T> {
 }
 
 type Clock = Record<string, number>;
-const clockOut = (clock: Clock | null): unknown => (clock === null ? null : Object.entries(clock).flat());
+function clockOut(clock: Clock | null): unknown {
+  if (clock === null) return null;
+  const flat: (string | number)[] = []; // Object.entries(clock).flat(), without its arrays
+  for (const device in clock) flat.push(device, clock[device]!);
+  return flat;
+}
 function clockIn(raw: unknown): Clock | null {
   if (raw === null) return null;
   const flat = raw as (string | number)[];

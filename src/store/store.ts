@@ -448,7 +448,7 @@ export class Store {
     this.clockState = ctx.clock;
     for (const [job, value] of built.done) job.resolve(value);
     this.emit(ctx);
-    if (ctx.tips.size > 0) this.events.emit('tips', Object.fromEntries([...ctx.tips].map(([d, t]) => [d, t.seq])));
+    if (ctx.tips.size > 0 && this.events.listenerCount('tips') > 0) this.events.emit('tips', Object.fromEntries([...ctx.tips].map(([d, t]) => [d, t.seq])));
     for (const proof of ctx.newForks) this.events.emit('fork', proof);
     if (ctx.newVoids.length > 0) this.events.emit('voids', ctx.newVoids);
     return true;

@@ -17,14 +17,27 @@ const ABSENT = Symbol('absent');
 export type Db = AbstractLevel<string | Uint8Array, string, Uint8Array>;
 
 /**
+ * Rows are kept per table (a slot per table letter), under their key without the table prefix:
+ * lookups then hash the caller's string (often an op id, whose hash V8 keeps) instead of
+ * building, flattening and hashing a new prefixed key each time.
+ */
+const SLOTS = 32;
+const slotOf = (table: string): number => table.charCodeAt(0) & 31; // table letters are a..z
+for (const table of Object.values(TABLES)) {
+  if (!/^[a-z]$/.test(table)) throw new Error(`table prefix '${table}': Txn and RowCache slots need a single lower-case letter`);
+}
+const emptySlots = (): Map<string, unknown>[] => Array.from({ length: SLOTS }, () => new Map<string, unknown>());
+
+/**
  * A bounded cache of decoded committed values, in two generations: rows go into the young one;
  * when it is full it becomes the old one and the previous old one is dropped. Every step is O(1):
  * evicting from one big Map would walk the slots its deletes left behind on every eviction.
  * Rows written often (entity states, counters) keep landing in the young generation and stay.
  */
 export class RowCache {
-  private young = new Map<string, unknown>();
-  private old = new Map<string, unknown>();
+  private young = emptySlots();
+  private old = emptySlots();
+  private youngSize = 0;
   private readonly generation: number;
   /**
    * Bumped by every commit: a read from disk that started before a commit may return what that
@@ -34,24 +47,25 @@ export class RowCache {
   constructor(capacity: number) {
     this.generation = Math.max(1, Math.floor(capacity / 2));
   }
-  get(key: string): unknown {
-    const value = this.young.get(key);
-    return value !== undefined ? value : this.old.get(key);
+  get(table: Table, key: string): unknown {
+    const slot = slotOf(table);
+    const value = this.young[slot]!.get(key);
+    return value !== undefined ? value : this.old[slot]!.get(key);
   }
-  set(key: string, value: unknown): void {
-    this.young.set(key, value);
-    if (this.young.size >= this.generation) {
+  set(table: Table, key: string, value: unknown): void {
+    const rows = this.young[slotOf(table)]!;
+    const before = rows.size;
+    rows.set(key, value);
+    if (rows.size !== before && ++this.youngSize >= this.generation) {
       this.old = this.young;
-      this.young = new Map();
+      this.young = emptySlots();
+      this.youngSize = 0;
     }
   }
-  delete(key: string): void {
-    this.young.delete(key);
-    this.old.delete(key);
-  }
   clear(): void {
-    this.young.clear();
-    this.old.clear();
+    this.young = emptySlots();
+    this.old = emptySlots();
+    this.youngSize = 0;
   }
 }
 
@@ -59,8 +73,10 @@ export class RowCache {
 const DELETED = Symbol('deleted');
 
 export class Txn {
-  /** Full key -> new value, or DELETED. Values of the log table are raw bytes, the others are encoded on commit. */
-  private readonly writes = new Map<string, unknown>();
+  /** Per table slot: key -> new value, or DELETED. Values of the log table are raw bytes, the others are encoded on commit. */
+  private readonly writes: (Map<string, unknown> | undefined)[] = new Array(SLOTS);
+  /** Rows written (distinct keys). */
+  private rows = 0;
   private readonly db: Db;
   private readonly where: string;
   private readonly cache: RowCache;
@@ -74,9 +90,15 @@ export class Txn {
     this.parent = parent;
   }
 
-  private pending(full: string): unknown {
-    const own = this.writes.get(full);
-    return own !== undefined ? own : this.parent?.writes.get(full);
+  /** A row as written by this change or the batch in flight (DELETED for a delete or a row known absent), else undefined. */
+  private pending(table: Table, key: string): unknown {
+    const slot = slotOf(table);
+    const own = this.writes[slot]?.get(key);
+    if (own !== undefined) return own;
+    const parent = this.parent;
+    const inFlight = parent === null ? undefined : parent.writes[slot]?.get(key);
+    if (inFlight !== undefined) return inFlight;
+    return this.absentRows[slot]?.has(key) === true || parent?.absentRows[slot]?.has(key) === true ? DELETED : undefined;
   }
 
   /**
@@ -87,20 +109,21 @@ export class Txn {
     return this.parent !== null || this.cache.epoch === epoch;
   }
 
+  /** How many rows this change wrote (distinct keys). */
   get size(): number {
-    return this.writes.size;
+    return this.rows;
   }
 
   async get<T>(table: Table, key: string): Promise<T | undefined> {
-    const full = tableKey(table, key);
-    const pending = this.pending(full);
+    const pending = this.pending(table, key);
     if (pending !== undefined) return pending === DELETED ? undefined : (pending as T);
-    const cached = this.cache.get(full);
+    const cached = this.cache.get(table, key);
     if (cached !== undefined) return cached === ABSENT ? undefined : (cached as T);
+    const full = tableKey(table, key);
     const epoch = this.cache.epoch;
     const record = await readRecord(this.db, full, this.where);
     const value = record === undefined ? undefined : openValue<T>(full, record, this.where);
-    if (!UNCACHED.has(table) && this.fresh(epoch)) this.cache.set(full, value === undefined ? ABSENT : value);
+    if (!UNCACHED.has(table) && this.fresh(epoch)) this.cache.set(table, key, value === undefined ? ABSENT : value);
     return value;
   }
 
@@ -109,14 +132,21 @@ export class Txn {
    * instead of one awaited read each. Rows this change or the batch in flight wrote are skipped.
    */
   async prefetch(wanted: Iterable<readonly [Table, string]>): Promise<void> {
-    const keys = new Set<string>();
+    const seen = new Set<string>();
+    const tables: Table[] = [];
+    const keys: string[] = [];
+    const list: string[] = [];
     for (const [table, key] of wanted) {
       if (UNCACHED.has(table)) continue;
+      if (this.pending(table, key) !== undefined || this.cache.get(table, key) !== undefined) continue;
       const full = tableKey(table, key);
-      if (this.pending(full) === undefined && this.cache.get(full) === undefined) keys.add(full);
+      if (seen.has(full)) continue;
+      seen.add(full);
+      tables.push(table);
+      keys.push(key);
+      list.push(full);
     }
-    if (keys.size === 0) return;
-    const list = [...keys];
+    if (list.length === 0) return;
     const epoch = this.cache.epoch;
     let records: (Uint8Array | undefined)[];
     try {
@@ -127,8 +157,22 @@ export class Txn {
     if (!this.fresh(epoch)) return; // reads go to disk instead
     for (let i = 0; i < list.length; i++) {
       const record = records[i];
-      this.cache.set(list[i]!, record === undefined ? ABSENT : openValue(list[i]!, record, this.where));
+      this.cache.set(tables[i]!, keys[i]!, record === undefined ? ABSENT : openValue(list[i]!, record, this.where));
     }
+  }
+
+  /**
+   * Per table slot: rows known not to exist on disk that this change does not write (so far): read as
+   * absent by this change and the one built on top of it, and cached as absent once committed.
+   */
+  private readonly absentRows: (Set<string> | undefined)[] = new Array(SLOTS);
+
+  /** Declares a row that is not on disk (nor written by the batch in flight): reads of it need no disk. */
+  knownAbsent(table: Table, key: string): void {
+    const slot = slotOf(table);
+    let keys = this.absentRows[slot];
+    if (keys === undefined) keys = this.absentRows[slot] = new Set();
+    keys.add(key);
   }
 
   /** Raw bytes of many rows in one round trip (committed rows only: for readers). */
@@ -145,65 +189,80 @@ export class Txn {
 
   /** Raw bytes (op envelopes), checksummed but not decoded. */
   async getRaw(table: Table, key: string): Promise<Uint8Array | undefined> {
-    const full = tableKey(table, key);
-    const pending = this.pending(full);
+    const pending = this.pending(table, key);
     if (pending !== undefined) return pending === DELETED ? undefined : (pending as Uint8Array);
+    const full = tableKey(table, key);
     const record = await readRecord(this.db, full, this.where);
     return record === undefined ? undefined : openRecord(full, record, this.where);
   }
 
   /** Writes a row: raw bytes in the log table, a value to encode in the others. */
   put(table: Table, key: string, value: unknown): void {
-    this.write(table, tableKey(table, key), value);
+    this.write(table, key, value);
   }
 
   del(table: Table, key: string): void {
-    this.write(table, tableKey(table, key), DELETED);
+    this.write(table, key, DELETED);
   }
 
   /**
-   * Full keys of `byEntity` rows written, by entity (their key up to the device): the one range a
+   * Keys of `byEntity` rows written, by entity (their key up to the device): the one range a
    * batch queries (an entity's ops, when it is rebuilt), without walking every write.
    */
   private readonly entityRows = new Map<string, string[]>();
 
-  private write(table: Table, full: string, value: unknown): void {
+  private write(table: Table, key: string, value: unknown): void {
+    const slot = slotOf(table);
+    let rows = this.writes[slot];
+    if (rows === undefined) rows = this.writes[slot] = new Map();
     if (table === TABLES.byEntity) {
-      const prefix = full.slice(0, full.lastIndexOf(SEP, full.lastIndexOf(SEP) - 1) + 1);
-      const rows = this.entityRows.get(prefix);
-      if (rows === undefined) this.entityRows.set(prefix, [full]);
-      else rows.push(full);
+      const prefix = key.slice(0, key.lastIndexOf(SEP, key.lastIndexOf(SEP) - 1) + 1);
+      const list = this.entityRows.get(prefix);
+      if (list === undefined) this.entityRows.set(prefix, [key]);
+      else list.push(key);
     }
-    this.writes.set(full, value);
+    const before = rows.size;
+    rows.set(key, value);
+    if (rows.size !== before) this.rows++;
   }
 
   /** Keys (without table prefix) in a range, the change's own puts and deletes included. */
   async keys(table: Table, range: { gte: string; lt: string }): Promise<string[]> {
-    const full = tableRange(table, range);
     const found = new Set<string>();
-    for await (const key of this.db.keys(full)) found.add(key);
+    for await (const key of this.db.keys(tableRange(table, range))) found.add(stripTable(key));
+    const slot = slotOf(table);
     for (const txn of this.parent === null ? [this] : [this.parent, this]) {
-      // An entity's rows come from the index; any other range walks the writes (none is asked on hot paths).
-      const written = table === TABLES.byEntity && full.gte.endsWith(SEP) ? (txn.entityRows.get(full.gte) ?? []) : txn.writes.keys();
+      const rows = txn.writes[slot];
+      if (rows === undefined) continue;
+      // An entity's rows come from the index; any other range walks the table's writes (none is asked on hot paths).
+      const written = table === TABLES.byEntity && range.gte.endsWith(SEP) ? (txn.entityRows.get(range.gte) ?? []) : rows.keys();
       for (const key of written) {
-        if (key >= full.gte && key < full.lt) {
-          if (txn.writes.get(key) === DELETED) found.delete(key);
+        if (key >= range.gte && key < range.lt) {
+          if (rows.get(key) === DELETED) found.delete(key);
           else found.add(key);
         }
       }
     }
-    return [...found].sort().map(stripTable);
+    return [...found].sort();
   }
 
   /** Writes everything in one synced batch; then the cache holds the new values. */
   async commit(): Promise<void> {
-    if (this.writes.size === 0) return;
+    if (this.rows === 0) return;
     // A chained batch hands each row to LevelDB as it is sealed: half the main-thread time of an array batch.
     const batch = this.db.batch();
     try {
-      for (const [key, pending] of this.writes) {
-        if (pending === DELETED) batch.del(key);
-        else batch.put(key, key[0] === TABLES.log ? sealRecord(key, pending as Uint8Array) : sealValue(key, pending));
+      for (let slot = 0; slot < SLOTS; slot++) {
+        const rows = this.writes[slot];
+        if (rows === undefined) continue;
+        const log = slot === slotOf(TABLES.log);
+        const prefix = String.fromCharCode(96 + slot) + '\u0001';
+        // forEach rather than for-of over entries: no [key, value] array per row.
+        rows.forEach((pending, key) => {
+          const full = prefix + key;
+          if (pending === DELETED) batch.del(full);
+          else batch.put(full, log ? sealRecord(full, pending as Uint8Array) : sealValue(full, pending));
+        });
       }
     } catch (err) {
       await batch.close();
@@ -212,9 +271,19 @@ export class Txn {
     // `sync` is classic-level's (LevelDB fsync); other backends ignore it.
     await batch.write({ sync: true } as object);
     this.cache.epoch++;
-    for (const [key, pending] of this.writes) {
-      if (UNCACHED.has(key[0]!)) continue;
-      this.cache.set(key, pending === DELETED ? ABSENT : pending);
+    for (let slot = 0; slot < SLOTS; slot++) {
+      const rows = this.writes[slot];
+      if (rows === undefined) continue;
+      const table = String.fromCharCode(96 + slot) as Table;
+      if (UNCACHED.has(table)) continue;
+      rows.forEach((pending, key) => this.cache.set(table, key, pending === DELETED ? ABSENT : pending));
+    }
+    for (let slot = 0; slot < SLOTS; slot++) {
+      const keys = this.absentRows[slot];
+      if (keys === undefined) continue;
+      const table = String.fromCharCode(96 + slot) as Table;
+      const rows = this.writes[slot];
+      for (const key of keys) if (rows?.has(key) !== true) this.cache.set(table, key, ABSENT);
     }
   }
 }
@@ -235,9 +304,10 @@ async function readRecord(db: Db, key: string, where: string): Promise<Uint8Arra
  */
 export async function* scan<T>(db: Db, where: string, table: Table, range?: { gte: string; lt: string }, options: { limit?: number; reverse?: boolean } = {}, cache?: RowCache): AsyncGenerator<[string, T]> {
   for await (const [key, record] of scanRecords(db, where, table, range, options)) {
-    const cached = table === TABLES.entity ? cache?.get(key) : undefined;
-    if (cached !== undefined && cached !== ABSENT) yield [stripTable(key), cached as T];
-    else yield [stripTable(key), table === 'l' ? (openRecord(key, record, where) as T) : openValue<T>(key, record, where)];
+    const short = stripTable(key);
+    const cached = table === TABLES.entity ? cache?.get(table, short) : undefined;
+    if (cached !== undefined && cached !== ABSENT) yield [short, cached as T];
+    else yield [short, table === 'l' ? (openRecord(key, record, where) as T) : openValue<T>(key, record, where)];
   }
 }
 
