@@ -193,7 +193,7 @@ export class SessionDriver {
           });
           break;
         case 'lookup':
-          void this.task(async () => {
+          this.stored(async () => {
             this.dispatch(this.session.voidsRead(await this.node.voidOps(cmd.ids), cmd.frameBytes));
           });
           break;

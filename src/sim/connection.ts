@@ -139,7 +139,10 @@ export class SessionEnd {
           });
           break;
         case 'lookup':
-          this.task(this.node.store.voidOps(cmd.ids), (ops) => this.dispatch(this.session.voidsRead(ops, cmd.frameBytes)));
+          this.stored(async () => {
+            const ops = await this.node.store.voidOps(cmd.ids);
+            if (this.alive) this.dispatch(this.session.voidsRead(ops, cmd.frameBytes));
+          });
           break;
         case 'voids':
           this.storedOrBlame(async () => {

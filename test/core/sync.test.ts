@@ -1183,6 +1183,24 @@ describe('SyncSession: void ops by id', () => {
     for (const end of [ey, ez, ez2, ex]) expect(sentSeqs(end, log.device).filter((seq) => seq >= 3)).toEqual([]);
   });
 
+  it('sends an op the peer asked for once a proof learned later makes it void', () => {
+    const { log, proof, wanted } = forkedSetup();
+    // x stored the first branch and has not heard of the fork when the peer asks.
+    const x = new MemNode('vx3');
+    x.logs.set(log.device, [...log.a]);
+    const session = facing(x);
+    session.receive(helloFrom(new MemNode('vp3')));
+    const [lookup] = session.receive(encodeFrame({ type: 'want', ids: [wanted.id] })) as [Command & { kind: 'lookup' }];
+    const first = session.voidsRead(x.voidOps(lookup.ids), lookup.frameBytes);
+    expect(first.flatMap((c) => (c.kind === 'send' ? [c.frame.type] : []))).toEqual(['credit']);
+    // The proof arrives (from anyone): the session looks again, and the op goes out.
+    x.forks = [proof];
+    const again = session.sendForks([proof]).find((c): c is Command & { kind: 'lookup' } => c.kind === 'lookup');
+    expect(again).toEqual({ kind: 'lookup', ids: [wanted.id], frameBytes: 0 });
+    const sent = session.voidsRead(x.voidOps(again!.ids), 0);
+    expect(sent.flatMap((c) => (c.kind === 'send' ? [c.frame] : []))).toEqual([{ type: 'voids', ops: [wanted.bytes] }]);
+  });
+
   it('asks for nothing while no fork is proven', () => {
     const net = new Net();
     const a = new MemNode('va');

@@ -80,7 +80,10 @@ export type Command =
   | { readonly kind: 'read'; readonly device: DeviceId; readonly seq: number; readonly purpose: ReadPurpose }
   /** Find ids of ops we do not hold that parked ops wait for, and call `missing(ids)`. */
   | { readonly kind: 'missing'; readonly limit: number }
-  /** Read the void ops among `ids` that we hold, and call `voidsRead(ops, frameBytes)`. */
+  /**
+   * After the store work queued before it (a fork proof may make ops void), read the void ops
+   * among `ids` that we hold, and call `voidsRead(ops, frameBytes)`.
+   */
   | { readonly kind: 'lookup'; readonly ids: readonly OpId[]; readonly frameBytes: number }
   /** Check and keep these void ops, then call `settled(frameBytes)` (a bad op is the peer's fault). */
   | { readonly kind: 'voids'; readonly ops: readonly Uint8Array[]; readonly frameBytes: number }
@@ -357,6 +360,8 @@ export class SyncSession {
       this.forkLearned(f.device, f.seq);
     }
     out.push(...this.nextSearch(), ...this.seek());
+    // Ops the peer asked for that we hold may have become void: look again.
+    if (forks.length > 0 && this.peerWants.size > 0) out.push({ kind: 'lookup', ids: [...this.peerWants], frameBytes: 0 });
     return out;
   }
 
@@ -412,9 +417,13 @@ export class SyncSession {
     return out;
   }
 
-  /** The driver read the void ops the peer wanted that we hold: they go out as credit allows. */
+  /**
+   * The driver read the void ops the peer wanted that we hold (for its `want` frame, whose bytes
+   * return as credit, or for a fork we learned, frameBytes 0): they go out as credit allows.
+   */
   voidsRead(ops: readonly Uint8Array[], frameBytes: number): Command[] {
     if (this.phase !== 'open') return [];
+    if (frameBytes === 0) return this.voidsLearned(ops);
     this.inboundBytes -= frameBytes;
     return [this.send({ type: 'credit', bytes: frameBytes }), ...this.voidsLearned(ops)];
   }
