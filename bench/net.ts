@@ -6,7 +6,8 @@
  *    equals A's). A runs in a child process, as a peer would. Beside it, measured in the same run:
  *    raw libp2p stream throughput between two processes with the same stack (64 KiB chunks on a
  *    plain protocol; MiB/s and the ops/s it implies at the average op size), A's own local ingest
- *    rate, and the raw synced LevelDB batch rate.
+ *    rate, the raw synced LevelDB batch rate, and the floor of any ingest of this history: ops
+ *    parsed, verified per chained run and written as log rows only (logOnlyIngest).
  *  - bytes per op during that catch-up: the ops frames A sent (session stats) and every TCP
  *    payload byte both ways (from `ss`), relative to the op envelopes carried.
  *  - live propagation: one op across a 5-node chain A-B-C-D-E (each peering only with its
@@ -29,7 +30,7 @@ import { tcp } from '@libp2p/tcp';
 import { multiaddr } from '@multiformats/multiaddr';
 import { createLibp2p } from 'libp2p';
 import type { DeviceId } from '../src/core/keys.ts';
-import type { OpId } from '../src/core/op.ts';
+import { checkSignature, parseOp, type OpId, type ParsedOp } from '../src/core/op.ts';
 import type { VersionVector } from '../src/core/version-vector.ts';
 import type { SyncSession } from '../src/core/sync/session.ts';
 import { FieldNode, type FieldNodeOptions } from '../src/node/field-node.ts';
@@ -96,6 +97,9 @@ export const netSuite: Suite = {
       const localIngest = against({ name: 'net.ingest_local', value: catchup.localIngestRate, unit: 'ops/s' }, levelBatch);
       results.push(localIngest);
       results.push(against({ name: 'net.catchup.vs_local_ingest', value: rate, unit: 'ops/s' }, localIngest));
+      const logOnly = against({ name: 'net.ingest_log_only', value: catchup.logOnlyRate, unit: 'ops/s' }, levelBatch);
+      results.push(logOnly);
+      results.push(against({ name: 'net.catchup.vs_log_only', value: rate, unit: 'ops/s' }, logOnly));
       results.push(against({ name: 'net.wire.ops_frames', value: catchup.opsFrameBytes / catchup.ops, unit: 'B/op', target: { on: 'ratio', op: '<=', value: 1.15 } }, envelope));
       if (catchup.tcpBytes !== null) results.push(against({ name: 'net.wire.tcp', value: catchup.tcpBytes / catchup.ops, unit: 'B/op', target: { on: 'ratio', op: '<=', value: 1.15 } }, envelope));
       const hops = CHAIN - 1;
@@ -333,6 +337,39 @@ interface CatchUp {
   readonly opsFrameBytes: number;
   readonly tcpBytes: number | null;
   readonly localIngestRate: number;
+  /** The same history taken in with nothing but its log rows (see logOnlyIngest). */
+  readonly logOnlyRate: number;
+}
+
+/**
+ * The floor of any ingest of this history on this machine: every op parsed (canonical decode
+ * and hash), one signature verified per device run of each chunk (its runs are one hash chain),
+ * and only its log row written, in one synced LevelDB batch per chunk, each chunk built while the
+ * last one is written. No state, status or index rows.
+ */
+async function logOnlyIngest(dir: string, ops: readonly { readonly bytes: Uint8Array }[]): Promise<number> {
+  const db = await openRawLevel(dir);
+  try {
+    const started = performance.now();
+    let inflight: Promise<void> | null = null;
+    for (let i = 0; i < ops.length; i += INGEST_CHUNK) {
+      const batch = db.batch();
+      const lastOfDevice = new Map<DeviceId, ParsedOp>();
+      for (const { bytes } of ops.slice(i, i + INGEST_CHUNK)) {
+        const parsed = parseOp(bytes);
+        lastOfDevice.set(parsed.op.device, parsed);
+        batch.put(`l\u0001${parsed.op.device}\u0000${parsed.op.seq.toString(16).padStart(12, '0')}`, bytes);
+      }
+      for (const parsed of lastOfDevice.values()) checkSignature(parsed);
+      const writing = batch.write({ sync: true } as object);
+      if (inflight !== null) await inflight;
+      inflight = writing;
+    }
+    await inflight;
+    return ops.length / ((performance.now() - started) / 1000);
+  } finally {
+    await db.close();
+  }
 }
 
 const vvEqual = (a: VersionVector, b: VersionVector) => {
@@ -360,6 +397,10 @@ async function catchUp(root: string, children: ChildProcess[], log: (line: strin
   const dirB = join(root, 'b');
   await enrollDir(dirA, hq.author.signer, 'a-desk', 'gateway');
   const deviceB = await enrollDir(dirB, hq.author.signer, 'b-tablet');
+
+  log('the floor: the same history parsed, verified per run and written as log rows only ...');
+  const logOnlyRate = await logOnlyIngest(join(root, 'log-only'), workload.ops);
+  log(`  ${formatNumber(logOnlyRate)} ops/s`);
 
   log(`A ingests the history locally (runs in arrival order, ${INGEST_CHUNK} ops per ingest) ...`);
   let a: FieldNode | null = await FieldNode.open(nodeOptions(dirA, 'a-desk', offsetMs));
@@ -430,7 +471,7 @@ async function catchUp(root: string, children: ChildProcess[], log: (line: strin
     await b.stop();
     await child.stop();
     stopped = true;
-    return { ops: n, seconds, envelopeBytes, opsFrameBytes: stats.bytesOut, tcpBytes, localIngestRate };
+    return { ops: n, seconds, envelopeBytes, opsFrameBytes: stats.bytesOut, tcpBytes, localIngestRate, logOnlyRate };
   } finally {
     if (!stopped) {
       await b.stop().catch(() => undefined);
