@@ -228,20 +228,24 @@ export class ApplyContext {
     const effective = this.forkedAt.size === 0 ? { base: op.base, bad: false } : effectiveBase(op, mapLookup(await this.voidsFrom(op.base)));
     const baseClocks: CausalClock[] = [];
     const missing: OpId[] = [];
+    /** Missing base ops we hold (they wait in turn), as opposed to ops not held at all. */
+    const held = new Set<OpId>();
     let badBase = effective.bad;
     for (const b of effective.base) {
       const meta = await this.txn.get<OpMeta>(TABLES.op, b);
       if (meta === undefined) missing.push(b);
       else if (meta.domain !== op.domain || meta.entity !== op.entity) badBase = true;
-      else if (meta.clock === null) missing.push(b);
-      else baseClocks.push(meta.clock);
+      else if (meta.clock === null) {
+        missing.push(b);
+        held.add(b);
+      } else baseClocks.push(meta.clock);
     }
     if (!badBase && missing.length === 0) badBase = baseOmitsOwnOp(op, baseClocks, previousOwnSeq);
     if (badBase || missing.length > 0) {
       if (!badBase) {
         for (const m of missing) {
           this.txn.put(TABLES.waiting, waitingKey(m, op.id), '');
-          this.parked.park(m, op.id);
+          this.parked.park(m, op.id, held.has(m));
         }
         this.parked.keep(op);
       }

@@ -10,6 +10,8 @@ import type { EntityOp, OpId } from '../core/op.ts';
 
 export class ParkedIndex {
   private readonly byMissing = new Map<OpId, OpId[]>();
+  /** Missing ids that were not held when an op parked on them (after a load: all, unknown). */
+  private readonly unheld = new Set<OpId>();
   private readonly ops = new Map<OpId, EntityOp>();
   private readonly maxOps: number;
 
@@ -24,7 +26,9 @@ export class ParkedIndex {
     return index;
   }
 
-  park(missing: OpId, waiter: OpId): void {
+  /** `held`: the op `missing` is held (it waits in turn), as opposed to not held at all. */
+  park(missing: OpId, waiter: OpId, held = false): void {
+    if (!held) this.unheld.add(missing);
     const waiters = this.byMissing.get(missing);
     if (waiters === undefined) this.byMissing.set(missing, [waiter]);
     else waiters.push(waiter);
@@ -35,12 +39,13 @@ export class ParkedIndex {
     const waiters = this.byMissing.get(missing);
     if (waiters === undefined) return [];
     this.byMissing.delete(missing);
+    this.unheld.delete(missing);
     return waiters;
   }
 
-  /** Ids that parked ops wait for. */
-  missing(): IterableIterator<OpId> {
-    return this.byMissing.keys();
+  /** Ids parked ops wait for that were not held when they parked (usually few). */
+  unheldIds(): IterableIterator<OpId> {
+    return this.unheld.values();
   }
 
   /** Keeps a parked op in memory, if there is room. */

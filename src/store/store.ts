@@ -291,7 +291,8 @@ export class Store {
     const out: OpId[] = [];
     if (this.parked === null) return out;
     const reader = this.reader();
-    for (const id of [...this.parked.missing()]) {
+    // After a reload the index cannot tell held ids from others: the reads do.
+    for (const id of [...this.parked.unheldIds()]) {
       if (out.length >= limit) break;
       if ((await reader.get(TABLES.op, id)) === undefined && (await reader.get(TABLES.voids, id)) === undefined) out.push(id);
     }
