@@ -413,13 +413,15 @@ export class ApplyContext {
         const op = await this.loadOp(parts[2]!, Number.parseInt(parts[3]!, 16));
         if (isEntityOp(op)) ops.push(op);
       }
-      // Base ops outside the entity that we hold make their dependents invalid rather than waiting.
       const inEntity = new Set(ops.map((o) => o.id));
+      const outside = [...new Set(ops.flatMap((o) => o.base))].filter((b) => !inEntity.has(b));
+      const voids = this.forkedAt.size === 0 ? new Map<OpId, Op>() : await this.voidsFrom(outside);
+      // Base ops outside the entity that we hold make their dependents invalid rather than
+      // waiting, also where a void op's base (standing in for it) names them.
       const elsewhere = new Set<OpId>();
-      for (const b of new Set(ops.flatMap((o) => o.base))) {
+      for (const b of new Set([...outside, ...[...voids.values()].flatMap((v) => (isEntityOp(v) ? v.base : []))])) {
         if (!inEntity.has(b) && (await this.txn.get(TABLES.op, b)) !== undefined) elsewhere.add(b);
       }
-      const voids = this.forkedAt.size === 0 ? new Map<OpId, Op>() : await this.voidsFrom([...new Set(ops.flatMap((o) => o.base))].filter((b) => !inEntity.has(b)));
       const result = materializeEntity(domain, entity, ops, await this.authorityFor(ops.map((o) => o.id)), (id) => elsewhere.has(id), mapLookup(voids));
       this.txn.put(TABLES.entity, key, result.state);
       const bad = new Set(result.badBase);

@@ -13,7 +13,7 @@ import { parseOp, type Op } from '../../src/core/op.ts';
 import type { FieldNode } from '../../src/node/field-node.ts';
 import { sealValue } from '../../src/store/records.ts';
 import { TABLES, tableKey } from '../../src/store/tables.ts';
-import { expectRejects, introduce, signerOf, snapshot, TestAuthor, useTemp } from '../node/helpers.ts';
+import { expectRejects, HQ, introduce, reject, signerOf, snapshot, TestAuthor, useTemp } from '../node/helpers.ts';
 
 const temp = useTemp();
 const bytesOf = (list: readonly Uint8Array[]) => list.map((b) => Uint8Array.from(b));
@@ -112,6 +112,27 @@ describe('void ops (past a fork point)', () => {
     await node.ingest([r2b.bytes]);
     expect((await node.get('evidence', 'e1'))!.fields).toEqual({ kind: 'photo', note: 'checked again' });
     expect(await node.stateHash()).toBe(expectedHash(node, [r1, r2, h1, h2]));
+  });
+
+  it('an op whose effective base reaches another entity through a fetched void op fails, also after a rebuild', async () => {
+    const other = new TestAuthor(signerOf('voids-other'), { user: 'zoe' });
+    const hq = new TestAuthor(HQ, { user: 'hq' });
+    const z1 = other.create('evidence', 'e2', { kind: 'other' });
+    // A void op of e1 built on e2's op, and an op of e1 naming it: BAD_BASE, as naming e2's op would be.
+    const branch = new TestAuthor(restored.author.signer, { user: 'rita' });
+    branch.state = { tip: { seq: 1, id: r1.id }, clock: r1.hlc };
+    const v2 = branch.update('evidence', 'e1', { location: 'x' }, [z1.id]);
+    const h = new TestAuthor(signerOf('voids-hank'), { user: 'hank' }).update('evidence', 'e1', { note: 'n' }, [r1.id, v2.id]);
+    const y = await nodeHolding([[r1, r2b], [v2], [z1], [h]]);
+    expect(await y.addVoidOps([v2.bytes])).toHaveLength(1);
+    const statusOfH = async () => (await y.ops({ device: h.device })).find((o) => o.id === h.id);
+    expect(await statusOfH()).toMatchObject({ status: 'failed', reason: 'BAD_BASE' });
+    // HQ rejecting r1 rebuilds e1 from its ops: the verdict on h must not change.
+    const receipt = hq.receipt([reject(r1.id, 'NOPE')]);
+    await y.ingest([receipt.bytes]);
+    const expected = materialize([r1, r2b, v2, z1, h, receipt], y.resolution, [{ device: restored.device, seq: 2 }]);
+    expect(expected.statuses.get(h.id)).toMatchObject({ status: 'failed', reason: 'BAD_BASE' });
+    expect(await statusOfH()).toMatchObject({ status: 'failed', reason: 'BAD_BASE' });
   });
 
   it('skips ops that are not past a fork point, and refuses forged or foreign ones whole', async () => {
