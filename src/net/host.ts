@@ -28,8 +28,8 @@ export interface MeshHost {
   ingest(encoded: readonly Uint8Array[], device?: DeviceId): Promise<unknown>;
   addCertificates(encoded: readonly Uint8Array[]): Promise<DeviceId[]>;
   addForkProof(proof: ForkProof): Promise<boolean>;
-  /** Ids of ops we do not hold that parked ops wait for (at most `limit`). */
-  missingBases(limit: number): Promise<OpId[]>;
+  /** Ids of ops we do not hold that parked ops wait for (at most `limit`, none of `exclude`). */
+  missingBases(limit: number, exclude: ReadonlySet<OpId>): Promise<OpId[]>;
   /** Envelopes of the void ops (past a fork point) among `ids` that we hold. */
   voidOps(ids: readonly OpId[]): Promise<Uint8Array[]>;
   /** Keeps void ops a peer sent by id; throws a FieldmeshError for a bad one (nothing kept). */

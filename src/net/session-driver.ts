@@ -189,7 +189,7 @@ export class SessionDriver {
         case 'missing':
           // Behind the store work queued before it: parked ops it left are then known.
           this.stored(async () => {
-            this.dispatch(this.session.missing(await this.node.missingBases(cmd.limit)));
+            this.dispatch(this.session.missing(await this.node.missingBases(cmd.limit, cmd.exclude)));
           });
           break;
         case 'lookup':

@@ -587,11 +587,11 @@ export class FieldNode {
   }
 
   /**
-   * Ids our parked ops wait for (at most `limit`). With a fork proven, some may be void ops (past
+   * Ids our parked ops wait for (at most `limit`, none of `exclude`). With a fork proven, some may be void ops (past
    * a fork point) that no peer offers in its log: a sync session asks its peer for them by id.
    */
-  missingBases(limit: number): Promise<OpId[]> {
-    return this.store.missingBases(limit);
+  missingBases(limit: number, exclude?: ReadonlySet<OpId>): Promise<OpId[]> {
+    return this.store.missingBases(limit, exclude);
   }
 
   /** Envelopes of the void ops among `ids` that we hold, to answer a peer asking for them. */

@@ -134,7 +134,7 @@ export class SessionEnd {
         case 'missing':
           // Behind the store work queued before it, as the net driver.
           this.stored(async () => {
-            const ids = await this.node.store.missingBases(cmd.limit);
+            const ids = await this.node.store.missingBases(cmd.limit, cmd.exclude);
             if (this.alive) this.dispatch(this.session.missing(ids));
           });
           break;

@@ -283,18 +283,18 @@ export class Store {
   }
 
   /**
-   * Ids of ops we do not hold that parked ops wait for (at most `limit`; others wait for ops we
-   * hold that wait in turn). With a fork proven, some may be void ops that no peer offers in its
+   * Ids of ops we do not hold that parked ops wait for (at most `limit`, none of `exclude`;
+   * others wait for ops we hold that wait in turn). With a fork proven, some may be void ops that no peer offers in its
    * log, only by id (docs/protocol.md, "Forks").
    */
-  async missingBases(limit: number): Promise<OpId[]> {
+  async missingBases(limit: number, exclude: ReadonlySet<OpId> = new Set()): Promise<OpId[]> {
     const out: OpId[] = [];
     if (this.parked === null) return out;
     const reader = this.reader();
     // After a reload the index cannot tell held ids from others: the reads do.
     for (const id of [...this.parked.unheldIds()]) {
       if (out.length >= limit) break;
-      if ((await reader.get(TABLES.op, id)) === undefined && (await reader.get(TABLES.voids, id)) === undefined) out.push(id);
+      if (!exclude.has(id) && (await reader.get(TABLES.op, id)) === undefined && (await reader.get(TABLES.voids, id)) === undefined) out.push(id);
     }
     return out;
   }

@@ -49,8 +49,9 @@ export const INTERLEAVED_RUN_BYTES = 64 * 1024;
 /** Ingests handed to the driver at once (each one frame; the store commits them together). */
 export const MAX_INGESTS_IN_FLIGHT = 64;
 /**
- * Op ids a session asks its peer for by id, and ids the peer asked for that we could not send
- * yet (we send them if we come to hold them): each set is bounded, a peer wanting more is a flood.
+ * Op ids a session remembers asking its peer for by id, and ids the peer asked for that we could
+ * not send yet (sent if we come to hold them). Beyond it the oldest are forgotten: memory stays
+ * bounded, and an id forgotten on our side is asked again if still missing.
  */
 export const MAX_WANTED_IDS = 4096;
 
@@ -78,8 +79,8 @@ export type Command =
   | { readonly kind: 'fork'; readonly device: DeviceId; readonly seq: number; readonly ops: readonly [Uint8Array, Uint8Array]; readonly frameBytes: number }
   /** Read our op of `device` at `seq` (null if not held) and call `opRead(purpose, bytes)`. */
   | { readonly kind: 'read'; readonly device: DeviceId; readonly seq: number; readonly purpose: ReadPurpose }
-  /** Find ids of ops we do not hold that parked ops wait for, and call `missing(ids)`. */
-  | { readonly kind: 'missing'; readonly limit: number }
+  /** Find ids of ops we do not hold that parked ops wait for (not in `exclude`), and call `missing(ids)`. */
+  | { readonly kind: 'missing'; readonly limit: number; readonly exclude: ReadonlySet<OpId> }
   /**
    * After the store work queued before it (a fork proof may make ops void), read the void ops
    * among `ids` that we hold, and call `voidsRead(ops, frameBytes)`.
@@ -145,13 +146,17 @@ export class SyncSession {
   /** Ops frames sent and received, op bytes sent and received. */
   readonly stats = { framesOut: 0, framesIn: 0, opsOut: 0, opsIn: 0, bytesOut: 0, bytesIn: 0, queriesOut: 0 };
   peerCaughtUp = false;
-  /** Ids we asked the peer for (once per session each). */
+  /** Ids we asked the peer for (each once, while remembered). */
   private readonly asked = new Set<OpId>();
   /** Ids the peer asked for that we do not hold yet: sent if we come to hold them. */
   private readonly peerWants = new Set<OpId>();
-  /** Void ops to send the peer (as credit allows), and those sent. */
+  /** Ids to ask for, and void ops to send, as credit allows; the void ops sent. */
+  private readonly wantsOut: OpId[] = [];
   private readonly voidsOut: Uint8Array[] = [];
+  private voidsOutBytes = 0;
   private readonly voidsSent = new Set<OpId>();
+  /** Some void ops the peer wants were left in peerWants for want of room in voidsOut: look again when it drains. */
+  private lookAgain = false;
   /** A `missing` command is out; another is due once it returns. */
   private seeking = false;
   private seekAgain = false;
@@ -232,22 +237,21 @@ export class SyncSession {
         return this.seek();
       case 'want': {
         if (!this.takeWindow(bytes.length)) return this.violation('FLOW_CONTROL', `peer sent ${this.inboundBytes} bytes beyond the ${this.limits.windowBytes}-byte window`);
-        for (const id of frame.ids) if (!this.voidsSent.has(id)) this.peerWants.add(id);
-        if (this.peerWants.size > MAX_WANTED_IDS) return this.violation('WANT_FLOOD', `peer wants more than ${MAX_WANTED_IDS} ops by id`);
+        for (const id of frame.ids) if (!this.voidsSent.has(id)) remember(this.peerWants, id);
         return [{ kind: 'lookup', ids: frame.ids, frameBytes: bytes.length }];
       }
       case 'voids': {
         if (!this.takeWindow(bytes.length)) return this.violation('FLOW_CONTROL', `peer sent ${this.inboundBytes} bytes beyond the ${this.limits.windowBytes}-byte window`);
+        // Only ops we asked for (and still remember asking for) are kept; the rest are dropped.
+        const ops: Uint8Array[] = [];
         for (const op of frame.ops) {
-          let id: OpId;
           try {
-            id = opIdOf(op);
+            if (this.asked.has(opIdOf(op))) ops.push(op);
           } catch (err) {
             return this.fail(err as FieldmeshError);
           }
-          if (!this.asked.has(id)) return this.violation('UNEXPECTED_VOIDS', `peer sent op ${id} that we did not ask for`);
         }
-        return [{ kind: 'voids', ops: frame.ops, frameBytes: bytes.length }];
+        return ops.length === 0 ? this.settled(bytes.length) : [{ kind: 'voids', ops, frameBytes: bytes.length }];
       }
       case 'goodbye':
         this.phase = 'closed';
@@ -386,7 +390,8 @@ export class SyncSession {
       const offered = Math.min(seq, this.capOf(device));
       if (offered > seqOf(this.ourVV, device)) this.ourVV[device] = offered;
     }
-    return this.pump();
+    // Ops we took in from anyone may wait for a void op this peer holds.
+    return [...this.pump(), ...this.seek()];
   }
 
   /**
@@ -400,16 +405,19 @@ export class SyncSession {
       return [];
     }
     this.seeking = true;
-    return [{ kind: 'missing', limit: MAX_WANT_IDS }];
+    return [{ kind: 'missing', limit: MAX_WANT_IDS, exclude: this.asked }];
   }
 
-  /** The driver found the ids our parked ops wait for: ask the peer for those not asked yet. */
+  /** The driver found ids our parked ops wait for that we have not asked for: ask the peer. */
   missing(ids: readonly OpId[]): Command[] {
     this.seeking = false;
     if (this.phase !== 'open') return [];
-    const fresh = ids.filter((id) => !this.asked.has(id)).slice(0, MAX_WANTED_IDS - this.asked.size);
-    for (const id of fresh) this.asked.add(id);
-    const out: Command[] = fresh.length === 0 ? [] : [this.sendCosting({ type: 'want', ids: fresh.slice(0, MAX_WANT_IDS) })];
+    for (const id of ids) {
+      if (this.asked.has(id)) continue;
+      remember(this.asked, id);
+      this.wantsOut.push(id);
+    }
+    const out = this.pump();
     if (this.seekAgain) {
       this.seekAgain = false;
       out.push(...this.seek());
@@ -428,14 +436,23 @@ export class SyncSession {
     return [this.send({ type: 'credit', bytes: frameBytes }), ...this.voidsLearned(ops)];
   }
 
-  /** Void ops we came to hold (from any peer): those this peer asked for go to it. */
+  /**
+   * Void ops we came to hold (from any peer): those this peer asked for go to it. At most a
+   * window of them waits for credit; the rest stay wanted and are looked up again later.
+   */
   voidsLearned(ops: readonly Uint8Array[]): Command[] {
     if (this.phase !== 'open') return [];
     for (const op of ops) {
       const id = opIdOf(op);
-      if (!this.peerWants.delete(id) || this.voidsSent.has(id)) continue;
-      this.voidsSent.add(id);
+      if (!this.peerWants.has(id) || this.voidsSent.has(id)) continue;
+      if (this.voidsOutBytes + op.length > this.limits.windowBytes) {
+        this.lookAgain = true;
+        continue;
+      }
+      this.peerWants.delete(id);
+      remember(this.voidsSent, id);
       this.voidsOut.push(op);
+      this.voidsOutBytes += op.length;
     }
     return this.pump();
   }
@@ -637,9 +654,21 @@ export class SyncSession {
 
   private pump(): Command[] {
     if (this.phase !== 'open') return [];
-    const out = this.sendVoids();
+    const out = [...this.sendWants(), ...this.sendVoids()];
     if (this.loading) return out;
     return [...out, ...this.pumpOps()];
+  }
+
+  /** Queued wanted ids, up to MAX_WANT_IDS a frame, while credit lasts. */
+  private sendWants(): Command[] {
+    const out: Command[] = [];
+    while (this.wantsOut.length > 0) {
+      const ids = this.wantsOut.slice(0, MAX_WANT_IDS);
+      if (OPS_FRAME_OVERHEAD + ids.length * 34 > this.credit) break;
+      this.wantsOut.splice(0, ids.length);
+      out.push(this.sendCosting({ type: 'want', ids }));
+    }
+    return out;
   }
 
   /** Queued void ops, in frames within the peer's limit, while credit lasts. */
@@ -650,7 +679,13 @@ export class SyncSession {
       let bytes = OPS_FRAME_OVERHEAD;
       while (n < this.voidsOut.length && (n === 0 || bytes + this.voidsOut[n]!.length + 8 <= this.peerMaxFrame)) bytes += this.voidsOut[n++]!.length + 8;
       if (bytes > this.credit) break;
-      out.push(this.sendCosting({ type: 'voids', ops: this.voidsOut.splice(0, n) }));
+      const ops = this.voidsOut.splice(0, n);
+      for (const op of ops) this.voidsOutBytes -= op.length;
+      out.push(this.sendCosting({ type: 'voids', ops }));
+    }
+    if (this.voidsOut.length === 0 && this.lookAgain) {
+      this.lookAgain = false;
+      out.push({ kind: 'lookup', ids: [...this.peerWants], frameBytes: 0 });
     }
     return out;
   }
@@ -715,4 +750,11 @@ export class SyncSession {
     this.phase = 'closed';
     return [...out, { kind: 'close', code, message: err.message, blame: true }];
   }
+}
+
+/** Adds `id` to a bounded set, forgetting the oldest entry beyond MAX_WANTED_IDS. */
+function remember(set: Set<OpId>, id: OpId): void {
+  set.delete(id);
+  set.add(id);
+  if (set.size > MAX_WANTED_IDS) set.delete(set.values().next().value!);
 }
