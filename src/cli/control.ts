@@ -31,10 +31,8 @@ export async function serveControl(node: FieldNode, dataDir: string): Promise<Se
   const path = join(dataDir, CONTROL_SOCKET);
   await rm(path, { force: true }); // a stale socket of a node that crashed
   const server = createServer((socket) => {
-    const tooLarge = () => {
-      socket.end(toJson({ id: null, error: { code: 'TOO_LARGE', message: `request longer than ${MAX_REQUEST_BYTES} bytes` } }) + '\n');
-      socket.destroy();
-    };
+    // The reply is flushed before the socket goes; nothing more of the request is read.
+    const tooLarge = () => socket.end(toJson({ id: null, error: { code: 'TOO_LARGE', message: `request longer than ${MAX_REQUEST_BYTES} bytes` } }) + '\n', () => socket.destroy());
     boundedLines(socket, MAX_REQUEST_BYTES, tooLarge, (line) => {
       void (async () => {
         let id: unknown = null;
@@ -62,27 +60,34 @@ export async function serveControl(node: FieldNode, dataDir: string): Promise<Se
 }
 
 /**
- * Calls `onLine` with each line the socket sends; a line growing past `maxBytes` before its end
- * calls `onTooLong` instead and nothing more is read (readline would buffer it whole first).
+ * Calls `onLine` with each line the socket sends (a request ends with its newline); a line
+ * growing past `maxBytes` bytes before its end calls `onTooLong` instead and nothing more is read
+ * (readline would buffer it whole first).
  */
 function boundedLines(socket: Socket, maxBytes: number, onTooLong: () => void, onLine: (line: string) => void): void {
   let pending: Buffer[] = [];
   let pendingBytes = 0;
-  socket.on('data', (chunk: Buffer) => {
+  const onData = (chunk: Buffer) => {
     let start = 0;
     for (let end = chunk.indexOf(0x0a); end !== -1; end = chunk.indexOf(0x0a, start)) {
       pending.push(chunk.subarray(start, end));
-      const line = Buffer.concat(pending).toString('utf8');
+      const line = Buffer.concat(pending);
       pending = [];
       pendingBytes = 0;
       start = end + 1;
-      if (line.length > maxBytes) return void onTooLong();
-      onLine(line.endsWith('\r') ? line.slice(0, -1) : line);
+      if (line.length > maxBytes) return tooLong();
+      const text = line.toString('utf8');
+      onLine(text.endsWith('\r') ? text.slice(0, -1) : text);
     }
     pendingBytes += chunk.length - start;
-    if (pendingBytes > maxBytes) return void onTooLong();
+    if (pendingBytes > maxBytes) return tooLong();
     if (start < chunk.length) pending.push(chunk.subarray(start));
-  });
+  };
+  const tooLong = () => {
+    socket.off('data', onData);
+    onTooLong();
+  };
+  socket.on('data', onData);
 }
 
 /** Calls a running node; resolves undefined when no node is running on this data dir. */
