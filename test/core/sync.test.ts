@@ -978,6 +978,33 @@ describe('SyncSession: frames within the peer limit', () => {
     expectOpen(ea, eb);
     expect(eb.events.filter((c) => c.kind === 'fork')).toHaveLength(1);
   });
+
+  it('a proof forwarded while catch-up has used the credit waits for credit, never overrunning the window', () => {
+    const a = new MemNode('a');
+    a.write(6, 40_000); // about 240 kB of ops, against a window of two small frames
+    const session = facing(a);
+    const window = 2 * MIN_FRAME_BYTES;
+    const sent: Command[] = [...session.receive(helloFrom(new MemNode('b'), { maxFrameBytes: MIN_FRAME_BYTES, windowBytes: window }))];
+    // Send ops while credit lasts.
+    for (let load = sent.find((c): c is Load => c.kind === 'load'); load !== undefined; ) {
+      const next = session.loaded(load.device, load.fromSeq, a.load(load.device, load.fromSeq, load.toSeq, load.maxBytes));
+      sent.push(...next);
+      load = next.find((c): c is Load => c.kind === 'load');
+    }
+    const costing = sent.filter((c): c is Send => c.kind === 'send' && (c.frame.type === 'ops' || c.frame.type === 'certs')).reduce((n, c) => n + c.bytes.length, 0);
+    const left = window - costing;
+    expect(left).toBeLessThan(MIN_FRAME_BYTES);
+    const forker = new TestDevice('sync-late-forker', { team: TEAM });
+    const one = forker.create(T0, 'evidence', 'e', { blob: 'x'.repeat(2 * left) });
+    forker.state = { tip: { seq: 0, id: null }, clock: { wallMs: 0, counter: 0 } };
+    const two = forker.create(T0, 'evidence', 'e', { blob: 'y'.repeat(2 * left) });
+    const proof = { device: forker.id, seq: 1, ops: (one.id < two.id ? [one.bytes, two.bytes] : [two.bytes, one.bytes]) as [Uint8Array, Uint8Array] };
+    // Not enough credit for the proof: it waits rather than overrun the peer's window.
+    expect(session.sendForks([proof]).filter((c) => c.kind === 'send')).toEqual([]);
+    const later = session.receive(encodeFrame({ type: 'credit', bytes: costing }));
+    // Then it goes, ahead of caughtUp (everything before it is sent first).
+    expect(later.filter((c): c is Send => c.kind === 'send').map((c) => c.frame.type)).toEqual(['fork', 'caughtUp']);
+  });
 });
 
 /**

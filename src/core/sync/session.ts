@@ -150,6 +150,8 @@ export class SyncSession {
   private readonly asked = new Set<OpId>();
   /** Ids the peer asked for that we do not hold yet: sent if we come to hold them. */
   private readonly peerWants = new Set<OpId>();
+  /** Certificate and fork frames waiting for credit, in order. */
+  private readonly framesOut: (Command & { kind: 'send' })[] = [];
   /** Ids to ask for, and void ops to send, as credit allows; the void ops sent. */
   private readonly wantsOut: OpId[] = [];
   private readonly voidsOut: Uint8Array[] = [];
@@ -332,21 +334,20 @@ export class SyncSession {
   /** Certificates to forward to the peer (new ones we learned, or all at the start). */
   sendCerts(certs: readonly Uint8Array[]): Command[] {
     if (this.phase !== 'open') return [];
-    const out: Command[] = [];
     let batch: Uint8Array[] = [];
     let bytes = 0;
     for (const cert of certs) {
       // Each frame within the peer's limit (certificates are at most 1 KiB) and the count limit.
       if (batch.length > 0 && (bytes + cert.length + 8 > this.peerMaxFrame - OPS_FRAME_OVERHEAD || batch.length >= this.limits.maxCertsPerFrame)) {
-        out.push(this.sendCosting({ type: 'certs', certs: batch }));
+        this.framesOut.push(this.send({ type: 'certs', certs: batch }));
         batch = [];
         bytes = 0;
       }
       batch.push(cert);
       bytes += cert.length + 8;
     }
-    if (batch.length > 0) out.push(this.sendCosting({ type: 'certs', certs: batch }));
-    return out;
+    if (batch.length > 0) this.framesOut.push(this.send({ type: 'certs', certs: batch }));
+    return this.sendQueued();
   }
 
   /**
@@ -355,15 +356,14 @@ export class SyncSession {
    */
   sendForks(forks: readonly ForkProof[]): Command[] {
     if (this.phase !== 'open') return [];
-    const out: Command[] = [];
     for (const f of forks) {
       const key = `${f.device}#${f.seq}`;
       if (this.forksSent.has(key)) continue;
       this.forksSent.add(key);
-      out.push(this.sendCosting({ type: 'fork', device: f.device, seq: f.seq, ops: f.ops }));
+      this.framesOut.push(this.send({ type: 'fork', device: f.device, seq: f.seq, ops: f.ops }));
       this.forkLearned(f.device, f.seq);
     }
-    out.push(...this.nextSearch(), ...this.seek());
+    const out = [...this.sendQueued(), ...this.nextSearch(), ...this.seek()];
     // Ops the peer asked for that we hold may have become void: look again.
     if (forks.length > 0 && this.peerWants.size > 0) out.push({ kind: 'lookup', ids: [...this.peerWants], frameBytes: 0 });
     return out;
@@ -654,7 +654,10 @@ export class SyncSession {
 
   private pump(): Command[] {
     if (this.phase !== 'open') return [];
-    const out = [...this.sendWants(), ...this.sendVoids()];
+    const queued = this.sendQueued();
+    // Certificates and proofs first: the ops sent after them may need them.
+    if (this.framesOut.length > 0) return queued;
+    const out = [...queued, ...this.sendWants(), ...this.sendVoids()];
     if (this.loading) return out;
     return [...out, ...this.pumpOps()];
   }
@@ -724,9 +727,21 @@ export class SyncSession {
 
   /**
    * Certificates and fork proofs count against the peer's window like ops (so a peer cannot be
-   * made to queue them without bound); they are few and small, so they go out at once and the
-   * credit they use comes back when the peer has stored them.
+   * made to queue them without bound): they go out in order as soon as credit covers them (at
+   * once, usually: they are few and small), and the credit comes back when the peer has stored
+   * them.
    */
+  private sendQueued(): Command[] {
+    const out: Command[] = [];
+    while (this.framesOut.length > 0 && this.framesOut[0]!.bytes.length <= this.credit) {
+      const cmd = this.framesOut.shift()!;
+      this.credit -= cmd.bytes.length;
+      out.push(cmd);
+    }
+    return out;
+  }
+
+  /** A frame that counts against the peer's window, sent now (the caller checked the credit). */
   private sendCosting(frame: Frame): Command & { kind: 'send' } {
     const cmd = this.send(frame);
     this.credit -= cmd.bytes.length;
