@@ -217,17 +217,28 @@ export class SessionDriver {
     }
   }
 
-  /** A peer that leaves our query unanswered is dropped, blamed: the search would wait for ever. */
+  /**
+   * A peer that leaves our query unanswered is dropped, blamed: the search would wait for ever.
+   * While its frames keep coming (the answer may queue behind a window of its ops on a slow
+   * link) the wait goes on; with the search running we credit none of its ops, so that is
+   * bounded by its window.
+   */
   private awaitAnswer(): void {
     if (this.answerTimer !== null) clearTimeout(this.answerTimer);
     const queries = this.session.stats.queriesOut;
-    this.answerTimer = setTimeout(() => {
+    const check = (): void => {
       this.answerTimer = null;
-      if (this.session.stats.queriesOut !== queries || !this.session.awaitingAnswer) return;
-      const message = `no answer to our query within ${this.limits.answerTimeoutMs} ms`;
+      if (this.done || this.session.stats.queriesOut !== queries || !this.session.awaitingAnswer) return;
+      const quietMs = this.now() - this.lastSeenMs;
+      if (quietMs < this.limits.answerTimeoutMs) {
+        this.answerTimer = setTimeout(check, this.limits.answerTimeoutMs - quietMs);
+        return;
+      }
+      const message = `no answer to our query, and no frame for ${this.limits.answerTimeoutMs} ms`;
       this.dispatch(this.session.close('ANSWER_TIMEOUT', message));
       this.finish('ANSWER_TIMEOUT', message, true);
-    }, this.limits.answerTimeoutMs);
+    };
+    this.answerTimer = setTimeout(check, this.limits.answerTimeoutMs);
   }
 
   private send(bytes: Uint8Array): void {
