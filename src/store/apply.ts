@@ -314,9 +314,7 @@ export class ApplyContext {
   }
 
   private async voidOp(id: OpId): Promise<Op | undefined> {
-    const meta = await this.txn.get<OpMeta>(TABLES.op, id);
-    if (meta !== undefined) return isVoid(meta, this) ? this.loadOp(meta.device, meta.seq) : undefined;
-    const bytes = await this.txn.get<Uint8Array>(TABLES.voids, id);
+    const bytes = await voidEnvelope(this.txn, this, id);
     return bytes === undefined ? undefined : parseOp(bytes).op;
   }
 
@@ -460,6 +458,16 @@ export class ApplyContext {
       for (const id of settle) await this.refreshStatus(id);
     }
   }
+}
+
+/**
+ * The envelope of the void op with this id that we hold, in our log past its device's fork point
+ * or fetched by id into the voids table; undefined for any other id.
+ */
+export async function voidEnvelope(txn: Txn, authority: { readonly forkedAt: ReadonlyMap<DeviceId, number> }, id: OpId): Promise<Uint8Array | undefined> {
+  const meta = await txn.get<OpMeta>(TABLES.op, id);
+  if (meta !== undefined) return isVoid(meta, authority) ? txn.getRaw(TABLES.log, logKey(meta.device, meta.seq)) : undefined;
+  return txn.get<Uint8Array>(TABLES.voids, id);
 }
 
 const mapLookup =

@@ -15,7 +15,7 @@ import type { DeviceId } from '../core/keys.ts';
 import { parseOp, type OpId } from '../core/op.ts';
 import type { ResolutionConfig } from '../core/strategies.ts';
 import type { VersionVector } from '../core/version-vector.ts';
-import { ApplyContext, type OpMeta, type StoreEvent } from './apply.ts';
+import { ApplyContext, voidEnvelope, type StoreEvent } from './apply.ts';
 import { ParkedIndex } from './parked.ts';
 import { StoreClosedError, StoreCorruptError, StoreLockedError, StoreMismatchError } from './errors.ts';
 import { FieldmeshError } from '../core/errors.ts';
@@ -304,14 +304,7 @@ export class Store {
     const reader = this.reader();
     const out: Uint8Array[] = [];
     for (const id of ids) {
-      const fetched = await reader.get<Uint8Array>(TABLES.voids, id);
-      if (fetched !== undefined) {
-        out.push(fetched);
-        continue;
-      }
-      const meta = await reader.get<OpMeta>(TABLES.op, id);
-      if (meta === undefined || meta.seq < (this.forkedAt.get(meta.device) ?? Number.POSITIVE_INFINITY)) continue;
-      const bytes = await reader.getRaw(TABLES.log, logKey(meta.device, meta.seq));
+      const bytes = await voidEnvelope(reader, { forkedAt: this.forkedAt }, id);
       if (bytes !== undefined) out.push(bytes);
     }
     return out;
