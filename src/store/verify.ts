@@ -6,6 +6,7 @@
  */
 import { checkExtends, EMPTY_TIP, type LogTip } from '../core/chain.ts';
 import { FieldmeshError } from '../core/errors.ts';
+import { isVoid } from '../core/materialize.ts';
 import { decodeOp } from '../core/op.ts';
 import { logKey, parseSeq, split, under } from './keys.ts';
 import type { Store } from './store.ts';
@@ -88,7 +89,7 @@ async function verifyVoids(store: Store, problems: VerifyProblem[]): Promise<voi
       try {
         const op = decodeOp(openValue<Uint8Array>(fullKey, record, store.dir));
         if (op.id !== stripTable(fullKey)) throw new FieldmeshError('MISFILED', `void op ${op.id} stored under ${stripTable(fullKey)}`);
-        if (op.seq < (store.forks.get(op.device) ?? Number.POSITIVE_INFINITY)) throw new FieldmeshError('NOT_VOID', `op ${op.device}#${op.seq} is kept as void, but no fork point at or below its seq is proven`);
+        if (!isVoid(op, { forkedAt: store.forks })) throw new FieldmeshError('NOT_VOID', `op ${op.device}#${op.seq} is kept as void, but no fork point at or below its seq is proven`);
       } catch (err) {
         const e = err as FieldmeshError;
         problems.push({ device: '', seq: 0, code: e.code ?? 'ERROR', message: e.message });
