@@ -5,10 +5,16 @@
  * `fieldmesh start --hq /ip4/127.0.0.1/tcp/4001` does) shows as up once its session is, and is
  * not dialled again while it stays up.
  */
+import { mkdir, writeFile } from 'node:fs/promises';
 import { createServer, type AddressInfo, type Server } from 'node:net';
+import { join } from 'node:path';
+import { generateKeyPair, privateKeyToProtobuf } from '@libp2p/crypto/keys';
+import type { Ed25519PrivateKey } from '@libp2p/interface';
 import { afterEach, describe, expect, it } from 'vitest';
 import { FieldmeshError, InvalidInputError } from '../../src/core/errors.ts';
+import { deviceIdFromPublicKey } from '../../src/core/keys.ts';
 import { Mesh } from '../../src/net/mesh.ts';
+import { DEVICE_KEY_FILE } from '../../src/node/device-key.ts';
 import type { FieldNode } from '../../src/node/field-node.ts';
 import { LOOPBACK, sleep, useLoopback, waitFor } from './helpers.ts';
 
@@ -79,16 +85,26 @@ describe('addresses given to start', () => {
 });
 
 describe('a static peer given without /p2p/<id>', () => {
-  /** Field devices until one has a PeerId below HQ's and one above (so each side opens the session once). */
+  /**
+   * Two field devices, one with a PeerId below HQ's and one above (so each side opens the session
+   * once). Their keys are drawn beforehand and placed in their data dirs, where enrollment finds them.
+   */
   async function bothSides(team: Awaited<ReturnType<typeof lb.team>>): Promise<FieldNode[]> {
-    let below: FieldNode | null = null;
-    let above: FieldNode | null = null;
-    for (let i = 0; i < 24 && (below === null || above === null); i++) {
-      const node = await team.node(`dev${i}`);
-      if (node.device < team.hqDevice) below ??= node;
-      else above ??= node;
+    const keys: { below?: Ed25519PrivateKey; above?: Ed25519PrivateKey } = {};
+    for (let i = 0; i < 100_000 && (keys.below === undefined || keys.above === undefined); i++) {
+      const key = await generateKeyPair('Ed25519');
+      if (deviceIdFromPublicKey(key.publicKey.raw) < team.hqDevice) keys.below ??= key;
+      else keys.above ??= key;
     }
-    if (below === null || above === null) throw new Error('no device on one side of HQ in 24 tries');
+    if (keys.below === undefined || keys.above === undefined) throw new Error('no key on one side of HQ in 100,000 draws');
+    const nodes: FieldNode[] = [];
+    for (const [id, key] of [['below', keys.below], ['above', keys.above]] as const) {
+      await mkdir(join(team.root, id));
+      await writeFile(join(team.root, id, DEVICE_KEY_FILE), privateKeyToProtobuf(key), { mode: 0o600 });
+      nodes.push(await team.node(id));
+    }
+    const [below, above] = nodes as [FieldNode, FieldNode];
+    expect(below.device < team.hqDevice && above.device > team.hqDevice).toBe(true);
     return [below, above];
   }
 
