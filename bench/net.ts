@@ -6,8 +6,9 @@
  *    equals A's). A runs in a child process, as a peer would. Beside it, measured in the same run:
  *    raw libp2p stream throughput between two processes with the same stack (64 KiB chunks on a
  *    plain protocol; MiB/s and the ops/s it implies at the average op size), A's own local ingest
- *    rate, the raw synced LevelDB batch rate, and the floor of any ingest of this history: ops
- *    parsed, verified per chained run and written as log rows only (logOnlyIngest).
+ *    rate, the raw synced LevelDB batch rate, and two floors of any ingest of this history: ops
+ *    parsed, verified per chained run and written as log rows only, or with the least rows the
+ *    storage layout needs (floorIngest).
  *  - bytes per op during that catch-up: the ops frames A sent (session stats) and every TCP
  *    payload byte both ways (from `ss`), relative to the op envelopes carried.
  *  - live propagation: one op across a 5-node chain A-B-C-D-E (each peering only with its
@@ -30,7 +31,7 @@ import { tcp } from '@libp2p/tcp';
 import { multiaddr } from '@multiformats/multiaddr';
 import { createLibp2p } from 'libp2p';
 import type { DeviceId } from '../src/core/keys.ts';
-import { checkSignature, parseOp, type OpId, type ParsedOp } from '../src/core/op.ts';
+import { checkSignature, isEntityOp, parseOp, type OpId, type ParsedOp } from '../src/core/op.ts';
 import type { VersionVector } from '../src/core/version-vector.ts';
 import type { SyncSession } from '../src/core/sync/session.ts';
 import { FieldNode, type FieldNodeOptions } from '../src/node/field-node.ts';
@@ -100,6 +101,9 @@ export const netSuite: Suite = {
       const logOnly = against({ name: 'net.ingest_log_only', value: catchup.logOnlyRate, unit: 'ops/s' }, levelBatch);
       results.push(logOnly);
       results.push(against({ name: 'net.catchup.vs_log_only', value: rate, unit: 'ops/s' }, logOnly));
+      const layoutFloor = against({ name: 'net.ingest_layout_floor', value: catchup.layoutFloorRate, unit: 'ops/s' }, levelBatch);
+      results.push(layoutFloor);
+      results.push(against({ name: 'net.catchup.vs_layout_floor', value: rate, unit: 'ops/s' }, layoutFloor));
       results.push(against({ name: 'net.wire.ops_frames', value: catchup.opsFrameBytes / catchup.ops, unit: 'B/op', target: { on: 'ratio', op: '<=', value: 1.15 } }, envelope));
       if (catchup.tcpBytes !== null) results.push(against({ name: 'net.wire.tcp', value: catchup.tcpBytes / catchup.ops, unit: 'B/op', target: { on: 'ratio', op: '<=', value: 1.15 } }, envelope));
       const hops = CHAIN - 1;
@@ -337,29 +341,43 @@ interface CatchUp {
   readonly opsFrameBytes: number;
   readonly tcpBytes: number | null;
   readonly localIngestRate: number;
-  /** The same history taken in with nothing but its log rows (see logOnlyIngest). */
+  /** The same history taken in with nothing but its log rows (see floorIngest). */
   readonly logOnlyRate: number;
+  /** The same history taken in with the least rows the storage layout needs (see floorIngest). */
+  readonly layoutFloorRate: number;
 }
 
 /**
- * The floor of any ingest of this history on this machine: every op parsed (canonical decode
- * and hash), one signature verified per device run of each chunk (its runs are one hash chain),
- * and only its log row written, in one synced LevelDB batch per chunk, each chunk built while the
- * last one is written. No state, status or index rows.
+ * Floors of any ingest of this history on this machine: every op parsed (canonical decode and
+ * hash), one signature verified per device run of each chunk (its runs are one hash chain), and
+ * its rows written in one synced LevelDB batch per chunk, each chunk built while the last one is
+ * written. `log`: only the log row. `layout`: the rows the storage layout of issue 4 needs at
+ * least, raw: the log row by (device, seq), a row by op id, a status row by (status, device,
+ * seq), and each entity's row once per chunk (the op's envelope standing in for its state). No
+ * state is computed, no status changes, no other index.
  */
-async function logOnlyIngest(dir: string, ops: readonly { readonly bytes: Uint8Array }[]): Promise<number> {
+async function floorIngest(dir: string, ops: readonly { readonly bytes: Uint8Array }[], rows: 'log' | 'layout'): Promise<number> {
   const db = await openRawLevel(dir);
+  const hex12 = (n: number) => n.toString(16).padStart(12, '0');
+  const utf8 = new TextEncoder();
   try {
     const started = performance.now();
     let inflight: Promise<void> | null = null;
     for (let i = 0; i < ops.length; i += INGEST_CHUNK) {
       const batch = db.batch();
       const lastOfDevice = new Map<DeviceId, ParsedOp>();
+      const entities = new Map<string, Uint8Array>();
       for (const { bytes } of ops.slice(i, i + INGEST_CHUNK)) {
         const parsed = parseOp(bytes);
-        lastOfDevice.set(parsed.op.device, parsed);
-        batch.put(`l\u0001${parsed.op.device}\u0000${parsed.op.seq.toString(16).padStart(12, '0')}`, bytes);
+        const { op } = parsed;
+        lastOfDevice.set(op.device, parsed);
+        batch.put(`l\u0001${op.device}\u0000${hex12(op.seq)}`, bytes);
+        if (rows === 'log') continue;
+        batch.put(`o\u0001${op.id}`, utf8.encode(`${op.device}\u0000${hex12(op.seq)}`));
+        batch.put(`s\u0001pending\u0000${op.device}\u0000${hex12(op.seq)}`, utf8.encode(op.id));
+        if (isEntityOp(op)) entities.set(`e\u0001${op.domain}\u0000${op.entity}`, bytes);
       }
+      for (const [key, value] of entities) batch.put(key, value);
       for (const parsed of lastOfDevice.values()) checkSignature(parsed);
       const writing = batch.write({ sync: true } as object);
       if (inflight !== null) await inflight;
@@ -398,9 +416,10 @@ async function catchUp(root: string, children: ChildProcess[], log: (line: strin
   await enrollDir(dirA, hq.author.signer, 'a-desk', 'gateway');
   const deviceB = await enrollDir(dirB, hq.author.signer, 'b-tablet');
 
-  log('the floor: the same history parsed, verified per run and written as log rows only ...');
-  const logOnlyRate = await logOnlyIngest(join(root, 'log-only'), workload.ops);
-  log(`  ${formatNumber(logOnlyRate)} ops/s`);
+  log('the floors: the same history parsed, verified per run and written as log rows only, then with the least rows the storage layout needs ...');
+  const logOnlyRate = await floorIngest(join(root, 'log-only'), workload.ops, 'log');
+  const layoutFloorRate = await floorIngest(join(root, 'layout-floor'), workload.ops, 'layout');
+  log(`  log rows only ${formatNumber(logOnlyRate)} ops/s; least layout ${formatNumber(layoutFloorRate)} ops/s`);
 
   log(`A ingests the history locally (runs in arrival order, ${INGEST_CHUNK} ops per ingest) ...`);
   let a: FieldNode | null = await FieldNode.open(nodeOptions(dirA, 'a-desk', offsetMs));
@@ -471,7 +490,7 @@ async function catchUp(root: string, children: ChildProcess[], log: (line: strin
     await b.stop();
     await child.stop();
     stopped = true;
-    return { ops: n, seconds, envelopeBytes, opsFrameBytes: stats.bytesOut, tcpBytes, localIngestRate, logOnlyRate };
+    return { ops: n, seconds, envelopeBytes, opsFrameBytes: stats.bytesOut, tcpBytes, localIngestRate, logOnlyRate, layoutFloorRate };
   } finally {
     if (!stopped) {
       await b.stop().catch(() => undefined);
