@@ -2,7 +2,7 @@
  * Store suite: durable mutations through FieldNode (group-committed, synced LevelDB batches)
  * next to the limits they are bounded by, measured in the same run and interleaved with them
  * (rounds of: synced single put, mutations at concurrency 1/16/256, Ed25519 signing, synced
- * batches), and the reopen time and memory of a data dir holding many ops of 20 devices.
+ * batches, and the floor of a mutation: signing plus the least rows the layout needs), and the reopen time and memory of a data dir holding many ops of 20 devices.
  *
  *   FIELDMESH_BENCH_REOPEN_OPS   ops in the big data dir (default 100000; the issue's figure is 1000000).
  *   Building the dir is bound by the store's ingest rate (about 5k ops/s on a 2-core machine: 1,000,000 ops take about 3 minutes),
@@ -11,7 +11,7 @@
  * Reopen is measured in child processes (`node bench/store.ts --open-child ...`), so that the
  * RSS is that of a process that did nothing but open the dir and read one entity.
  */
-import { generateKeyPairSync, sign } from 'node:crypto';
+import { createHash, generateKeyPairSync, sign } from 'node:crypto';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Level } from 'level';
@@ -97,6 +97,7 @@ async function mutations(root: string, log: (line: string) => void): Promise<Res
   const node = await FieldNode.open({ dataDir: join(root, 'mutations'), team: BENCH_TEAM, user: 'investigator-1', hqDevice: hq.device, domains: DOMAINS });
   const putDb = await openRawLevel(join(root, 'level-put'));
   const batchDb = await openRawLevel(join(root, 'level-batch'));
+  const floorDb = await openRawLevel(join(root, 'level-floor'));
   try {
     // Every worker of every concurrency level updates its own entity: no two mutations in flight touch the same one.
     const entity = (c: number, w: number) => `m${c}-${String(w).padStart(3, '0')}`;
@@ -118,23 +119,56 @@ async function mutations(root: string, log: (line: string) => void): Promise<Res
       return (i * 1000) / (performance.now() - start);
     };
 
+    /**
+     * The floor of a durable mutation at concurrency 256 on this machine: 256 mutations signed
+     * (Ed25519 over the sample's message, then SHA-256 of the envelope for its id), their rows in
+     * one synced LevelDB batch, the next 256 signed while it is written. The rows are the least the
+     * storage layout needs: the log row by (device, seq), a row by op id, a status row and the
+     * entity's row (the envelope standing in for its state). Nothing is validated, encoded or applied.
+     */
+    const floorFor = async (ms: number, round: string) => {
+      const start = performance.now();
+      let seq = 0;
+      let inflight: Promise<void> | null = null;
+      do {
+        const batch = floorDb.batch();
+        for (let k = 0; k < 256; k++, seq++) {
+          const sig = sign(null, message, privateKey);
+          const id = createHash('sha256').update(message).update(sig).digest('hex');
+          const at = `${round}\u0000${String(seq).padStart(12, '0')}`;
+          batch.put(`l\u0001${at}`, sample.op.bytes);
+          batch.put(`o\u0001${id}`, sig);
+          batch.put(`s\u0001pending\u0000${at}`, sig);
+          batch.put(`e\u0001${FLEET_DOMAIN}\u0000m256-${String(k).padStart(3, '0')}`, sample.op.bytes);
+        }
+        const writing = batch.write({ sync: true } as object);
+        if (inflight !== null) await inflight;
+        inflight = writing;
+      } while (performance.now() - start < ms);
+      await inflight;
+      return (seq * 1000) / (performance.now() - start);
+    };
+
     log('warming up ...');
     await levelSyncedPuts(putDb, 200, 300, 20, 'w');
     for (const c of CONCURRENCY) await closedLoop(c, 300, update(c));
     signFor(100);
+    await floorFor(100, 'w');
 
-    log(`measuring ${ROUNDS} interleaved rounds: synced put, mutate c1/c16/c256, Ed25519 sign, synced batch ...`);
+    log(`measuring ${ROUNDS} interleaved rounds: synced put, mutate c1/c16/c256, Ed25519 sign, synced batch, mutation floor ...`);
     const puts: { rate: number; latenciesMs: number[] }[] = [];
     const loops = new Map<number, Loop[]>(CONCURRENCY.map((c) => [c, []]));
     const signs: number[] = [];
     const batches: number[] = [];
+    const floors: number[] = [];
     for (let r = 0; r < ROUNDS; r++) {
       puts.push(await levelSyncedPuts(putDb, ROUND_MS.put, 300, 20, `r${r}-`));
       for (const c of CONCURRENCY) loops.get(c)!.push(await closedLoop(c, c === 256 ? ROUND_MS.c256 : ROUND_MS.mutate, update(c)));
       signs.push(signFor(ROUND_MS.sign));
       batches.push(await levelSyncedBatches(batchDb, ROUND_MS.batch, 1000, 300, `r${r}-`));
+      floors.push(await floorFor(ROUND_MS.c256, `r${r}`));
       log(
-        `  round ${r + 1}: put ${formatNumber(puts[r]!.rate)}/s, ${CONCURRENCY.map((c) => `c${c} ${formatNumber((loops.get(c)![r]!.ops * 1000) / loops.get(c)![r]!.ms)}/s`).join(', ')}, sign ${formatNumber(signs[r]!)}/s, batch ${formatNumber(batches[r]!)} rows/s`,
+        `  round ${r + 1}: put ${formatNumber(puts[r]!.rate)}/s, ${CONCURRENCY.map((c) => `c${c} ${formatNumber((loops.get(c)![r]!.ops * 1000) / loops.get(c)![r]!.ms)}/s`).join(', ')}, sign ${formatNumber(signs[r]!)}/s, batch ${formatNumber(batches[r]!)} rows/s, floor ${formatNumber(floors[r]!)}/s`,
       );
     }
     const putLatencies = puts.flatMap((p) => p.latenciesMs);
@@ -155,6 +189,8 @@ async function mutations(root: string, log: (line: string) => void): Promise<Res
       results.push(against({ name: `store.mutate_c${c}`, value: rateOf(loops.get(c)!), unit: 'ops/s', ...(target ? { target } : {}) }, put));
     }
     results.push(against({ name: 'store.mutate_c256.vs_sign', value: rateOf(loops.get(256)!), unit: 'ops/s', target: { on: 'ratio', op: '>=', value: 0.5 } }, signRate));
+    const floor = against({ name: 'store.mutate_floor', value: median(floors), unit: 'ops/s' }, put);
+    results.push(floor, against({ name: 'store.mutate_c256.vs_floor', value: rateOf(loops.get(256)!), unit: 'ops/s' }, floor));
     const c1 = loops.get(1)!.flatMap((l) => l.latenciesMs);
     results.push(against({ name: 'store.mutate_c1.p50', value: percentile(c1, 50), unit: 'ms', target: { on: 'ratio', op: '<=', value: 1.5 } }, putP50));
     results.push(against({ name: 'store.mutate_c1.p99', value: percentile(c1, 99), unit: 'ms' }, putP99));
@@ -163,6 +199,7 @@ async function mutations(root: string, log: (line: string) => void): Promise<Res
     await node.close();
     await putDb.close();
     await batchDb.close();
+    await floorDb.close();
   }
 }
 
