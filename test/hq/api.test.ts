@@ -890,3 +890,14 @@ describe('enrollment edge cases', () => {
     expect(server.roleOf(device)).toBe('gateway');
   });
 });
+
+describe('hostile input from an acceptance run', () => {
+  it('refuses a string that is not well-formed UTF-16 (a lone surrogate) with 400 BAD_VALUE: HQ would show it as written, every other node as U+FFFD', async () => {
+    const { server, call } = await setup();
+    expectError(await call('PUT', '/v1/entities/note/n-1', { raw: '{"fields":{"text":"fire \\ud800"}}' }), 400, 'BAD_VALUE');
+    expectError(await call('PUT', '/v1/entities/note/n-1', { raw: '{"fields":{"meta":{"\\udc00":1}}}' }), 400, 'BAD_VALUE');
+    expect(await server.ops()).toEqual([]);
+    expect((await call('PUT', '/v1/entities/note/n-1', { raw: '{"fields":{"text":"fire \\ud83d\\ude92"}}' })).status).toBe(201);
+    expect((await call('GET', '/v1/entities/note/n-1')).body.fields).toEqual({ text: 'fire 🚒' });
+  });
+});
