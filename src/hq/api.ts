@@ -90,9 +90,11 @@ function fieldsFromJson(fields: unknown): Fields {
 const FASTIFY_CODES: Readonly<Record<number, string>> = { 400: 'BAD_REQUEST', 404: 'NOT_FOUND', 405: 'METHOD_NOT_ALLOWED', 413: 'TOO_LARGE', 415: 'UNSUPPORTED_MEDIA_TYPE' };
 
 export async function buildApi(node: FieldNode, options: ApiOptions): Promise<FastifyInstance> {
-  // removeAdditional: false, so unknown properties are refused (400) rather than silently dropped.
+  // removeAdditional: false, so unknown properties are refused (400) rather than silently dropped;
+  // coerceTypes: false, so a body's "afterSeq": "3" or "delete": "true" is refused rather than read
+  // as 3 or true (the query's limit, text by nature, is read as a number in preValidation below).
   // return503OnClosing: false, so a request that arrives while closing gets our error shape (onRequest below).
-  const app = Fastify({ bodyLimit: options.bodyLimitBytes ?? 1024 * 1024, logger: false, return503OnClosing: false, ajv: { customOptions: { removeAdditional: false } } });
+  const app = Fastify({ bodyLimit: options.bodyLimitBytes ?? 1024 * 1024, logger: false, return503OnClosing: false, ajv: { customOptions: { removeAdditional: false, coerceTypes: false } } });
   await app.register(swagger, {
     openapi: {
       info: { title: 'fieldmesh HQ API', version: '1.0.0', description: 'Entities, ops, devices, conflicts and live status of a fieldmesh team. Reference: docs/api.md.' },
@@ -125,6 +127,11 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
       return reply.code(401).header('www-authenticate', 'Bearer').send({ error: { code: 'UNAUTHORIZED', message: 'missing or wrong bearer token' } });
     }
     if (closing) return reply.code(503).header('connection', 'close').send({ error: { code: 'SHUTTING_DOWN', message: 'HQ\'s API is shutting down' } });
+  });
+  // The one number a query string carries: digits only, so "1e3" or "5.0" stays text and is refused.
+  app.addHook('preValidation', async (request) => {
+    const query = request.query as Record<string, unknown>;
+    if (typeof query.limit === 'string' && /^\d+$/.test(query.limit)) query.limit = Number(query.limit);
   });
   app.setErrorHandler(async (err: Error & { validation?: unknown; statusCode?: number; code?: string }, _request, reply) => {
     if (err.validation !== undefined) return reply.code(400).send({ error: { code: 'BAD_REQUEST', message: err.message } });

@@ -892,6 +892,42 @@ describe('enrollment edge cases', () => {
 });
 
 describe('hostile input from an acceptance run', () => {
+  // A JSON body is never coerced: "3" is not 3 and 5 is not "5". A coerced afterSeq revoked a
+  // device, and a coerced "true" resolved a conflict by deleting its entity.
+  it.each([
+    ['a revocation\'s afterSeq as a string', 'POST', '/v1/devices/$device/revoke', { afterSeq: '3' }],
+    ['a revocation\'s reason as a number', 'POST', '/v1/devices/$device/revoke', { reason: 5 }],
+    ['an enrollment\'s validDays as a string', 'POST', '/v1/devices', { device: '$device', user: 'x', role: 'field', validDays: '30' }],
+    ['an enrollment\'s user as a number', 'POST', '/v1/devices', { device: '$device', user: 7, role: 'field' }],
+    ['a resolution\'s delete as a string', 'POST', '/v1/conflicts/$conflict/resolve', { delete: 'true' }],
+  ] as const)('refuses a body member of the wrong type with 400 BAD_REQUEST, nothing changed: %s', async (_name, method, path, body) => {
+    // No receipt issuer: nothing but the request may change HQ's ops.
+    const { server, team, call } = await setup({ startIssuer: false });
+    const { key } = await loadOrCreateDeviceKey(await hq.dir());
+    const device = key.signer.device;
+    expect((await call('POST', '/v1/devices', { body: { device, user: 'x', role: 'field' } })).status).toBe(201);
+    // An open conflict on case c-1: the field closes it while HQ staff escalate it.
+    const alice = await team.node('alice');
+    await alice.mutate({ type: 'create', domain: 'case', entity: 'c-1', fields: { title: 'Fire', status: 'open' } });
+    await server.importBundle(await alice.exportBundle());
+    await alice.mutate({ type: 'update', domain: 'case', entity: 'c-1', fields: { status: 'closed' } });
+    await call('PUT', '/v1/entities/case/c-1', { body: { fields: { status: 'escalated' } } });
+    await server.importBundle(await alice.exportBundle(server.versionVector()));
+    const [conflict] = await server.conflicts();
+    expect(conflict).toBeDefined();
+    const hash = await server.stateHash();
+    const ops = await server.ops();
+    const certificates = server.certificates();
+    const resolved = (text: string) => text.replaceAll('$device', device).replaceAll('$conflict', conflict!.id);
+
+    expectError(await call(method, resolved(path), { body: JSON.parse(resolved(JSON.stringify(body))) }), 400, 'BAD_REQUEST');
+    expect(await server.stateHash()).toBe(hash);
+    expect(await server.ops()).toEqual(ops);
+    expect(server.isRevoked(device)).toBe(false);
+    expect(server.certificates()).toEqual(certificates);
+    expect((await server.conflicts()).map((c) => c.id)).toEqual([conflict!.id]);
+  });
+
   it('refuses a string that is not well-formed UTF-16 (a lone surrogate) with 400 BAD_VALUE: HQ would show it as written, every other node as U+FFFD', async () => {
     const { server, call } = await setup();
     expectError(await call('PUT', '/v1/entities/note/n-1', { raw: '{"fields":{"text":"fire \\ud800"}}' }), 400, 'BAD_VALUE');
