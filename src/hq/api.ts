@@ -47,6 +47,13 @@ const written = {
 } as const;
 const anyObject = { type: 'object', additionalProperties: true } as const;
 const limitQuery = { type: 'integer', minimum: 1, maximum: 10_000, default: 1000 } as const;
+/**
+ * The query string of a route that takes none: any parameter is a typo, refused (400) rather than
+ * ignored. `properties` is there for @fastify/swagger, which would list `type` as a parameter.
+ */
+const noQuery = { type: 'object', additionalProperties: false, properties: {} } as const;
+/** The query string of a list that takes only `limit`. */
+const limitOnly = { type: 'object', additionalProperties: false, properties: { limit: limitQuery } } as const;
 
 /** Byte strings in field values travel as { "$bytes": base64 }, both ways; undefined members are left out. */
 function toJson(value: unknown): unknown {
@@ -188,7 +195,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
 
   app.get('/v1/openapi.json', { schema: { hide: true } }, async () => app.swagger());
 
-  app.get('/v1/status', { schema: { summary: 'Counts per status, the state hash, this node' } }, async () => ({
+  app.get('/v1/status', { schema: { summary: 'Counts per status, the state hash, this node', querystring: noQuery } }, async () => ({
     device: node.device,
     team: node.team,
     counts: await node.counts(),
@@ -202,7 +209,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
       schema: {
         summary: 'Entities of a domain (where: JSON object of field equalities); 400 UNKNOWN_DOMAIN for an undeclared domain',
         params: params('domain'),
-        querystring: { type: 'object', properties: { limit: limitQuery, where: { type: 'string', maxLength: 4096 } } },
+        querystring: { type: 'object', additionalProperties: false, properties: { limit: limitQuery, where: { type: 'string', maxLength: 4096 } } },
         response: errors(400),
       },
     },
@@ -224,7 +231,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
     },
   );
 
-  app.get<{ Params: { domain: string; entity: string } }>('/v1/entities/:domain/:entity', { schema: { summary: 'One entity', params: params('domain', 'entity'), response: errors(400, 404) } }, async (request, reply) => {
+  app.get<{ Params: { domain: string; entity: string } }>('/v1/entities/:domain/:entity', { schema: { summary: 'One entity', params: params('domain', 'entity'), querystring: noQuery, response: errors(400, 404) } }, async (request, reply) => {
     checkDomain(request.params.domain);
     const view = await node.get(request.params.domain, request.params.entity);
     if (view === null) return reply.code(404).send({ error: { code: 'ENTITY_NOT_FOUND', message: `${request.params.domain}/${request.params.entity} does not exist` } });
@@ -237,7 +244,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
       schema: {
         summary: 'The ops of one entity (a deleted entity keeps its history); 404 ENTITY_NOT_FOUND when no op ever named it',
         params: params('domain', 'entity'),
-        querystring: { type: 'object', properties: { limit: limitQuery } },
+        querystring: limitOnly,
         response: errors(400, 404),
       },
     },
@@ -256,6 +263,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
       schema: {
         summary: 'HQ staff edit: create (201) or update (200) an entity (an op in HQ\'s log)',
         params: params('domain', 'entity'),
+        querystring: noQuery,
         body: { type: 'object', properties: { fields: anyObject }, required: ['fields'], additionalProperties: false },
         response: { 200: written, 201: written, ...errors(400, 409, 413, 415) },
       },
@@ -269,7 +277,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
     },
   );
 
-  app.delete<{ Params: { domain: string; entity: string } }>('/v1/entities/:domain/:entity', { schema: { summary: 'HQ staff delete', params: params('domain', 'entity'), response: errors(400, 404) } }, async (request) => {
+  app.delete<{ Params: { domain: string; entity: string } }>('/v1/entities/:domain/:entity', { schema: { summary: 'HQ staff delete', params: params('domain', 'entity'), querystring: noQuery, response: errors(400, 404) } }, async (request) => {
     const r = await node.mutate({ type: 'delete', domain: request.params.domain, entity: request.params.entity });
     return { id: r.id, seq: r.op.seq, status: r.status };
   });
@@ -295,7 +303,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
     },
   );
 
-  app.get('/v1/devices', { schema: { summary: 'Devices (enrolled or with ops): role, user, last op, counts per status, connection' } }, async () => {
+  app.get('/v1/devices', { schema: { summary: 'Devices (enrolled or with ops): role, user, last op, counts per status, connection', querystring: noQuery } }, async () => {
     const peers = new Map(node.peers().map((p) => [p.device, p]));
     const byDevice = new Map((await node.devices()).map((d) => [d.device, d]));
     const enrolled = new Map(node.certificates().map((b) => decodeCertificate(b)).map((c) => [c.device, c]));
@@ -323,7 +331,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
       schema: {
         summary: 'A device\'s ops HQ has not acknowledged, in seq order ([] when none); 404 DEVICE_NOT_FOUND for a device HQ never enrolled',
         params: params('device'),
-        querystring: { type: 'object', properties: { limit: limitQuery } },
+        querystring: limitOnly,
         response: errors(400, 404),
       },
       preValidation: deviceParam,
@@ -339,6 +347,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
     {
       schema: {
         summary: 'Enroll a device: HQ signs its certificate (base64) for the device\'s data dir (device.cert); enrolling again replaces the certificate',
+        querystring: noQuery,
         body: {
           type: 'object',
           additionalProperties: false,
@@ -366,6 +375,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
       schema: {
         summary: 'Revoke a device: its ops after afterSeq (default: all HQ holds) are refused everywhere. The body is optional; revoking again returns the first revocation',
         params: params('device'),
+        querystring: noQuery,
         body: { type: 'object', additionalProperties: false, properties: { reason: { type: 'string', maxLength: 512 }, afterSeq: { type: 'integer', minimum: 0 } } },
         response: errors(400, 404, 409, 415),
       },
@@ -386,7 +396,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
     },
   );
 
-  app.get('/v1/conflicts', { schema: { summary: 'Open manual conflicts with every candidate' } }, async () => toJson(await node.conflicts()));
+  app.get('/v1/conflicts', { schema: { summary: 'Open manual conflicts with every candidate', querystring: noQuery } }, async () => toJson(await node.conflicts()));
 
   app.post<{ Params: { id: string }; Body: { fields?: Fields; delete?: boolean } }>(
     '/v1/conflicts/:id/resolve',
@@ -394,6 +404,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
       schema: {
         summary: 'Resolve a conflict with chosen values, or by deleting the entity',
         params: params('id'),
+        querystring: noQuery,
         body: { type: 'object', additionalProperties: false, properties: { fields: anyObject, delete: { type: 'boolean' } } },
         response: errors(400, 404, 409, 415),
       },
@@ -405,11 +416,11 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
     },
   );
 
-  app.get('/v1/forks', { schema: { summary: 'Fork proofs: devices that wrote two different ops at one seq' } }, async () =>
+  app.get('/v1/forks', { schema: { summary: 'Fork proofs: devices that wrote two different ops at one seq', querystring: noQuery } }, async () =>
     (await node.forkProofs()).map((f) => ({ device: f.device, seq: f.seq, ops: f.ops.map((b) => Buffer.from(b).toString('base64')) })),
   );
 
-  app.get('/v1/retries', { schema: { summary: 'Ops whose judging failed transiently: attempts, last error, next attempt' } }, async () =>
+  app.get('/v1/retries', { schema: { summary: 'Ops whose judging failed transiently: attempts, last error, next attempt', querystring: noQuery } }, async () =>
     [...(options.receipts?.retrying() ?? new Map()).entries()].map(([op, r]) => ({ op, ...r })),
   );
 
@@ -423,7 +434,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
   let eventClients = 0;
   app.get(
     '/v1/events',
-    { schema: { summary: 'Server-Sent Events: op status changes, entity changes and peer events as they happen; the stream ends when HQ\'s API closes', response: errors(503) } },
+    { schema: { summary: 'Server-Sent Events: op status changes, entity changes and peer events as they happen; the stream ends when HQ\'s API closes', querystring: noQuery, response: errors(503) } },
     async (request: FastifyRequest, reply: FastifyReply) => {
       // HEAD (Fastify answers it with this handler) has no body to stream: it would stay open forever.
       if (request.method === 'HEAD') return reply.code(200).header('cache-control', 'no-cache').type('text/event-stream').send();

@@ -928,6 +928,19 @@ describe('hostile input from an acceptance run', () => {
     expect((await server.conflicts()).map((c) => c.id)).toEqual([conflict!.id]);
   });
 
+  it.each([
+    ['GET /v1/entities/:domain', '/v1/entities/case?limt=5'],
+    ['GET /v1/entities/:domain/:entity/history', '/v1/entities/case/c-1/history?lmit=1'],
+    ['GET /v1/devices/:device/queue', '/v1/devices/$hq/queue?lmit=1'],
+    ['GET /v1/status', '/v1/status?verbose=1'],
+    ['GET /v1/devices', '/v1/devices?role=field'],
+    ['GET /v1/conflicts', '/v1/conflicts?domain=case'],
+  ])('refuses an unknown query parameter with 400 BAD_REQUEST: %s', async (_name, path) => {
+    const { server, call } = await setup();
+    await call('PUT', '/v1/entities/case/c-1', { body: { fields: { title: 'Fire' } } });
+    expectError(await call('GET', path.replace('$hq', server.device)), 400, 'BAD_REQUEST');
+  });
+
   it('refuses a string that is not well-formed UTF-16 (a lone surrogate) with 400 BAD_VALUE: HQ would show it as written, every other node as U+FFFD', async () => {
     const { server, call } = await setup();
     expectError(await call('PUT', '/v1/entities/note/n-1', { raw: '{"fields":{"text":"fire \\ud800"}}' }), 400, 'BAD_VALUE');
