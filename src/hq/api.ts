@@ -46,6 +46,8 @@ const written = {
   properties: { id: { type: 'string' }, seq: { type: 'integer' }, type: { enum: ['create', 'update'] }, status: { enum: [...STATUSES] } },
 } as const;
 const anyObject = { type: 'object', additionalProperties: true } as const;
+/** Longest path parameter ({domain}, {entity}, {device}, {id}). */
+const MAX_PARAM_CHARS = 200;
 const limitQuery = { type: 'integer', minimum: 1, maximum: 10_000, default: 1000 } as const;
 /**
  * The query string of a route that takes none: any parameter is a typo, refused (400) rather than
@@ -97,11 +99,32 @@ function fieldsFromJson(fields: unknown): Fields {
 const FASTIFY_CODES: Readonly<Record<number, string>> = { 400: 'BAD_REQUEST', 404: 'NOT_FOUND', 405: 'METHOD_NOT_ALLOWED', 413: 'TOO_LARGE', 415: 'UNSUPPORTED_MEDIA_TYPE' };
 
 export async function buildApi(node: FieldNode, options: ApiOptions): Promise<FastifyInstance> {
+  const expected = Buffer.from(`Bearer ${options.token}`);
+  const authorized = (request: FastifyRequest) => {
+    const given = Buffer.from(request.headers.authorization ?? '');
+    return given.length === expected.length && timingSafeEqual(given, expected);
+  };
+  const unauthorized = (reply: FastifyReply) => reply.code(401).header('www-authenticate', 'Bearer').send({ error: { code: 'UNAUTHORIZED', message: 'missing or wrong bearer token' } });
+
   // removeAdditional: false, so unknown properties are refused (400) rather than silently dropped;
   // coerceTypes: false, so a body's "afterSeq": "3" or "delete": "true" is refused rather than read
   // as 3 or true (the query's limit, text by nature, is read as a number in preValidation below).
   // return503OnClosing: false, so a request that arrives while closing gets our error shape (onRequest below).
-  const app = Fastify({ bodyLimit: options.bodyLimitBytes ?? 1024 * 1024, logger: false, return503OnClosing: false, ajv: { customOptions: { removeAdditional: false, coerceTypes: false } } });
+  // maxParamLength: path parameters are 1..200 chars (Fastify's default of 100 cut off valid
+  // entity ids of 101..128 chars); frameworkErrors answers a longer one, or a malformed
+  // %-escape, which the router refuses before any hook runs.
+  const app = Fastify({
+    bodyLimit: options.bodyLimitBytes ?? 1024 * 1024,
+    logger: false,
+    return503OnClosing: false,
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false } },
+    routerOptions: { maxParamLength: MAX_PARAM_CHARS },
+    frameworkErrors: (err, request: FastifyRequest, reply: FastifyReply) => {
+      if (!authorized(request)) return unauthorized(reply);
+      const message = err.code === 'FST_ERR_MAX_PARAM_LENGTH' ? `a path parameter is longer than ${MAX_PARAM_CHARS} chars` : err.message;
+      return reply.code(400).send({ error: { code: 'BAD_REQUEST', message } });
+    },
+  });
   await app.register(swagger, {
     openapi: {
       info: { title: 'fieldmesh HQ API', version: '1.0.0', description: 'Entities, ops, devices, conflicts and live status of a fieldmesh team. Reference: docs/api.md.' },
@@ -127,12 +150,8 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
   });
 
   let closing = false;
-  const expected = Buffer.from(`Bearer ${options.token}`);
   app.addHook('onRequest', async (request, reply) => {
-    const given = Buffer.from(request.headers.authorization ?? '');
-    if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
-      return reply.code(401).header('www-authenticate', 'Bearer').send({ error: { code: 'UNAUTHORIZED', message: 'missing or wrong bearer token' } });
-    }
+    if (!authorized(request)) return unauthorized(reply);
     if (closing) return reply.code(503).header('connection', 'close').send({ error: { code: 'SHUTTING_DOWN', message: 'HQ\'s API is shutting down' } });
   });
   // The one number a query string carries: digits only, so "1e3" or "5.0" stays text and is refused.
@@ -174,7 +193,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
     return reply.code(404).send({ error: { code: 'NOT_FOUND', message: `no route ${request.method} ${path}` } });
   });
 
-  const params = (...names: string[]) => ({ type: 'object', properties: Object.fromEntries(names.map((n) => [n, { type: 'string', minLength: 1, maxLength: 200 }])), required: names });
+  const params = (...names: string[]) => ({ type: 'object', properties: Object.fromEntries(names.map((n) => [n, { type: 'string', minLength: 1, maxLength: MAX_PARAM_CHARS }])), required: names });
   const errors = (...statuses: number[]) => Object.fromEntries(statuses.map((status) => [status, error]));
 
   /** UNKNOWN_DOMAIN (400), as a write to an undeclared domain gives. */

@@ -941,6 +941,24 @@ describe('hostile input from an acceptance run', () => {
     expectError(await call('GET', path.replace('$hq', server.device)), 400, 'BAD_REQUEST');
   });
 
+  it('serves entity ids of every valid length (up to 128 chars); a longer path parameter or a malformed path is a 400 in the API\'s shape, behind the token', async () => {
+    const { server, call } = await setup();
+    const longest = 'e'.repeat(128);
+    expect((await call('PUT', `/v1/entities/note/${longest}`, { body: { fields: { text: 'a' } } })).status).toBe(201);
+    expect((await call('GET', `/v1/entities/note/${longest}`)).body).toMatchObject({ entity: longest, fields: { text: 'a' } });
+    expect((await call('GET', `/v1/entities/note/${longest}/history`)).body).toHaveLength(1);
+    expect((await call('DELETE', `/v1/entities/note/${longest}`)).status).toBe(200);
+    expectError(await call('PUT', `/v1/entities/note/${'e'.repeat(129)}`, { body: { fields: { text: 'a' } } }), 400, 'BAD_OP_FIELD');
+    const ops = await server.ops();
+
+    for (const path of [`/v1/entities/note/${'e'.repeat(201)}`, '/v1/entities/note/%ZZ']) {
+      expectError(await call('GET', path), 400, 'BAD_REQUEST');
+      expectError(await call('PUT', path, { body: { fields: { text: 'a' } } }), 400, 'BAD_REQUEST');
+      expectError(await call('GET', path, { token: null }), 401, 'UNAUTHORIZED');
+    }
+    expect(await server.ops()).toEqual(ops);
+  });
+
   it('refuses a string that is not well-formed UTF-16 (a lone surrogate) with 400 BAD_VALUE: HQ would show it as written, every other node as U+FFFD', async () => {
     const { server, call } = await setup();
     expectError(await call('PUT', '/v1/entities/note/n-1', { raw: '{"fields":{"text":"fire \\ud800"}}' }), 400, 'BAD_VALUE');
