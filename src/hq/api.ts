@@ -8,6 +8,8 @@
 import swagger from '@fastify/swagger';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { timingSafeEqual } from 'node:crypto';
+import { STATUS_CODES } from 'node:http';
+import type { Socket } from 'node:net';
 import { decodeCertificate, ROLES, type Role } from '../core/cert.ts';
 import { FieldmeshError, InvalidInputError, RuleViolationError } from '../core/errors.ts';
 import { isDeviceId, type DeviceId } from '../core/keys.ts';
@@ -98,6 +100,23 @@ function fieldsFromJson(fields: unknown): Fields {
 /** Our codes for the 4xx errors Fastify raises itself (body parsing, limits). */
 const FASTIFY_CODES: Readonly<Record<number, string>> = { 400: 'BAD_REQUEST', 404: 'NOT_FOUND', 405: 'METHOD_NOT_ALLOWED', 413: 'TOO_LARGE', 415: 'UNSUPPORTED_MEDIA_TYPE' };
 
+/**
+ * What Node's HTTP parser refuses before Fastify sees a request (an unknown method, a malformed
+ * request line or header, headers over Node's limit, a request too slow to arrive), answered in
+ * our error shape like everything else; the connection then closes, as Node's own answer does.
+ */
+function clientError(err: Error & { code?: string }, socket: Socket): void {
+  if (err.code === 'ECONNRESET' || socket.destroyed) return;
+  const [status, code, message] =
+    err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+      ? [408, 'TIMEOUT', 'the request did not arrive in time']
+      : err.code === 'HPE_HEADER_OVERFLOW'
+        ? [431, 'TOO_LARGE', 'the request headers are too large']
+        : [400, 'BAD_REQUEST', `malformed HTTP request (${err.code ?? err.message})`];
+  const body = JSON.stringify({ error: { code, message } });
+  socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+}
+
 export async function buildApi(node: FieldNode, options: ApiOptions): Promise<FastifyInstance> {
   const expected = Buffer.from(`Bearer ${options.token}`);
   const authorized = (request: FastifyRequest) => {
@@ -119,6 +138,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
     return503OnClosing: false,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false } },
     routerOptions: { maxParamLength: MAX_PARAM_CHARS },
+    clientErrorHandler: clientError,
     frameworkErrors: (err, request: FastifyRequest, reply: FastifyReply) => {
       if (!authorized(request)) return unauthorized(reply);
       const message = err.code === 'FST_ERR_MAX_PARAM_LENGTH' ? `a path parameter is longer than ${MAX_PARAM_CHARS} chars` : err.message;

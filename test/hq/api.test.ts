@@ -8,6 +8,7 @@
  * and twice, 201 on create, content types (415) and malformed base64.
  */
 import { cp, mkdir, writeFile } from 'node:fs/promises';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { Ajv } from 'ajv';
 import { describe, expect, it } from 'vitest';
@@ -957,6 +958,25 @@ describe('hostile input from an acceptance run', () => {
       expectError(await call('GET', path, { token: null }), 401, 'UNAUTHORIZED');
     }
     expect(await server.ops()).toEqual(ops);
+  });
+
+  // Node's HTTP parser refuses these before Fastify sees a request; the answer is still ours.
+  it.each([
+    ['an unknown method', 'FROB /v1/status HTTP/1.1'],
+    ['a malformed request line', 'GET /v1/status HTTP/9.9 extra'],
+  ])('answers %s with 400 BAD_REQUEST in the API\'s error shape', async (_name, requestLine) => {
+    const { base } = await setup();
+    const { hostname, port } = new URL(base);
+    const answer = await within('the answer to a malformed request', new Promise<string>((resolve, reject) => {
+      let text = '';
+      const socket = connect(Number(port), hostname, () => socket.write(`${requestLine}\r\nhost: x\r\nauthorization: Bearer ${TOKEN}\r\n\r\n`));
+      socket.on('data', (chunk: Buffer) => (text += chunk.toString('utf8')));
+      socket.on('close', () => resolve(text));
+      socket.on('error', reject);
+    }));
+    const [head, body] = answer.split('\r\n\r\n');
+    expect(head).toMatch(/^HTTP\/1\.1 400 /);
+    expect(JSON.parse(body!)).toEqual({ error: { code: 'BAD_REQUEST', message: expect.any(String) } });
   });
 
   it('refuses a string that is not well-formed UTF-16 (a lone surrogate) with 400 BAD_VALUE: HQ would show it as written, every other node as U+FFFD', async () => {
