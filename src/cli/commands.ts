@@ -106,12 +106,25 @@ export const COMMANDS = {
   get: async (node: FieldNode, p: Params) => node.get(knownDomain(node, str(p, 'domain')), str(p, 'entity')),
   query: async (node: FieldNode, p: Params) => node.query(knownDomain(node, str(p, 'domain')), { where: (p.where ?? {}) as Fields, limit: optInt(p, 'limit', 1, MAX_LIST_LIMIT) ?? 1000 }),
   ops: async (node: FieldNode, p: Params) => {
+    // A filter that can never match is a typo: refused, as HQ's API refuses it, not answered with [].
+    const [{ OP_TYPES }, { isDeviceId }] = await Promise.all([import('../core/op.ts'), import('../core/keys.ts')]);
+    const oneOf = (k: string, allowed: readonly string[]) => {
+      const v = optStr(p, k);
+      if (v && !allowed.includes(v)) throw new InvalidInputError('BAD_ARGUMENT', `${k} must be one of ${allowed.join(', ')}, got ${JSON.stringify(v)}`, { param: k });
+      return v;
+    };
+    const type = oneOf('type', OP_TYPES);
+    const status = oneOf('status', STATUSES);
+    const domain = optStr(p, 'domain');
+    if (domain) knownDomain(node, domain);
+    const device = optStr(p, 'device');
+    if (device && !isDeviceId(device)) throw new InvalidInputError('BAD_DEVICE_ID', `device must be a device id (an Ed25519 PeerId), got ${JSON.stringify(p.device).slice(0, 90)}`, { param: 'device' });
     const filter: OpFilter = {
-      ...(optStr(p, 'type') ? { type: optStr(p, 'type') as OpFilter['type'] } : {}),
-      ...(optStr(p, 'domain') ? { domain: optStr(p, 'domain')! } : {}),
+      ...(type ? { type: type as OpFilter['type'] } : {}),
+      ...(domain ? { domain } : {}),
       ...(optStr(p, 'entity') ? { entity: optStr(p, 'entity')! } : {}),
-      ...(optStr(p, 'device') ? { device: optStr(p, 'device')! } : {}),
-      ...(optStr(p, 'status') ? { status: optStr(p, 'status') as StatusName } : {}),
+      ...(device ? { device } : {}),
+      ...(status ? { status: status as StatusName } : {}),
       limit: optInt(p, 'limit', 1, MAX_LIST_LIMIT) ?? 1000,
     };
     return node.ops(filter);

@@ -16,6 +16,7 @@ import { Command, CommanderError, InvalidArgumentError, Option } from 'commander
 import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { Role } from '../core/cert.ts';
+import type { OpType } from '../core/op.ts';
 import { FieldmeshError, InvalidInputError } from '../core/errors.ts';
 import type { LinkInfo } from '../net/mesh.ts';
 import type { FieldNode } from '../node/field-node.ts';
@@ -31,6 +32,8 @@ enableCompileCache();
 class UsageError extends InvalidInputError {}
 
 const ROLE_CHOICES = ['server', 'gateway', 'field'] as const satisfies readonly Role[];
+/** The op types `ops --type` takes (listed here: core/op.ts is more than a usage check should load). */
+const OP_TYPE_CHOICES = ['create', 'update', 'delete', 'resolve', 'receipt', 'revoke'] as const satisfies readonly OpType[];
 
 const program = new Command('fieldmesh')
   .description('Offline-first sync for field teams: signed op logs gossiped over libp2p, forwarded to HQ.')
@@ -410,7 +413,7 @@ nodeCommand('delete', 'delete an entity')
   });
 
 nodeCommand('ops', 'list ops, filtered')
-  .option('--type <type>')
+  .addOption(new Option('--type <type>').choices(OP_TYPE_CHOICES))
   .option('--domain <domain>')
   .option('--entity <entity>')
   .option('--device <device>')

@@ -9,6 +9,15 @@ export type Value = null | boolean | number | string | Uint8Array | readonly Val
 export type Fields = { readonly [field: string]: Value };
 
 const FIELD_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+/** A UTF-16 surrogate not part of a pair (in `u` mode a pair is one code point, which this does not match). */
+const LONE_SURROGATE = /\p{Surrogate}/u;
+/**
+ * Encoding turns a lone surrogate into U+FFFD: the node that wrote such a string would keep it
+ * while every node that decodes the op shows U+FFFD. Strings and map keys alike are refused.
+ */
+const checkWellFormed = (text: string, path: string) => {
+  if (LONE_SURROGATE.test(text)) throw new InvalidInputError('BAD_VALUE', `${path} holds a lone UTF-16 surrogate (not well-formed Unicode)`, { path });
+};
 
 export function checkFieldName(name: string): void {
   // '__proto__' is the one name a plain object cannot hold by assignment (it sets the prototype),
@@ -48,6 +57,7 @@ export function checkValue(value: unknown, path: string, depth = 0): asserts val
   if (typeof value === 'string') {
     // cborg's decoder drops a leading byte-order mark: such a string would not decode to itself.
     if (value.charCodeAt(0) === 0xfeff) throw new InvalidInputError('BAD_VALUE', `${path} starts with a byte-order mark (U+FEFF)`, { path });
+    checkWellFormed(value, path);
     return;
   }
   if (value === null || typeof value === 'boolean' || value instanceof Uint8Array) return;
@@ -67,7 +77,10 @@ export function checkValue(value: unknown, path: string, depth = 0): asserts val
     return;
   }
   if (typeof value === 'object' && Object.getPrototypeOf(value) === Object.prototype) {
-    for (const [key, item] of Object.entries(value)) checkValue(item, `${path}.${key}`, depth + 1);
+    for (const [key, item] of Object.entries(value)) {
+      checkWellFormed(key, `${path}.${key}`);
+      checkValue(item, `${path}.${key}`, depth + 1);
+    }
     return;
   }
   throw new InvalidInputError('BAD_VALUE', `${path} is not serializable (${describe(value)})`, { path });

@@ -8,6 +8,8 @@
 import swagger from '@fastify/swagger';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { timingSafeEqual } from 'node:crypto';
+import { STATUS_CODES } from 'node:http';
+import type { Socket } from 'node:net';
 import { decodeCertificate, ROLES, type Role } from '../core/cert.ts';
 import { FieldmeshError, InvalidInputError, RuleViolationError } from '../core/errors.ts';
 import { isDeviceId, type DeviceId } from '../core/keys.ts';
@@ -46,7 +48,16 @@ const written = {
   properties: { id: { type: 'string' }, seq: { type: 'integer' }, type: { enum: ['create', 'update'] }, status: { enum: [...STATUSES] } },
 } as const;
 const anyObject = { type: 'object', additionalProperties: true } as const;
+/** Longest path parameter ({domain}, {entity}, {device}, {id}). */
+const MAX_PARAM_CHARS = 200;
 const limitQuery = { type: 'integer', minimum: 1, maximum: 10_000, default: 1000 } as const;
+/**
+ * The query string of a route that takes none: any parameter is a typo, refused (400) rather than
+ * ignored. `properties` is there for @fastify/swagger, which would list `type` as a parameter.
+ */
+const noQuery = { type: 'object', additionalProperties: false, properties: {} } as const;
+/** The query string of a list that takes only `limit`. */
+const limitOnly = { type: 'object', additionalProperties: false, properties: { limit: limitQuery } } as const;
 
 /** Byte strings in field values travel as { "$bytes": base64 }, both ways; undefined members are left out. */
 function toJson(value: unknown): unknown {
@@ -89,10 +100,51 @@ function fieldsFromJson(fields: unknown): Fields {
 /** Our codes for the 4xx errors Fastify raises itself (body parsing, limits). */
 const FASTIFY_CODES: Readonly<Record<number, string>> = { 400: 'BAD_REQUEST', 404: 'NOT_FOUND', 405: 'METHOD_NOT_ALLOWED', 413: 'TOO_LARGE', 415: 'UNSUPPORTED_MEDIA_TYPE' };
 
+/**
+ * What Node's HTTP parser refuses before Fastify sees a request (an unknown method, a malformed
+ * request line or header, headers over Node's limit, a request too slow to arrive), answered in
+ * our error shape like everything else; the connection then closes, as Node's own answer does.
+ */
+function clientError(err: Error & { code?: string }, socket: Socket): void {
+  if (err.code === 'ECONNRESET' || socket.destroyed) return;
+  const [status, code, message] =
+    err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+      ? [408, 'TIMEOUT', 'the request did not arrive in time']
+      : err.code === 'HPE_HEADER_OVERFLOW'
+        ? [431, 'TOO_LARGE', 'the request headers are too large']
+        : [400, 'BAD_REQUEST', `malformed HTTP request (${err.code ?? err.message})`];
+  const body = JSON.stringify({ error: { code, message } });
+  socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+}
+
 export async function buildApi(node: FieldNode, options: ApiOptions): Promise<FastifyInstance> {
-  // removeAdditional: false, so unknown properties are refused (400) rather than silently dropped.
+  const expected = Buffer.from(`Bearer ${options.token}`);
+  const authorized = (request: FastifyRequest) => {
+    const given = Buffer.from(request.headers.authorization ?? '');
+    return given.length === expected.length && timingSafeEqual(given, expected);
+  };
+  const unauthorized = (reply: FastifyReply) => reply.code(401).header('www-authenticate', 'Bearer').send({ error: { code: 'UNAUTHORIZED', message: 'missing or wrong bearer token' } });
+
+  // removeAdditional: false, so unknown properties are refused (400) rather than silently dropped;
+  // coerceTypes: false, so a body's "afterSeq": "3" or "delete": "true" is refused rather than read
+  // as 3 or true (the query's limit, text by nature, is read as a number in preValidation below).
   // return503OnClosing: false, so a request that arrives while closing gets our error shape (onRequest below).
-  const app = Fastify({ bodyLimit: options.bodyLimitBytes ?? 1024 * 1024, logger: false, return503OnClosing: false, ajv: { customOptions: { removeAdditional: false } } });
+  // maxParamLength: path parameters are 1..200 chars (Fastify's default of 100 cut off valid
+  // entity ids of 101..128 chars); frameworkErrors answers a longer one, or a malformed
+  // %-escape, which the router refuses before any hook runs.
+  const app = Fastify({
+    bodyLimit: options.bodyLimitBytes ?? 1024 * 1024,
+    logger: false,
+    return503OnClosing: false,
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false } },
+    routerOptions: { maxParamLength: MAX_PARAM_CHARS },
+    clientErrorHandler: clientError,
+    frameworkErrors: (err, request: FastifyRequest, reply: FastifyReply) => {
+      if (!authorized(request)) return unauthorized(reply);
+      const message = err.code === 'FST_ERR_MAX_PARAM_LENGTH' ? `a path parameter is longer than ${MAX_PARAM_CHARS} chars` : err.message;
+      return reply.code(400).send({ error: { code: 'BAD_REQUEST', message } });
+    },
+  });
   await app.register(swagger, {
     openapi: {
       info: { title: 'fieldmesh HQ API', version: '1.0.0', description: 'Entities, ops, devices, conflicts and live status of a fieldmesh team. Reference: docs/api.md.' },
@@ -118,13 +170,14 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
   });
 
   let closing = false;
-  const expected = Buffer.from(`Bearer ${options.token}`);
   app.addHook('onRequest', async (request, reply) => {
-    const given = Buffer.from(request.headers.authorization ?? '');
-    if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
-      return reply.code(401).header('www-authenticate', 'Bearer').send({ error: { code: 'UNAUTHORIZED', message: 'missing or wrong bearer token' } });
-    }
+    if (!authorized(request)) return unauthorized(reply);
     if (closing) return reply.code(503).header('connection', 'close').send({ error: { code: 'SHUTTING_DOWN', message: 'HQ\'s API is shutting down' } });
+  });
+  // The one number a query string carries: digits only, so "1e3" or "5.0" stays text and is refused.
+  app.addHook('preValidation', async (request) => {
+    const query = request.query as Record<string, unknown>;
+    if (typeof query.limit === 'string' && /^\d+$/.test(query.limit)) query.limit = Number(query.limit);
   });
   app.setErrorHandler(async (err: Error & { validation?: unknown; statusCode?: number; code?: string }, _request, reply) => {
     if (err.validation !== undefined) return reply.code(400).send({ error: { code: 'BAD_REQUEST', message: err.message } });
@@ -160,7 +213,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
     return reply.code(404).send({ error: { code: 'NOT_FOUND', message: `no route ${request.method} ${path}` } });
   });
 
-  const params = (...names: string[]) => ({ type: 'object', properties: Object.fromEntries(names.map((n) => [n, { type: 'string', minLength: 1, maxLength: 200 }])), required: names });
+  const params = (...names: string[]) => ({ type: 'object', properties: Object.fromEntries(names.map((n) => [n, { type: 'string', minLength: 1, maxLength: MAX_PARAM_CHARS }])), required: names });
   const errors = (...statuses: number[]) => Object.fromEntries(statuses.map((status) => [status, error]));
 
   /** UNKNOWN_DOMAIN (400), as a write to an undeclared domain gives. */
@@ -181,7 +234,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
 
   app.get('/v1/openapi.json', { schema: { hide: true } }, async () => app.swagger());
 
-  app.get('/v1/status', { schema: { summary: 'Counts per status, the state hash, this node' } }, async () => ({
+  app.get('/v1/status', { schema: { summary: 'Counts per status, the state hash, this node', querystring: noQuery } }, async () => ({
     device: node.device,
     team: node.team,
     counts: await node.counts(),
@@ -195,7 +248,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
       schema: {
         summary: 'Entities of a domain (where: JSON object of field equalities); 400 UNKNOWN_DOMAIN for an undeclared domain',
         params: params('domain'),
-        querystring: { type: 'object', properties: { limit: limitQuery, where: { type: 'string', maxLength: 4096 } } },
+        querystring: { type: 'object', additionalProperties: false, properties: { limit: limitQuery, where: { type: 'string', maxLength: 4096 } } },
         response: errors(400),
       },
     },
@@ -217,7 +270,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
     },
   );
 
-  app.get<{ Params: { domain: string; entity: string } }>('/v1/entities/:domain/:entity', { schema: { summary: 'One entity', params: params('domain', 'entity'), response: errors(400, 404) } }, async (request, reply) => {
+  app.get<{ Params: { domain: string; entity: string } }>('/v1/entities/:domain/:entity', { schema: { summary: 'One entity', params: params('domain', 'entity'), querystring: noQuery, response: errors(400, 404) } }, async (request, reply) => {
     checkDomain(request.params.domain);
     const view = await node.get(request.params.domain, request.params.entity);
     if (view === null) return reply.code(404).send({ error: { code: 'ENTITY_NOT_FOUND', message: `${request.params.domain}/${request.params.entity} does not exist` } });
@@ -230,7 +283,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
       schema: {
         summary: 'The ops of one entity (a deleted entity keeps its history); 404 ENTITY_NOT_FOUND when no op ever named it',
         params: params('domain', 'entity'),
-        querystring: { type: 'object', properties: { limit: limitQuery } },
+        querystring: limitOnly,
         response: errors(400, 404),
       },
     },
@@ -249,6 +302,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
       schema: {
         summary: 'HQ staff edit: create (201) or update (200) an entity (an op in HQ\'s log)',
         params: params('domain', 'entity'),
+        querystring: noQuery,
         body: { type: 'object', properties: { fields: anyObject }, required: ['fields'], additionalProperties: false },
         response: { 200: written, 201: written, ...errors(400, 409, 413, 415) },
       },
@@ -262,7 +316,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
     },
   );
 
-  app.delete<{ Params: { domain: string; entity: string } }>('/v1/entities/:domain/:entity', { schema: { summary: 'HQ staff delete', params: params('domain', 'entity'), response: errors(400, 404) } }, async (request) => {
+  app.delete<{ Params: { domain: string; entity: string } }>('/v1/entities/:domain/:entity', { schema: { summary: 'HQ staff delete', params: params('domain', 'entity'), querystring: noQuery, response: errors(400, 404) } }, async (request) => {
     const r = await node.mutate({ type: 'delete', domain: request.params.domain, entity: request.params.entity });
     return { id: r.id, seq: r.op.seq, status: r.status };
   });
@@ -288,7 +342,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
     },
   );
 
-  app.get('/v1/devices', { schema: { summary: 'Devices (enrolled or with ops): role, user, last op, counts per status, connection' } }, async () => {
+  app.get('/v1/devices', { schema: { summary: 'Devices (enrolled or with ops): role, user, last op, counts per status, connection', querystring: noQuery } }, async () => {
     const peers = new Map(node.peers().map((p) => [p.device, p]));
     const byDevice = new Map((await node.devices()).map((d) => [d.device, d]));
     const enrolled = new Map(node.certificates().map((b) => decodeCertificate(b)).map((c) => [c.device, c]));
@@ -316,7 +370,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
       schema: {
         summary: 'A device\'s ops HQ has not acknowledged, in seq order ([] when none); 404 DEVICE_NOT_FOUND for a device HQ never enrolled',
         params: params('device'),
-        querystring: { type: 'object', properties: { limit: limitQuery } },
+        querystring: limitOnly,
         response: errors(400, 404),
       },
       preValidation: deviceParam,
@@ -332,6 +386,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
     {
       schema: {
         summary: 'Enroll a device: HQ signs its certificate (base64) for the device\'s data dir (device.cert); enrolling again replaces the certificate',
+        querystring: noQuery,
         body: {
           type: 'object',
           additionalProperties: false,
@@ -359,6 +414,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
       schema: {
         summary: 'Revoke a device: its ops after afterSeq (default: all HQ holds) are refused everywhere. The body is optional; revoking again returns the first revocation',
         params: params('device'),
+        querystring: noQuery,
         body: { type: 'object', additionalProperties: false, properties: { reason: { type: 'string', maxLength: 512 }, afterSeq: { type: 'integer', minimum: 0 } } },
         response: errors(400, 404, 409, 415),
       },
@@ -379,7 +435,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
     },
   );
 
-  app.get('/v1/conflicts', { schema: { summary: 'Open manual conflicts with every candidate' } }, async () => toJson(await node.conflicts()));
+  app.get('/v1/conflicts', { schema: { summary: 'Open manual conflicts with every candidate', querystring: noQuery } }, async () => toJson(await node.conflicts()));
 
   app.post<{ Params: { id: string }; Body: { fields?: Fields; delete?: boolean } }>(
     '/v1/conflicts/:id/resolve',
@@ -387,6 +443,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
       schema: {
         summary: 'Resolve a conflict with chosen values, or by deleting the entity',
         params: params('id'),
+        querystring: noQuery,
         body: { type: 'object', additionalProperties: false, properties: { fields: anyObject, delete: { type: 'boolean' } } },
         response: errors(400, 404, 409, 415),
       },
@@ -398,11 +455,11 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
     },
   );
 
-  app.get('/v1/forks', { schema: { summary: 'Fork proofs: devices that wrote two different ops at one seq' } }, async () =>
+  app.get('/v1/forks', { schema: { summary: 'Fork proofs: devices that wrote two different ops at one seq', querystring: noQuery } }, async () =>
     (await node.forkProofs()).map((f) => ({ device: f.device, seq: f.seq, ops: f.ops.map((b) => Buffer.from(b).toString('base64')) })),
   );
 
-  app.get('/v1/retries', { schema: { summary: 'Ops whose judging failed transiently: attempts, last error, next attempt' } }, async () =>
+  app.get('/v1/retries', { schema: { summary: 'Ops whose judging failed transiently: attempts, last error, next attempt', querystring: noQuery } }, async () =>
     [...(options.receipts?.retrying() ?? new Map()).entries()].map(([op, r]) => ({ op, ...r })),
   );
 
@@ -416,7 +473,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
   let eventClients = 0;
   app.get(
     '/v1/events',
-    { schema: { summary: 'Server-Sent Events: op status changes, entity changes and peer events as they happen; the stream ends when HQ\'s API closes', response: errors(503) } },
+    { schema: { summary: 'Server-Sent Events: op status changes, entity changes and peer events as they happen; the stream ends when HQ\'s API closes', querystring: noQuery, response: errors(503) } },
     async (request: FastifyRequest, reply: FastifyReply) => {
       // HEAD (Fastify answers it with this handler) has no body to stream: it would stay open forever.
       if (request.method === 'HEAD') return reply.code(200).header('cache-control', 'no-cache').type('text/event-stream').send();

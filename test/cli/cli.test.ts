@@ -52,6 +52,7 @@ const usageErrors = (root: string, hqDevice: string): [string[], number, RegExp]
   [['init', '--team', 'x'], 2, /required option '--user <name>' not specified/],
   [['ops', '--limit', 'abc'], 2, /'--limit <n>' argument 'abc' is invalid\. --limit wants an integer from 1 to 100000/],
   [['ops', '--limit', '-5'], 2, /'--limit <n>' argument '-5' is invalid/],
+  [['ops', '--type', 'explode'], 2, /'--type <type>' argument 'explode' is invalid\. Allowed choices are create, update, delete, resolve, receipt, revoke/],
   [['query', 'case', '--limit', '0'], 2, /'--limit <n>' argument '0' is invalid/],
   [['revoke', hqDevice, '--after-seq', '1.5'], 2, /'--after-seq <n>' argument '1\.5' is invalid/],
   [['enroll', '--hq', 'x', '--user', 'u', '--valid-days', '7x'], 2, /'--valid-days <n>' argument '7x' is invalid/],

@@ -67,4 +67,17 @@ describe('control socket', () => {
     expect(JSON.parse((await reply).trim())).toMatchObject({ id: null, error: { code: 'TOO_LARGE' } });
     expect(await callRunning(dir, 'get', { domain: 'note', entity: 'missing' })).toEqual({ result: null });
   });
+
+  // As HQ's API refuses them (400): a typo in `fieldmesh ops --domain/--device/--type` must not
+  // pass for "no such ops". The command table is the same with or without a running node.
+  it('refuses an ops filter that can never match: an undeclared domain, a malformed device id, an unknown type or status', async () => {
+    const dir = await running();
+    await callRunning(dir, 'put', { domain: 'note', entity: 'n1', fields: { text: 'hello' } });
+    await expect(callRunning(dir, 'ops', { domain: 'nope' })).rejects.toMatchObject({ code: 'UNKNOWN_DOMAIN' });
+    await expect(callRunning(dir, 'ops', { device: 'junk' })).rejects.toMatchObject({ code: 'BAD_DEVICE_ID' });
+    await expect(callRunning(dir, 'ops', { type: 'explode' })).rejects.toMatchObject({ code: 'BAD_ARGUMENT' });
+    await expect(callRunning(dir, 'ops', { status: 'done' })).rejects.toMatchObject({ code: 'BAD_ARGUMENT' });
+    const { result: [op] } = (await callRunning(dir, 'ops', { type: 'create', domain: 'note', status: 'synced' })) as { result: { device: string }[] };
+    expect((await callRunning(dir, 'ops', { device: op!.device, type: 'create', domain: 'note', status: 'synced' }))!.result).toHaveLength(1);
+  });
 });

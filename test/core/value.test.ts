@@ -38,6 +38,20 @@ describe('checkValue', () => {
     expectCoreError(() => checkValue(value, 'v'), InvalidInputError, 'BAD_VALUE');
   });
 
+  // Encoding would turn a lone surrogate into U+FFFD: the writer would show one value, every other node another.
+  it.each([
+    ['a lone high surrogate', 'fire \ud800'],
+    ['a lone low surrogate', '\udc00'],
+    ['a lone surrogate in a nested array', ['ok', ['\ud83d']]],
+    ['a lone surrogate in a map key', { a: { '\ud800': 1 } }],
+  ])('refuses %s with BAD_VALUE', (_, value) => {
+    expectCoreError(() => checkValue(value, 'v'), InvalidInputError, 'BAD_VALUE');
+  });
+
+  it('accepts surrogate pairs (characters beyond the BMP) in strings and map keys', () => {
+    expect(() => checkValue({ '\ud83d\ude92': ['fire \ud83d\ude92', '🚒'] }, 'v')).not.toThrow();
+  });
+
   it('bounds nesting depth', () => {
     expect(() => checkValue(nested(LIMITS.maxValueDepth), 'v')).not.toThrow();
     expectCoreError(() => checkValue(nested(LIMITS.maxValueDepth + 1), 'v'), InvalidInputError, 'VALUE_TOO_DEEP');

@@ -8,6 +8,7 @@
  * and twice, 201 on create, content types (415) and malformed base64.
  */
 import { cp, mkdir, writeFile } from 'node:fs/promises';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { Ajv } from 'ajv';
 import { describe, expect, it } from 'vitest';
@@ -888,5 +889,102 @@ describe('enrollment edge cases', () => {
     expect((await call('POST', `/v1/devices/${device}/revoke`)).status).toBe(200);
     expectError(await call('POST', '/v1/devices', { body: { device, user: 'jo', role: 'field' } }), 409, 'DEVICE_REVOKED');
     expect(server.roleOf(device)).toBe('gateway');
+  });
+});
+
+describe('hostile input from an acceptance run', () => {
+  // A JSON body is never coerced: "3" is not 3 and 5 is not "5". A coerced afterSeq revoked a
+  // device, and a coerced "true" resolved a conflict by deleting its entity.
+  it.each([
+    ['a revocation\'s afterSeq as a string', 'POST', '/v1/devices/$device/revoke', { afterSeq: '3' }],
+    ['a revocation\'s reason as a number', 'POST', '/v1/devices/$device/revoke', { reason: 5 }],
+    ['an enrollment\'s validDays as a string', 'POST', '/v1/devices', { device: '$device', user: 'x', role: 'field', validDays: '30' }],
+    ['an enrollment\'s user as a number', 'POST', '/v1/devices', { device: '$device', user: 7, role: 'field' }],
+    ['a resolution\'s delete as a string', 'POST', '/v1/conflicts/$conflict/resolve', { delete: 'true' }],
+  ] as const)('refuses a body member of the wrong type with 400 BAD_REQUEST, nothing changed: %s', async (_name, method, path, body) => {
+    // No receipt issuer: nothing but the request may change HQ's ops.
+    const { server, team, call } = await setup({ startIssuer: false });
+    const { key } = await loadOrCreateDeviceKey(await hq.dir());
+    const device = key.signer.device;
+    expect((await call('POST', '/v1/devices', { body: { device, user: 'x', role: 'field' } })).status).toBe(201);
+    // An open conflict on case c-1: the field closes it while HQ staff escalate it.
+    const alice = await team.node('alice');
+    await alice.mutate({ type: 'create', domain: 'case', entity: 'c-1', fields: { title: 'Fire', status: 'open' } });
+    await server.importBundle(await alice.exportBundle());
+    await alice.mutate({ type: 'update', domain: 'case', entity: 'c-1', fields: { status: 'closed' } });
+    await call('PUT', '/v1/entities/case/c-1', { body: { fields: { status: 'escalated' } } });
+    await server.importBundle(await alice.exportBundle(server.versionVector()));
+    const [conflict] = await server.conflicts();
+    expect(conflict).toBeDefined();
+    const hash = await server.stateHash();
+    const ops = await server.ops();
+    const certificates = server.certificates();
+    const resolved = (text: string) => text.replaceAll('$device', device).replaceAll('$conflict', conflict!.id);
+
+    expectError(await call(method, resolved(path), { body: JSON.parse(resolved(JSON.stringify(body))) }), 400, 'BAD_REQUEST');
+    expect(await server.stateHash()).toBe(hash);
+    expect(await server.ops()).toEqual(ops);
+    expect(server.isRevoked(device)).toBe(false);
+    expect(server.certificates()).toEqual(certificates);
+    expect((await server.conflicts()).map((c) => c.id)).toEqual([conflict!.id]);
+  });
+
+  it.each([
+    ['GET /v1/entities/:domain', '/v1/entities/case?limt=5'],
+    ['GET /v1/entities/:domain/:entity/history', '/v1/entities/case/c-1/history?lmit=1'],
+    ['GET /v1/devices/:device/queue', '/v1/devices/$hq/queue?lmit=1'],
+    ['GET /v1/status', '/v1/status?verbose=1'],
+    ['GET /v1/devices', '/v1/devices?role=field'],
+    ['GET /v1/conflicts', '/v1/conflicts?domain=case'],
+  ])('refuses an unknown query parameter with 400 BAD_REQUEST: %s', async (_name, path) => {
+    const { server, call } = await setup();
+    await call('PUT', '/v1/entities/case/c-1', { body: { fields: { title: 'Fire' } } });
+    expectError(await call('GET', path.replace('$hq', server.device)), 400, 'BAD_REQUEST');
+  });
+
+  it('serves entity ids of every valid length (up to 128 chars); a longer path parameter or a malformed path is a 400 in the API\'s shape, behind the token', async () => {
+    const { server, call } = await setup();
+    const longest = 'e'.repeat(128);
+    expect((await call('PUT', `/v1/entities/note/${longest}`, { body: { fields: { text: 'a' } } })).status).toBe(201);
+    expect((await call('GET', `/v1/entities/note/${longest}`)).body).toMatchObject({ entity: longest, fields: { text: 'a' } });
+    expect((await call('GET', `/v1/entities/note/${longest}/history`)).body).toHaveLength(1);
+    expect((await call('DELETE', `/v1/entities/note/${longest}`)).status).toBe(200);
+    expectError(await call('PUT', `/v1/entities/note/${'e'.repeat(129)}`, { body: { fields: { text: 'a' } } }), 400, 'BAD_OP_FIELD');
+    const ops = await server.ops();
+
+    for (const path of [`/v1/entities/note/${'e'.repeat(201)}`, '/v1/entities/note/%ZZ']) {
+      expectError(await call('GET', path), 400, 'BAD_REQUEST');
+      expectError(await call('PUT', path, { body: { fields: { text: 'a' } } }), 400, 'BAD_REQUEST');
+      expectError(await call('GET', path, { token: null }), 401, 'UNAUTHORIZED');
+    }
+    expect(await server.ops()).toEqual(ops);
+  });
+
+  // Node's HTTP parser refuses these before Fastify sees a request; the answer is still ours.
+  it.each([
+    ['an unknown method', 'FROB /v1/status HTTP/1.1'],
+    ['a malformed request line', 'GET /v1/status HTTP/9.9 extra'],
+  ])('answers %s with 400 BAD_REQUEST in the API\'s error shape', async (_name, requestLine) => {
+    const { base } = await setup();
+    const { hostname, port } = new URL(base);
+    const answer = await within('the answer to a malformed request', new Promise<string>((resolve, reject) => {
+      let text = '';
+      const socket = connect(Number(port), hostname, () => socket.write(`${requestLine}\r\nhost: x\r\nauthorization: Bearer ${TOKEN}\r\n\r\n`));
+      socket.on('data', (chunk: Buffer) => (text += chunk.toString('utf8')));
+      socket.on('close', () => resolve(text));
+      socket.on('error', reject);
+    }));
+    const [head, body] = answer.split('\r\n\r\n');
+    expect(head).toMatch(/^HTTP\/1\.1 400 /);
+    expect(JSON.parse(body!)).toEqual({ error: { code: 'BAD_REQUEST', message: expect.any(String) } });
+  });
+
+  it('refuses a string that is not well-formed UTF-16 (a lone surrogate) with 400 BAD_VALUE: HQ would show it as written, every other node as U+FFFD', async () => {
+    const { server, call } = await setup();
+    expectError(await call('PUT', '/v1/entities/note/n-1', { raw: '{"fields":{"text":"fire \\ud800"}}' }), 400, 'BAD_VALUE');
+    expectError(await call('PUT', '/v1/entities/note/n-1', { raw: '{"fields":{"meta":{"\\udc00":1}}}' }), 400, 'BAD_VALUE');
+    expect(await server.ops()).toEqual([]);
+    expect((await call('PUT', '/v1/entities/note/n-1', { raw: '{"fields":{"text":"fire \\ud83d\\ude92"}}' })).status).toBe(201);
+    expect((await call('GET', '/v1/entities/note/n-1')).body.fields).toEqual({ text: 'fire 🚒' });
   });
 });
