@@ -363,18 +363,29 @@ function splitHostPort(value: string): [string, number] {
   return [value.slice(0, at), port];
 }
 
-/** The API token: $FIELDMESH_API_TOKEN, else <data>/api.token (made on first use, mode 0600). */
+/**
+ * The API token: $FIELDMESH_API_TOKEN, else <data>/api.token (made on first use, mode 0600).
+ * An empty one is refused: it would lock everyone out (no request can send it).
+ */
 async function apiToken(dir: string): Promise<string> {
-  if (process.env.FIELDMESH_API_TOKEN) return process.env.FIELDMESH_API_TOKEN;
+  if (process.env.FIELDMESH_API_TOKEN !== undefined) {
+    if (process.env.FIELDMESH_API_TOKEN.trim() === '') throw new InvalidInputError('BAD_TOKEN', '$FIELDMESH_API_TOKEN is empty: set a token, or unset it to use <data dir>/api.token');
+    return process.env.FIELDMESH_API_TOKEN;
+  }
   const path = join(dir, 'api.token');
+  let text: string;
   try {
-    return (await readFile(path, 'utf8')).trim();
-  } catch {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new InvalidInputError('BAD_TOKEN', `cannot read ${path}: ${(err as Error).message}`, { path });
     const { randomBytes } = await import('node:crypto');
     const token = randomBytes(24).toString('base64url');
     await writeFile(path, token + '\n', { mode: 0o600 });
     return token;
   }
+  const token = text.trim();
+  if (token === '') throw new InvalidInputError('BAD_TOKEN', `${path} is empty: put a token in it, or remove it and a new one is made`, { path });
+  return token;
 }
 
 const nodeCommand = (name: string, description: string) => program.command(name).description(description);

@@ -56,6 +56,8 @@ const limitQuery = { type: 'integer', minimum: 1, maximum: 10_000, default: 1000
  * ignored. `properties` is there for @fastify/swagger, which would list `type` as a parameter.
  */
 const noQuery = { type: 'object', additionalProperties: false, properties: {} } as const;
+/** A text filter: an empty one (`?entity=`) could never match, so it is refused like any typo. */
+const filterText = { type: 'string', minLength: 1, maxLength: MAX_PARAM_CHARS } as const;
 /** The query string of a list that takes only `limit`. */
 const limitOnly = { type: 'object', additionalProperties: false, properties: { limit: limitQuery } } as const;
 
@@ -118,6 +120,8 @@ function clientError(err: Error & { code?: string }, socket: Socket): void {
 }
 
 export async function buildApi(node: FieldNode, options: ApiOptions): Promise<FastifyInstance> {
+  // No request can send an empty token (nor one with spaces around it): it would lock everyone out.
+  if (options.token.trim() === '' || options.token !== options.token.trim()) throw new InvalidInputError('BAD_TOKEN', 'the API token must be non-empty, without spaces around it');
   const expected = Buffer.from(`Bearer ${options.token}`);
   const authorized = (request: FastifyRequest) => {
     const given = Buffer.from(request.headers.authorization ?? '');
@@ -329,7 +333,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
         querystring: {
           type: 'object',
           additionalProperties: false,
-          properties: { type: { enum: [...OP_TYPES] }, domain: { type: 'string' }, entity: { type: 'string' }, device: { type: 'string' }, status: { enum: [...STATUSES] }, limit: limitQuery },
+          properties: { type: { enum: [...OP_TYPES] }, domain: filterText, entity: filterText, device: filterText, status: { enum: [...STATUSES] }, limit: limitQuery },
         },
         response: errors(400),
       },

@@ -279,6 +279,17 @@ describe('commands on data dirs no node holds', () => {
     expect(report.problems.length).toBeGreaterThan(0);
     expect(report.problems[0]).toMatchObject({ device: alice.device, seq: 2, code: expect.any(String), message: expect.any(String) });
   });
+
+  it('start --api refuses an empty api.token (it would lock everyone out) and leaves the file alone', async () => {
+    const root = await cli.dir();
+    const { dirs } = await team(root, []);
+    const tokenFile = join(dirs.hq!.dir, 'api.token');
+    await writeFile(tokenFile, ' \n', { mode: 0o600 });
+    const r = await cli.run(['-d', dirs.hq!.dir, 'start', '--listen', '/ip4/127.0.0.1/tcp/0', '--api', '127.0.0.1:0']);
+    expect(r.code, r.stderr).toBe(1);
+    expect(r.stderr).toBe(`fieldmesh: ${tokenFile} is empty: put a token in it, or remove it and a new one is made [BAD_TOKEN]\n`);
+    expect(await readFile(tokenFile, 'utf8')).toBe(' \n');
+  });
 });
 
 describe('running nodes', () => {

@@ -85,6 +85,16 @@ const expectError = (reply: Reply, status: number, code?: string) => {
   if (code !== undefined) expect(reply.body.error.code).toBe(code);
 };
 
+describe('the token', () => {
+  it('buildApi refuses an empty token, or one with spaces around it, that no request could send', async () => {
+    const team = await hq.team(DOMAINS);
+    const server = await team.hq();
+    for (const token of ['', '  ', ' secret', 'secret\n']) {
+      await expect(buildApi(server, { token })).rejects.toMatchObject({ code: 'BAD_TOKEN' });
+    }
+  });
+});
+
 describe('entities and status', () => {
   it('status, PUT create and update, entity lists with where and limit, one entity, history, DELETE', async () => {
     const { server, call } = await setup();
@@ -519,6 +529,7 @@ describe('bad requests', () => {
     expectError(await call('GET', '/v1/ops?type=explode'), 400, 'BAD_REQUEST');
     expectError(await call('GET', '/v1/ops?limit=0'), 400, 'BAD_REQUEST');
     expectError(await call('GET', '/v1/ops?limit=many'), 400, 'BAD_REQUEST');
+    for (const filter of ['entity', 'domain', 'device']) expectError(await call('GET', `/v1/ops?${filter}=`), 400, 'BAD_REQUEST');
     expectError(await call('GET', '/v1/entities/case?limit=100000'), 400, 'BAD_REQUEST');
     expectError(await call('GET', `/v1/entities/case?where=${encodeURIComponent('{status:open}')}`), 400, 'BAD_REQUEST');
     expectError(await call('GET', `/v1/entities/case?where=${encodeURIComponent('["a"]')}`), 400, 'BAD_REQUEST');
