@@ -135,7 +135,8 @@ export class Mesh {
   private libp2p: Libp2p | null = null;
   private readonly drivers = new Map<DeviceId, SessionDriver>();
   private readonly pending = new Set<SessionDriver>();
-  private readonly penalties = new Map<string, number>();
+  /** Peers we refused for a fault: not dialled nor accepted before `untilMs`. */
+  private readonly penalties = new Map<string, { readonly untilMs: number; readonly code: string }>();
   private readonly redial = new Map<string, { attempt: number; nextMs: number; lastError: string | null }>();
   private readonly connectedSince = new Map<DeviceId, number>();
   /** Static peer addresses with a dial or an unadmitted session under way. */
@@ -183,7 +184,7 @@ export class Mesh {
   }
 
   async start(): Promise<void> {
-    const penalized = (peer: PeerId) => (this.penalties.get(peer.toString()) ?? 0) > Date.now() || this.node.isRevoked(peer.toString());
+    const penalized = (peer: PeerId) => (this.penalties.get(peer.toString())?.untilMs ?? 0) > Date.now() || this.node.isRevoked(peer.toString());
     // libp2p 3 emits `peer:discovery` only for a peer new to its peer store, so after a dropped
     // connection a known peer that mDNS keeps announcing would never be dialled again. Listen to
     // the mDNS service's own `peer` events instead (one per answer, every interval).
@@ -389,7 +390,7 @@ export class Mesh {
         this.drivers.delete(device);
         this.connectedSince.delete(device);
       }
-      if (blame) this.penalties.set(driver.connection.remotePeer.toString(), Date.now() + (this.options.penaltyMs ?? 60_000));
+      if (blame) this.penalties.set(driver.connection.remotePeer.toString(), { untilMs: Date.now() + (this.options.penaltyMs ?? 60_000), code });
       if (blame) void driver.connection.close().catch(() => undefined);
       // Admitted peers, and any peer refused for a fault (bad certificate, bad hello), are reported.
       // (Before admission only the connection's own PeerId is known for sure: a hello may claim anything.)
@@ -430,6 +431,14 @@ export class Mesh {
       const id = this.peerOf(link);
       if ((id !== undefined && this.syncingWith(id)) || this.dialing.has(address)) continue;
       const state = this.redial.get(address) ?? { attempt: 0, nextMs: 0, lastError: null };
+      const penalty = id === undefined ? undefined : this.penalties.get(id);
+      if (penalty !== undefined && penalty.untilMs > now) {
+        // Our own gater would refuse the dial (with libp2p's words): wait the penalty out, and say why.
+        const lastError = `session closed: ${penalty.code}; not dialled again before ${new Date(penalty.untilMs).toISOString()}`;
+        this.redial.set(address, { ...state, nextMs: penalty.untilMs, lastError });
+        soonest = Math.min(soonest, penalty.untilMs);
+        continue;
+      }
       if (state.nextMs > now) {
         soonest = Math.min(soonest, state.nextMs);
         continue;

@@ -145,3 +145,25 @@ describe('a static peer given without /p2p/<id>', () => {
     }
   });
 });
+
+describe('a static peer we refused', () => {
+  it('shows why it was refused and when it is dialled again, rather than our own gater\'s words', async () => {
+    const ours = await lb.team(DOMAINS);
+    const theirs = await lb.team(DOMAINS, 'other-team');
+    const foreignHq = await theirs.hq();
+    await foreignHq.start(LOOPBACK);
+    const [withId] = foreignHq.addresses();
+    const device = await ours.node('dev');
+    await device.start({ ...LOOPBACK, peers: [withId!], redialMinMs: 20, redialMaxMs: 100 });
+    const refused = await waitFor('the link to show the refusal', () => {
+      const link = device.links()[0];
+      return link?.lastError?.includes('not dialled again') === true ? link : undefined;
+    });
+    expect(refused.lastError).toMatch(/^session closed: WRONG_TEAM; not dialled again before \d{4}-\d\d-\d\dT/);
+    expect(refused.connected).toBe(false);
+    // Many redial periods later it still says so (no dial our gater refuses replaces the reason).
+    await sleep(300);
+    expect(device.links()[0]!.lastError).toBe(refused.lastError);
+    expect(device.peers()).toEqual([]);
+  });
+});
