@@ -356,7 +356,10 @@ export function signOp<B extends OpBody>(body: B, signer: DeviceSigner): Op<B> {
   if (sig.length === NO_SIGNATURE.length) bytes.set(sig, bytes.length - sig.length);
   else bytes = envelope(bytes.slice(bytes.length - 2 - NO_SIGNATURE.length - written, bytes.length - 2 - NO_SIGNATURE.length), sig);
   if (bytes.length > LIMITS.maxOpBytes) throw tooLargeError('op', LIMITS.maxOpBytes, bytes.length);
-  return { ...body, id: opIdOf(bytes), bytes };
+  // Decoded from its bytes, not spread from `body`: the author then applies exactly what every
+  // other node decodes (-0 as 0, a Buffer as bytes), and no object of the caller's, changed later,
+  // can change the author's state behind the signature.
+  return parseOpView(bytes).op as unknown as Op<B>;
 }
 
 export interface ParsedOp {

@@ -124,6 +124,28 @@ describe('mutate validation', () => {
   });
 });
 
+describe('what a node shows is what it signed', () => {
+  it('keeps the signed values, not the caller\'s objects: changing them after mutate() changes nothing', async () => {
+    const writer = await temp.open(await temp.dir());
+    const fields = { tags: ['exterior'], where: { site: 'north', bay: 2 }, zero: -0, scan: Buffer.from('hi') };
+    const r = await writer.mutate({ type: 'create', domain: 'evidence', entity: 'e1', fields });
+    fields.tags.push('never signed');
+    fields.where.site = 'south';
+    const shown = (await writer.get('evidence', 'e1'))!.fields;
+    expect(shown).toEqual({ tags: ['exterior'], where: { site: 'north', bay: 2 }, zero: 0, scan: new Uint8Array([104, 105]) });
+    // -0 is signed as 0 and a Buffer as plain bytes: the writer shows what every other node decodes.
+    expect(Object.is(shown.zero, 0)).toBe(true);
+    expect(Object.getPrototypeOf(shown.scan)).toBe(Uint8Array.prototype);
+    expect(r.op).toMatchObject({ fields: shown });
+
+    const reader = await temp.open(await temp.dir());
+    await reader.ingest(await logOf(writer));
+    expect(await reader.get('evidence', 'e1')).toEqual(await writer.get('evidence', 'e1'));
+    expect(await reader.stateHash()).toBe(await writer.stateHash());
+  });
+
+});
+
 describe('subscribe', () => {
   it('yields status and entity events as mutations become durable, and stops after close', async () => {
     const node = await temp.open(await temp.dir());
