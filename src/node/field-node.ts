@@ -28,6 +28,8 @@ import { Store, type StoreLimits } from '../store/store.ts';
 import { TABLES } from '../store/tables.ts';
 import { verifyStore, type VerifyReport } from '../store/verify.ts';
 import { createHash } from 'node:crypto';
+import { equals as equalBytes } from 'uint8arrays';
+import { encodeCanonical } from '../core/cbor.ts';
 import { loadOrCreateDeviceKey, type DeviceKey } from './device-key.ts';
 import { hqCertificate, readDeviceCertificate, readIssued, saveCertificate } from './enroll.ts';
 import { admissionTimeMs, checkAdmission, decodeCertificate, issueCertificate, type Certificate } from '../core/cert.ts';
@@ -629,7 +631,8 @@ export class FieldNode {
   }
 
   /**
-   * Existing entities of a domain in entity-id order, optionally filtered by field equality.
+   * Existing entities of a domain in entity-id order, optionally filtered by field equality
+   * (a field matches an equal value: maps whatever their key order, bytes only bytes).
    * `where` must be a plain object of field values (checked as a change's are: depth, shape),
    * else InvalidInputError (BAD_FIELDS, VALUE_TOO_DEEP, BAD_VALUE).
    */
@@ -641,12 +644,15 @@ export class FieldNode {
     }
     // Before the comparison below walks them (recursively): a value nested thousands deep would overflow the stack.
     for (const [field, value] of Object.entries(given)) checkValue(value, `where.${field}`);
-    const where = Object.entries(given as Readonly<Record<string, Value>>);
+    // Compared by canonical encoding: JSON text depends on the order of a map's keys (and
+    // prints bytes like a map), so an equal map value written in another key order never matched.
+    const where = Object.entries(given as Readonly<Record<string, Value>>).map(([f, v]) => [f, encodeCanonical(v)] as const);
+    const matches = (view: EntityView) => where.every(([f, v]) => view.fields[f] !== undefined && equalBytes(encodeCanonical(view.fields[f]), v));
     const out: EntityView[] = [];
     for await (const [, state] of this.store.scan<EntityState>(TABLES.entity, under(domain))) {
       const view = this.viewFor(state);
       if (!isVisible(view)) continue;
-      if (where.every(([f, v]) => JSON.stringify(view.fields[f]) === JSON.stringify(v))) out.push(view);
+      if (matches(view)) out.push(view);
       if (out.length >= limit) break;
     }
     return out;

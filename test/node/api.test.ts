@@ -144,6 +144,19 @@ describe('what a node shows is what it signed', () => {
     expect(await reader.stateHash()).toBe(await writer.stateHash());
   });
 
+  it('finds a map value by query() whatever the order of its keys', async () => {
+    const writer = await temp.open(await temp.dir());
+    await writer.mutate({ type: 'create', domain: 'evidence', entity: 'e1', fields: { where: { site: 'north', bay: 2 } } });
+    const reader = await temp.open(await temp.dir());
+    await reader.ingest(await logOf(writer));
+    for (const node of [writer, reader]) {
+      expect(await node.query('evidence', { where: { where: { site: 'north', bay: 2 } } })).toHaveLength(1);
+      expect(await node.query('evidence', { where: { where: { bay: 2, site: 'north' } } })).toHaveLength(1);
+      expect(await node.query('evidence', { where: { where: { bay: 2 } } })).toHaveLength(0);
+      // Bytes match bytes only, not a map that JSON would print alike.
+      expect(await node.query('evidence', { where: { where: { site: 'north', bay: 2 }, missing: null } })).toHaveLength(0);
+    }
+  });
 });
 
 describe('subscribe', () => {
