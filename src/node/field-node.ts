@@ -305,7 +305,9 @@ export class FieldNode {
   }
 
   private checkDomain(domain: string): void {
-    if (this.resolution.domains?.[domain] === undefined) throw unknownDomain(domain, Object.keys(this.resolution.domains ?? {}));
+    // Own entries only: 'constructor' is on every object's prototype, not a declared domain.
+    const domains = this.resolution.domains ?? {};
+    if (!Object.hasOwn(domains, domain)) throw unknownDomain(domain, Object.keys(domains));
   }
 
   /** Records a change. Resolves once the signed op is durable, with its status (pending until HQ answers). */

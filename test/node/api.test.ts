@@ -159,6 +159,15 @@ describe('what a node shows is what it signed', () => {
   });
 });
 
+describe('facade input checks', () => {
+  it('refuses a domain that only Object.prototype declares (constructor)', async () => {
+    const node = await temp.open(await temp.dir());
+    await expectRejects(node.mutate({ type: 'create', domain: 'constructor', entity: 'x', fields: {} }), InvalidInputError, 'UNKNOWN_DOMAIN');
+    expect(node.versionVector()).toEqual({});
+  });
+
+});
+
 describe('subscribe', () => {
   it('yields status and entity events as mutations become durable, and stops after close', async () => {
     const node = await temp.open(await temp.dir());
