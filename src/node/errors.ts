@@ -14,3 +14,6 @@ export const conflictNotFound = (conflict: string) =>
 
 export const badChoice = (conflict: string, missing: readonly string[]) =>
   new InvalidInputError('BAD_RESOLUTION', `resolution of ${conflict} must choose a value for ${missing.join(', ')}`, { conflict, missing });
+
+export const badResolution = (conflict: string) =>
+  new InvalidInputError('BAD_RESOLUTION', `resolution of ${conflict} must be {fields: {...}} or {delete: true}`, { conflict });

@@ -33,7 +33,7 @@ import { encodeCanonical } from '../core/cbor.ts';
 import { loadOrCreateDeviceKey, type DeviceKey } from './device-key.ts';
 import { hqCertificate, readDeviceCertificate, readIssued, saveCertificate } from './enroll.ts';
 import { admissionTimeMs, checkAdmission, decodeCertificate, issueCertificate, type Certificate } from '../core/cert.ts';
-import { badChoice, conflictNotFound, entityExists, entityNotFound, unknownDomain } from './errors.ts';
+import { badChoice, badResolution, conflictNotFound, entityExists, entityNotFound, unknownDomain } from './errors.ts';
 import { Subscription } from './subscription.ts';
 // Type-only: libp2p is loaded by start(), so commands that only read a data dir never load it.
 import type { LinkInfo, Mesh, MeshEvent, MeshOptions, PeerInfo } from '../net/mesh.ts';
@@ -178,6 +178,9 @@ export function checkVersionVector(value: unknown): asserts value is VersionVect
     }
   }
 }
+
+const isPlainObject = (value: unknown): value is Record<string, unknown> =>
+  typeof value === 'object' && value !== null && Object.getPrototypeOf(value) === Object.prototype;
 
 const ZERO_COUNTS = (): Record<StatusName, number> => ({ pending: 0, synced: 0, failed: 0, conflict: 0 });
 
@@ -332,8 +335,12 @@ export class FieldNode {
   async resolve(conflictId: OpId, choice: Resolution): Promise<MutationResult> {
     const conflict = (await this.conflicts()).find((c) => c.id === conflictId);
     if (conflict === undefined) throw conflictNotFound(conflictId);
-    const deleting = 'delete' in choice;
-    const fields = deleting ? {} : choice.fields;
+    // Checked by shape, not by `'delete' in choice`: {delete: false} must not delete the entity.
+    const given: unknown = choice;
+    const deleting = isPlainObject(given) && Object.keys(given).length === 1 && given.delete === true;
+    const choosing = isPlainObject(given) && Object.keys(given).length === 1 && 'fields' in given;
+    if (!deleting && !choosing) throw badResolution(conflictId);
+    const fields = deleting ? {} : given.fields;
     checkFields(fields, `resolution of ${conflictId}`);
     if (!deleting) {
       const missing = conflict.fields.map((f) => f.field).filter((f) => f !== '$exists' && !(f in fields));

@@ -166,6 +166,24 @@ describe('facade input checks', () => {
     expect(node.versionVector()).toEqual({});
   });
 
+  it('refuses a resolution that is neither {fields} nor {delete: true}, and deletes nothing', async () => {
+    const a = await temp.open(await temp.dir(), { user: 'alice' });
+    const b = await temp.open(await temp.dir(), { user: 'bob' });
+    await introduce(a, b);
+    const c = await a.mutate({ type: 'create', domain: 'case', entity: 'k', fields: { s: 'open' } });
+    await b.ingest([c.op.bytes]);
+    const mine = await a.mutate({ type: 'update', domain: 'case', entity: 'k', fields: { s: 'A' } });
+    await a.ingest([(await b.mutate({ type: 'update', domain: 'case', entity: 'k', fields: { s: 'B' } })).op.bytes]);
+    const [conflict] = await a.conflicts();
+    expect(conflict).toBeDefined();
+    for (const choice of [null, {}, { delete: false }, { delete: 'yes' }, { delete: true, fields: { s: 'A' } }, { fields: { s: 'A' }, extra: 1 }]) {
+      await expectRejects(a.resolve(conflict!.id, choice as never), InvalidInputError, 'BAD_RESOLUTION');
+    }
+    expect(a.versionVector()[a.device]).toBe(mine.op.seq);
+    expect((await a.get('case', 'k'))!.conflict?.id).toBe(conflict!.id);
+    await a.resolve(conflict!.id, { fields: { s: 'A' } });
+    expect((await a.get('case', 'k'))!.fields).toEqual({ s: 'A' });
+  });
 });
 
 describe('subscribe', () => {
