@@ -24,6 +24,7 @@ import type { EntityState } from '../core/entity.ts';
 import type { OpMeta } from '../store/apply.ts';
 import { ingest, ingestVoids, type IngestResult } from '../store/ingest.ts';
 import { entityKeyOf, logKey, parseSeq, split, under } from '../store/keys.ts';
+import { StoreClosedError } from '../store/errors.ts';
 import { Store, type StoreLimits } from '../store/store.ts';
 import { TABLES } from '../store/tables.ts';
 import { verifyStore, type VerifyReport } from '../store/verify.ts';
@@ -806,8 +807,13 @@ export class FieldNode {
     return verifyStore(this.store, onProgress);
   }
 
-  /** Entity and status changes as they become durable. Close the subscription (or break the loop) to stop. */
+  /**
+   * Entity and status changes as they become durable. Close the subscription (or break the loop)
+   * to stop. Throws StoreClosedError STORE_CLOSED once the node is closed.
+   */
   subscribe(filter: SubscribeFilter = {}): Subscription<NodeEvent> {
+    // After close() no event will ever come: a subscription would wait forever.
+    if (this.store.isClosed) throw new StoreClosedError('STORE_CLOSED', `node ${this.dataDir} is closed`, { path: this.dataDir });
     const listener = (event: NodeEvent) => {
       if (filter.kinds !== undefined && !filter.kinds.includes(event.kind)) return;
       if (event.kind === 'peer') {

@@ -107,7 +107,8 @@ export class Store {
   private head: HeadState = { tips: new Map(), clock: HLC_ZERO, revokedAfter: new Map(), forkedAt: new Map(), orphanVerdicts: 0 };
   private queue: Job[] = [];
   private flushing: Promise<void> | null = null;
-  private closed = false;
+  /** Set by the first close(): every later call waits for the same close. */
+  private closing: Promise<void> | null = null;
 
   private constructor(dir: string, db: Db, options: OpenStoreOptions) {
     this.dir = dir;
@@ -265,6 +266,7 @@ export class Store {
 
   /** Every fork proof held. */
   async forkProofs(): Promise<ForkProof[]> {
+    this.checkOpen();
     const out: ForkProof[] = [];
     for await (const [, proof] of scan<ForkProof>(this.db, this.dir, TABLES.fork)) out.push(proof);
     return out;
@@ -272,6 +274,7 @@ export class Store {
 
   /** Envelopes of `device`'s log from fromSeq, at most toSeq, until maxBytes would be exceeded. */
   async loadRange(device: DeviceId, fromSeq: number, toSeq: number, maxBytes: number): Promise<Uint8Array[]> {
+    this.checkOpen();
     const out: Uint8Array[] = [];
     let bytes = 0;
     for await (const [, op] of scan<Uint8Array>(this.db, this.dir, TABLES.log, { gte: logKey(device, fromSeq), lt: logKey(device, toSeq + 1) })) {
@@ -320,15 +323,18 @@ export class Store {
 
   /** A reader over committed data. */
   reader(): Txn {
+    this.checkOpen();
     return new Txn(this.db, this.dir, this.cache);
   }
 
   scan<T>(table: (typeof TABLES)[keyof typeof TABLES], range?: { gte: string; lt: string }, options?: { limit?: number; reverse?: boolean }) {
+    this.checkOpen();
     return scan<T>(this.db, this.dir, table, range, options, this.cache);
   }
 
   /** Sealed records of a table, unchecked: for verify, which reports bad records instead of stopping. */
   scanRecords(table: (typeof TABLES)[keyof typeof TABLES], range?: { gte: string; lt: string }, options?: { limit?: number; reverse?: boolean }) {
+    this.checkOpen();
     return scanRecords(this.db, this.dir, table, range, options);
   }
 
@@ -338,7 +344,7 @@ export class Store {
    * writing fails its whole batch (nothing of the batch is written).
    */
   write<T>(run: (ctx: ApplyContext) => Promise<T>): Promise<T> {
-    if (this.closed) return Promise.reject(new StoreClosedError('STORE_CLOSED', `store ${this.dir} is closed`));
+    if (this.closing !== null) return Promise.reject(this.closedError());
     return new Promise<T>((resolve, reject) => {
       this.queue.push({ run, resolve: resolve as (v: unknown) => void, reject });
       this.startFlushing();
@@ -473,11 +479,28 @@ export class Store {
     for (const view of ctx.changedViews()) this.events.emit('entity', { kind: 'entity', view } satisfies StoreEvent);
   }
 
-  /** Waits for queued writes, then closes the database. Idempotent. */
-  async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    while (this.flushing !== null) await this.flushing;
-    await this.db.close();
+  get isClosed(): boolean {
+    return this.closing !== null;
+  }
+
+  /**
+   * Reads once close() began fail with STORE_CLOSED, not with LevelDB's untyped error (or, for
+   * verify, a list of made-up problems); rows in the cache are not served either.
+   */
+  private checkOpen(): void {
+    if (this.closing !== null) throw this.closedError();
+  }
+
+  private closedError(): StoreClosedError {
+    return new StoreClosedError('STORE_CLOSED', `store ${this.dir} is closed`, { path: this.dir });
+  }
+
+  /** Waits for queued writes, then closes the database. Idempotent: every call resolves once the data dir is released. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      while (this.flushing !== null) await this.flushing;
+      await this.db.close();
+    })();
+    return this.closing;
   }
 }

@@ -12,6 +12,7 @@ import { deviceIdFromPublicKey } from '../../src/core/keys.ts';
 import { Policy } from '../../src/hq/policy.ts';
 import { FieldNode, type NodeEvent } from '../../src/node/field-node.ts';
 import { SubscriptionOverflowError, type Subscription } from '../../src/node/subscription.ts';
+import { StoreClosedError } from '../../src/store/errors.ts';
 import { accept, DOMAINS, expectRejects, HQ, introduce, logOf, reject, signerOf, TEAM, TestAuthor, useTemp } from './helpers.ts';
 
 const temp = useTemp();
@@ -183,6 +184,46 @@ describe('facade input checks', () => {
     expect((await a.get('case', 'k'))!.conflict?.id).toBe(conflict!.id);
     await a.resolve(conflict!.id, { fields: { s: 'A' } });
     expect((await a.get('case', 'k'))!.fields).toEqual({ s: 'A' });
+  });
+});
+
+describe('after close', () => {
+  it('rejects every call with STORE_CLOSED, subscribe() included', async () => {
+    const node = await temp.open(await temp.dir());
+    await node.mutate({ type: 'create', domain: 'case', entity: 'c1', fields: { a: 1 } });
+    await node.close();
+    const calls: [string, () => Promise<unknown>][] = [
+      ['mutate', () => node.mutate({ type: 'create', domain: 'case', entity: 'c2', fields: {} })],
+      ['get', () => node.get('case', 'c1')],
+      ['query', () => node.query('case')],
+      ['ops', () => node.ops()],
+      ['queue', () => node.queue()],
+      ['counts', () => node.counts()],
+      ['devices', () => node.devices()],
+      ['conflicts', () => node.conflicts()],
+      ['resolve', () => node.resolve('0'.repeat(64), { fields: {} })],
+      ['op', () => node.op('0'.repeat(64))],
+      ['stateHash', () => node.stateHash()],
+      ['verify', () => node.verify()],
+      ['ingest', () => node.ingest([])],
+      ['exportBundle', () => node.exportBundle()],
+    ];
+    for (const [what, call] of calls) {
+      const err = await expectRejects(call(), StoreClosedError, 'STORE_CLOSED');
+      expect(err.message, what).toContain('closed');
+    }
+    expect(() => node.subscribe()).toThrow(StoreClosedError);
+  });
+
+  it('releases the data dir only when every close() call resolves', async () => {
+    const dir = await temp.dir();
+    const node = await temp.open(dir);
+    for (let i = 0; i < 50; i++) void node.mutate({ type: 'create', domain: 'note', entity: `n${i}`, fields: {} });
+    const first = node.close();
+    await node.close();
+    const again = await temp.open(dir);
+    expect(again.versionVector()[again.device]).toBe(50);
+    await first;
   });
 });
 
