@@ -647,7 +647,7 @@ export class FieldNode {
    * else InvalidInputError (BAD_FIELDS, VALUE_TOO_DEEP, BAD_VALUE).
    */
   async query(domain: string, options: QueryOptions = {}): Promise<EntityView[]> {
-    const limit = options.limit ?? 1000;
+    const limit = listLimit(options.limit);
     const given: unknown = options.where ?? {};
     if (typeof given !== 'object' || given === null || Array.isArray(given) || Object.getPrototypeOf(given) !== Object.prototype) {
       throw new InvalidInputError('BAD_FIELDS', `query of ${domain}: where must be a plain object of field values`);
@@ -670,7 +670,7 @@ export class FieldNode {
 
   /** Ops matching every given filter, in (device, seq) order within the index used. */
   async ops(filter: OpFilter = {}): Promise<OpSummary[]> {
-    const limit = filter.limit ?? 1000;
+    const limit = listLimit(filter.limit);
     const out: OpSummary[] = [];
     const matches = (meta: OpMeta) =>
       (filter.type === undefined || meta.type === filter.type) &&
@@ -899,6 +899,13 @@ export class FieldNode {
     for (const subscription of [...this.subscriptions.values()]) subscription.close();
     await this.store.close();
   }
+}
+
+/** A list's limit: a whole number of at least 1 (default 1000); NaN or 0 would silently mean "all" or "none". */
+function listLimit(limit: number | undefined): number {
+  if (limit === undefined) return 1000;
+  if (!Number.isSafeInteger(limit) || limit < 1) throw new InvalidInputError('BAD_LIMIT', `limit must be a whole number of at least 1, got ${String(limit)}`, { limit: String(limit) });
+  return limit;
 }
 
 function summary(id: OpId, meta: OpMeta): OpSummary {
