@@ -51,6 +51,9 @@ describe('a data dir restored from an old copy', () => {
     expect(hqStatus.forks).toEqual(forks);
     expect(tabletStatus.forks).toEqual(forks);
     expect(hqStatus.stateHash).toBe(tabletStatus.stateHash);
+    // Void ops wait for nothing: they never apply.
+    const voided = await cli.json(['-d', hqDir, 'ops', '--status', 'failed']);
+    expect(voided.map((o: { seq: number; reason: string; waiting: boolean }) => [o.seq, o.reason, o.waiting])).toEqual([[2, 'DEVICE_FORKED', false]]);
 
     const [hqText, tabletText] = await Promise.all([cli.ok(['-d', hqDir, 'status']), cli.ok(['-d', tablet, 'status'])]);
     expect(hqText.stdout).toContain(`forked ${device} at seq 2: signed two different ops there (a data dir restored from an old copy, or copied); its ops from seq 2 on count nowhere\n`);
