@@ -4,7 +4,7 @@
  * through its control socket (control.ts), so both give identical answers.
  */
 import { readFile, writeFile } from 'node:fs/promises';
-import { InvalidInputError } from '../core/errors.ts';
+import { InvalidInputError, RuleViolationError } from '../core/errors.ts';
 import type { DeviceId } from '../core/keys.ts';
 import { STATUSES, type StatusName } from '../core/status.ts';
 import type { Fields } from '../core/value.ts';
@@ -64,9 +64,8 @@ export interface Refusal {
   readonly atSeq?: number;
 }
 
-/** Why ops of a bundle were refused: per device, those at or past its fork point or past its revocation. */
-async function refusalsOf(node: FieldNode, bytes: Uint8Array): Promise<Refusal[]> {
-  const [{ decodeBundle }, { parseOp }] = await Promise.all([import('../core/bundle.ts'), import('../core/op.ts')]);
+/** Devices proven to have forked (their lowest fork point) and devices HQ revoked (after which seq), as this node knows them. */
+async function standing(node: FieldNode): Promise<{ forkedAt: Map<DeviceId, number>; revokedAfter: Map<DeviceId, number> }> {
   const forkedAt = new Map<DeviceId, number>();
   for (const proof of await node.forkProofs()) forkedAt.set(proof.device, Math.min(proof.seq, forkedAt.get(proof.device) ?? Number.POSITIVE_INFINITY));
   const revokedAfter = new Map<DeviceId, number>();
@@ -75,6 +74,29 @@ async function refusalsOf(node: FieldNode, bytes: Uint8Array): Promise<Refusal[]
   for (const op of await node.readOps(revocations.map((r) => r.id))) {
     if (op?.type === 'revoke') revokedAfter.set(op.target, Math.min(op.afterSeq, revokedAfter.get(op.target) ?? Number.POSITIVE_INFINITY));
   }
+  return { forkedAt, revokedAfter };
+}
+
+/**
+ * A forked device, or one revoked before its next seq, would sign ops that count nowhere on any
+ * node: it is refused before anything is signed, saying what to do instead.
+ */
+async function refuseVoidWrites(node: FieldNode): Promise<void> {
+  const { forkedAt, revokedAfter } = await standing(node);
+  const fork = forkedAt.get(node.device);
+  if (fork !== undefined) {
+    throw new RuleViolationError('DEVICE_FORKED', `this device forked its log at seq ${fork} (its data dir was restored from an old copy, or copied): nothing it writes counts any more; set up a new data dir and enroll it with HQ`, { device: node.device, seq: fork });
+  }
+  const after = revokedAfter.get(node.device);
+  if (after !== undefined && (node.versionVector()[node.device] ?? 0) >= after) {
+    throw new RuleViolationError('DEVICE_REVOKED', `HQ revoked this device after seq ${after}: nothing it writes counts any more`, { device: node.device, afterSeq: after });
+  }
+}
+
+/** Why ops of a bundle were refused: per device, those at or past its fork point or past its revocation. */
+async function refusalsOf(node: FieldNode, bytes: Uint8Array): Promise<Refusal[]> {
+  const [{ decodeBundle }, { parseOp }] = await Promise.all([import('../core/bundle.ts'), import('../core/op.ts')]);
+  const { forkedAt, revokedAfter } = await standing(node);
   const out: Refusal[] = [];
   for (const run of decodeBundle(bytes).runs) {
     const seqs = run.ops.map((bytes) => parseOp(bytes).op.seq);
@@ -94,12 +116,14 @@ export const COMMANDS = {
     const domain = str(p, 'domain');
     const entity = str(p, 'entity');
     const fields = (p.fields ?? {}) as Fields;
+    await refuseVoidWrites(node);
     // put = create when missing, else update: what a user typing a command means.
     const effective = type === 'create' || (await node.get(domain, entity)) === null ? 'create' : 'update';
     const r = await node.mutate({ type: effective, domain, entity, fields });
     return { id: r.id, seq: r.op.seq, type: r.op.type, status: r.status };
   },
   delete: async (node: FieldNode, p: Params) => {
+    await refuseVoidWrites(node);
     const r = await node.mutate({ type: 'delete', domain: str(p, 'domain'), entity: str(p, 'entity') });
     return { id: r.id, seq: r.op.seq, status: r.status };
   },
@@ -134,11 +158,15 @@ export const COMMANDS = {
     const devices = await node.devices();
     const counts = { pending: 0, synced: 0, failed: 0, conflict: 0 };
     for (const d of devices) for (const s of STATUSES) counts[s] += d.counts[s];
-    return { device: node.device, team: node.team, role: node.role, counts, devices, links: node.links(), stateHash: await node.stateHash() };
+    const { forkedAt, revokedAfter } = await standing(node);
+    const forks = [...forkedAt].map(([device, seq]) => ({ device, seq }));
+    const revoked = [...revokedAfter].map(([device, afterSeq]) => ({ device, afterSeq }));
+    return { device: node.device, team: node.team, role: node.role, counts, devices, forks, revoked, links: node.links(), stateHash: await node.stateHash() };
   },
   conflicts: async (node: FieldNode) => node.conflicts(),
   resolve: async (node: FieldNode, p: Params) => {
     const choice = p.delete === true ? ({ delete: true } as const) : { fields: (p.fields ?? {}) as Fields };
+    await refuseVoidWrites(node);
     const r = await node.resolve(str(p, 'conflict'), choice);
     return { id: r.id, seq: r.op.seq, status: r.status };
   },

@@ -443,11 +443,17 @@ function describeLink(link: LinkInfo): string {
 }
 
 nodeCommand('status', 'per-status counts, per-device queues and the state hash').action(async () => {
-  print(await onNode('status', {}), (v: { device: string; counts: Record<string, number>; devices: { device: string; lastSeq: number; lastSyncedSeq: number; counts: Record<string, number> }[]; links: LinkInfo[]; stateHash: string }) =>
+  type Status = { device: string; counts: Record<string, number>; devices: { device: string; lastSeq: number; lastSyncedSeq: number; counts: Record<string, number> }[]; forks: { device: string; seq: number }[]; revoked: { device: string; afterSeq: number }[]; links: LinkInfo[]; stateHash: string };
+  print(await onNode('status', {}), (v: Status) =>
     [
       `device ${v.device}`,
       `counts ${toJson(v.counts)}`,
       ...v.devices.map((d) => `  ${d.device.slice(-8)} last #${d.lastSeq}, last synced #${d.lastSyncedSeq} ${toJson(d.counts)}`),
+      ...v.forks.map(
+        (f) =>
+          `forked ${f.device}${f.device === v.device ? ' (this device)' : ''} at seq ${f.seq}: signed two different ops there (a data dir restored from an old copy, or copied); its ops from seq ${f.seq} on count nowhere${f.device === v.device ? ': set up a new data dir and enroll it to keep writing' : ''}`,
+      ),
+      ...v.revoked.map((r) => `revoked ${r.device}${r.device === v.device ? ' (this device)' : ''} by HQ: its ops after seq ${r.afterSeq} count nowhere`),
       ...v.links.map(describeLink),
       `state ${v.stateHash}`,
     ].join('\n'),

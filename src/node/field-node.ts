@@ -920,7 +920,8 @@ function summary(id: OpId, meta: OpMeta): OpSummary {
     entity: meta.entity,
     status: meta.status.status,
     ...(meta.status.reason !== undefined ? { reason: meta.status.reason, detail: meta.status.detail } : {}),
-    waiting: meta.clock === null && !meta.badBase && meta.domain !== null,
+    // A void op (past its device's fork point) has no clock either, but waits for nothing: it never applies.
+    waiting: meta.clock === null && !meta.badBase && meta.domain !== null && meta.status.reason !== 'DEVICE_FORKED',
   };
 }
 

@@ -51,6 +51,23 @@ describe('revoke', () => {
     const revocations = await withNode(hq, (n) => n.ops({ type: 'revoke' }));
     expect(revocations.map((o) => o.id)).toEqual([first.id]);
   });
+
+  it('a device that learned of its revocation (a bundle from HQ) says so in status and refuses writes that would count nowhere', async () => {
+    const root = await cli.dir();
+    const { hq, tablet, tabletDevice } = await team(root);
+    await withNode(tablet, (n) => n.mutate({ type: 'create', domain: 'note', entity: 'n-1', fields: { text: 'kept' } }));
+    await cli.ok(['-d', hq, 'revoke', tabletDevice, '--after-seq', '1', '--reason', 'lost in the river']);
+    const bundle = join(root, 'for-tablet.bundle');
+    await cli.ok(['-d', hq, 'bundle', 'export', '--out', bundle]);
+    await cli.ok(['-d', tablet, 'bundle', 'import', bundle]);
+
+    const status = await cli.json(['-d', tablet, 'status']);
+    expect([status.forks, status.revoked]).toEqual([[], [{ device: tabletDevice, afterSeq: 1 }]]);
+    expect((await cli.ok(['-d', tablet, 'status'])).stdout).toContain(`revoked ${tabletDevice} (this device) by HQ: its ops after seq 1 count nowhere\n`);
+    const refused = await cli.run(['-d', tablet, 'put', 'note', 'n-2', 'text=lost']);
+    expect([refused.code, refused.stderr.trim()]).toEqual([1, 'fieldmesh: HQ revoked this device after seq 1: nothing it writes counts any more [DEVICE_REVOKED]']);
+    expect(await withNode(tablet, async (n) => n.versionVector()[tabletDevice])).toBe(1);
+  });
 });
 
 describe('loading', () => {
