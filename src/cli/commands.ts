@@ -112,14 +112,12 @@ async function refusalsOf(node: FieldNode, bytes: Uint8Array): Promise<Refusal[]
 
 export const COMMANDS = {
   put: async (node: FieldNode, p: Params) => {
-    const type = (optStr(p, 'type') ?? 'update') as 'create' | 'update';
     const domain = str(p, 'domain');
     const entity = str(p, 'entity');
     const fields = (p.fields ?? {}) as Fields;
     await refuseVoidWrites(node);
-    // put = create when missing, else update: what a user typing a command means.
-    const effective = type === 'create' || (await node.get(domain, entity)) === null ? 'create' : 'update';
-    const r = await node.mutate({ type: effective, domain, entity, fields });
+    // put = create when missing, else update (decided atomically with the write): what a user typing a command means.
+    const r = await node.mutate({ type: optStr(p, 'type') === 'create' ? 'create' : 'put', domain, entity, fields });
     return { id: r.id, seq: r.op.seq, type: r.op.type, status: r.status };
   },
   delete: async (node: FieldNode, p: Params) => {

@@ -314,9 +314,8 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
     async (request, reply) => {
       const { domain, entity } = request.params;
       const fields = fieldsFromJson(request.body.fields);
-      const type = (await node.get(domain, entity)) === null ? 'create' : 'update';
-      const r = await node.mutate({ type, domain, entity, fields });
-      return reply.code(type === 'create' ? 201 : 200).send({ id: r.id, seq: r.op.seq, type, status: r.status });
+      const r = await node.mutate({ type: 'put', domain, entity, fields });
+      return reply.code(r.op.type === 'create' ? 201 : 200).send({ id: r.id, seq: r.op.seq, type: r.op.type, status: r.status });
     },
   );
 

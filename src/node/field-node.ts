@@ -72,7 +72,11 @@ export interface FieldNodeOptions {
 export type EntityDraft = Exclude<OpDraft, { type: 'receipt' | 'revoke' }>;
 
 export interface MutationInput {
-  readonly type: DataOpType;
+  /**
+   * `put` creates the entity when it does not exist and updates it otherwise, decided in the same
+   * atomic step as the write (two puts racing on a missing entity: one creates, one updates).
+   */
+  readonly type: DataOpType | 'put';
   readonly domain: string;
   readonly entity: string;
   /** Field values (create/update); omitted or empty for delete. */
@@ -316,8 +320,8 @@ export class FieldNode {
 
   /** Records a change. Resolves once the signed op is durable, with its status (pending until HQ answers). */
   async mutate(input: MutationInput): Promise<MutationResult> {
-    if (!(DATA_OP_TYPES as readonly string[]).includes(input.type)) {
-      throw new InvalidInputError('BAD_OP_TYPE', `mutation type must be one of ${DATA_OP_TYPES.join('|')}`, { found: input.type });
+    if (input.type !== 'put' && !(DATA_OP_TYPES as readonly string[]).includes(input.type)) {
+      throw new InvalidInputError('BAD_OP_TYPE', `mutation type must be one of ${DATA_OP_TYPES.join('|')}|put`, { found: input.type });
     }
     this.checkDomain(input.domain);
     const fields = input.fields ?? {};
@@ -326,9 +330,10 @@ export class FieldNode {
     // Only existence and heads are needed: resolving every field for a full view would cost more than the rest of the check.
     return this.author(input.domain, input.entity, (state) => {
       const exists = existsIn(state, this.resolution);
-      if (input.type === 'create' && exists) throw entityExists(input.domain, input.entity);
-      if (input.type !== 'create' && !exists) throw entityNotFound(input.domain, input.entity);
-      return { type: input.type, domain: input.domain, entity: input.entity, base: state.heads.map((h) => h.op), fields };
+      const type = input.type === 'put' ? (exists ? 'update' : 'create') : input.type;
+      if (type === 'create' && exists) throw entityExists(input.domain, input.entity);
+      if (type !== 'create' && !exists) throw entityNotFound(input.domain, input.entity);
+      return { type, domain: input.domain, entity: input.entity, base: state.heads.map((h) => h.op), fields };
     });
   }
 

@@ -151,6 +151,13 @@ describe('entities and status', () => {
 });
 
 describe('ops, devices and queues', () => {
+  it('PUTs racing on a missing entity: one creates (201), the others update (200), none fails ENTITY_EXISTS', async () => {
+    const { call } = await setup();
+    const racing = await Promise.all(Array.from({ length: 8 }, (_, i) => call('PUT', '/v1/entities/note/n-race', { body: { fields: { n: i } } })));
+    expect(racing.map((r) => r.status).sort()).toEqual([200, 200, 200, 200, 200, 200, 200, 201]);
+    expect(racing.filter((r) => r.body.type === 'create')).toHaveLength(1);
+  });
+
   it('lists ops by every filter, devices with roles and counts, and a device\'s queue until HQ gives its verdicts', async () => {
     const ctx = await setup({ startIssuer: false });
     const { server, call } = ctx;

@@ -172,6 +172,14 @@ describe('facade input checks', () => {
     expect(node.versionVector()).toEqual({});
   });
 
+  it('put creates a missing entity and updates an existing one, atomically: of 20 racing puts one creates', async () => {
+    const node = await temp.open(await temp.dir());
+    const results = await Promise.all(Array.from({ length: 20 }, (_, i) => node.mutate({ type: 'put', domain: 'case', entity: 'k', fields: { n: i } })));
+    expect(results.map((r) => r.op.type)).toEqual(['create', ...Array.from({ length: 19 }, () => 'update')]);
+    expect((await node.get('case', 'k'))!.fields).toEqual({ n: 19 });
+    await expectRejects(node.mutate({ type: 'put', domain: 'nope', entity: 'k', fields: {} }), InvalidInputError, 'UNKNOWN_DOMAIN');
+  });
+
   it('refuses a resolution that is neither {fields} nor {delete: true}, and deletes nothing', async () => {
     const a = await temp.open(await temp.dir(), { user: 'alice' });
     const b = await temp.open(await temp.dir(), { user: 'bob' });
