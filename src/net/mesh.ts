@@ -375,7 +375,8 @@ export class Mesh {
       this.pending.delete(driver);
       this.drivers.set(device, driver);
       this.connectedSince.set(device, Date.now());
-      this.redial.clear();
+      // Its links start afresh; other links keep their attempts and why they are down.
+      for (const link of this.statics) if (this.peerOf(link) === device) this.redial.delete(link.address);
       // Our store may have grown between hello and admission, and proofs recorded since the
       // session read them reached no session yet (the session sends each proof once).
       driver.dispatch(driver.session.localAdvanced(this.node.versionVector()));

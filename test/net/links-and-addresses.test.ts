@@ -167,3 +167,30 @@ describe('a static peer we refused', () => {
     expect(device.peers()).toEqual([]);
   });
 });
+
+describe('links to several static peers', () => {
+  it('a session coming up with one peer leaves the other link\'s attempts and last error as they are', async () => {
+    const team = await lb.team(DOMAINS);
+    const hq = await team.hq();
+    await hq.start(LOOPBACK);
+    const device = await team.node('dev');
+    // A port nobody listens on: every dial of it fails.
+    const server = createServer();
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const deadPort = (server.address() as AddressInfo).port;
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+    const dead = `/ip4/127.0.0.1/tcp/${deadPort}`;
+    await device.start({ ...LOOPBACK, peers: [dead], redialMinMs: 20, redialMaxMs: 100 });
+    const failing = await waitFor('the dead link to have failed twice', () => {
+      const link = device.links().find((l) => l.address === dead);
+      return link !== undefined && link.attempts >= 2 && link.lastError !== null ? link : undefined;
+    });
+    // Now a session comes up with HQ (dialled on demand).
+    await device.dial(hq.addresses()[0]!);
+    await waitFor('HQ to be admitted', () => (device.peers().some((p) => p.device === team.hqDevice) ? true : undefined));
+    const after = device.links().find((l) => l.address === dead)!;
+    expect(after.connected).toBe(false);
+    expect(after.attempts).toBeGreaterThanOrEqual(failing.attempts);
+    expect(after.lastError).not.toBeNull();
+  });
+});
