@@ -352,9 +352,15 @@ program
     process.on('SIGINT', () => void stop());
     process.on('SIGTERM', () => void stop());
     for await (const event of events) {
-      if (event.kind === 'peer') print({ event: event.event.kind, ...event.event }, (v: { event: string; device: string | null; code?: string }) => `${v.event} ${v.device ?? ''} ${v.code ?? ''}`.trim());
+      if (event.kind === 'peer') print({ event: event.event.kind, ...event.event }, peerEventText);
     }
   });
+
+/** A peer event as a line; a closed session says who ended it (`CERT_REVOKED` from the peer means ours is revoked). */
+function peerEventText(v: { event: string; device: string | null; code?: string; blame?: boolean; byPeer?: boolean }): string {
+  const who = v.event !== 'peer:closed' ? '' : v.byPeer === true ? '(ended by the peer)' : v.blame === true ? '(we refused the peer)' : '';
+  return [v.event, v.device ?? '', v.code ?? '', who].filter((part) => part !== '').join(' ');
+}
 
 function splitHostPort(value: string): [string, number] {
   const at = value.lastIndexOf(':');

@@ -74,7 +74,8 @@ export interface LinkInfo {
 
 export type MeshEvent =
   | { readonly kind: 'peer:admitted'; readonly device: DeviceId }
-  | { readonly kind: 'peer:closed'; readonly device: DeviceId | null; readonly code: string; readonly blame: boolean }
+  /** `blame`: we refused the peer for a fault; `byPeer`: the peer ended the session (with `code`). */
+  | { readonly kind: 'peer:closed'; readonly device: DeviceId | null; readonly code: string; readonly blame: boolean; readonly byPeer: boolean }
   | { readonly kind: 'peer:caughtUp'; readonly device: DeviceId };
 
 const SERVICE_TAG = 'fieldmesh.local';
@@ -385,7 +386,7 @@ export class Mesh {
       this.events.emit('event', { kind: 'peer:admitted', device } satisfies MeshEvent);
       return true;
     },
-    closed: (driver: SessionDriver, code: string, blame: boolean): void => {
+    closed: (driver: SessionDriver, code: string, blame: boolean, byPeer: boolean): void => {
       const device = driver.session.device;
       if (device !== null && this.drivers.get(device) === driver) {
         this.drivers.delete(device);
@@ -396,7 +397,7 @@ export class Mesh {
       // Admitted peers, and any peer refused for a fault (bad certificate, bad hello), are reported.
       // (Before admission only the connection's own PeerId is known for sure: a hello may claim anything.)
       if (driver.admittedAt !== null || blame) {
-        this.events.emit('event', { kind: 'peer:closed', device: driver.admittedAt !== null ? device : driver.connection.remotePeer.toString(), code, blame } satisfies MeshEvent);
+        this.events.emit('event', { kind: 'peer:closed', device: driver.admittedAt !== null ? device : driver.connection.remotePeer.toString(), code, blame, byPeer } satisfies MeshEvent);
       }
       // A static peer's session that ends (or is refused) says why: its link's last error.
       const remote = driver.connection.remotePeer.toString();

@@ -15,7 +15,7 @@ import type { MeshHost } from './host.ts';
 export interface DriverHooks {
   /** The peer proved who it is; return false to refuse the session (e.g. a duplicate). */
   admitted(driver: SessionDriver, device: DeviceId): boolean;
-  closed(driver: SessionDriver, code: string, blame: boolean): void;
+  closed(driver: SessionDriver, code: string, blame: boolean, byPeer: boolean): void;
   /** New certificates or fork proofs to pass on to the other peers. */
   learnedCerts(from: SessionDriver, certs: readonly Uint8Array[]): void;
   caughtUp(driver: SessionDriver): void;
@@ -209,8 +209,8 @@ export class SessionDriver {
         case 'close':
           // Let queued writes (the goodbye frame) go out before closing.
           void this.writes.then(
-            () => this.finish(cmd.code, cmd.message, cmd.blame),
-            () => this.finish(cmd.code, cmd.message, cmd.blame),
+            () => this.finish(cmd.code, cmd.message, cmd.blame, cmd.byPeer === true),
+            () => this.finish(cmd.code, cmd.message, cmd.blame, cmd.byPeer === true),
           );
           return;
       }
@@ -275,13 +275,13 @@ export class SessionDriver {
     }
   }
 
-  private finish(code: string, message: string, blame: boolean): void {
+  private finish(code: string, message: string, blame: boolean, byPeer = false): void {
     if (this.done) return;
     this.done = true;
     if (this.answerTimer !== null) clearTimeout(this.answerTimer);
     if (blame) this.stream.abort(new Error(`${code}: ${message}`));
     else void this.stream.close().catch(() => this.stream.abort(new Error(code)));
-    this.hooks.closed(this, code, blame);
+    this.hooks.closed(this, code, blame, byPeer);
   }
 }
 

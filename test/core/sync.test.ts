@@ -589,11 +589,11 @@ describe('SyncSession: protocol violations close the session, blaming the peer',
     expect(y.vv()[x.id] ?? 0).toBe(0);
   });
 
-  it('a goodbye from the peer closes without blame, with its code', () => {
+  it('a goodbye from the peer closes without blame, with its code, marked as ended by the peer', () => {
     const session = facing(a);
     session.receive(helloFrom(b));
     expect(session.receive(encodeFrame({ type: 'goodbye', code: 'SHUTDOWN', message: 'node stopping' }))).toEqual([
-      { kind: 'close', code: 'SHUTDOWN', message: 'peer said goodbye: node stopping', blame: false },
+      { kind: 'close', code: 'SHUTDOWN', message: 'peer said goodbye: node stopping', blame: false, byPeer: true },
     ]);
     expect(session.closed).toBe(true);
   });

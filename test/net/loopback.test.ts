@@ -275,6 +275,8 @@ describe('loopback sync', () => {
     await hq.stop();
     await waitFor('a to drop hq', () => a.peers().length === 0);
     await waitFor('a peer:closed event', () => peerEvents(eventsA).some((e) => e.kind === 'peer:closed' && e.device === hq.device));
+    // HQ said goodbye: the event says the peer ended the session, and that nobody was at fault.
+    expect(peerEvents(eventsA).find((e) => e.kind === 'peer:closed' && e.device === hq.device)).toEqual({ kind: 'peer:closed', device: hq.device, code: 'SHUTDOWN', blame: false, byPeer: true });
     const admittedFirst = peerEvents(eventsA).findIndex((e) => e.kind === 'peer:admitted');
     const caughtUpFirst = peerEvents(eventsA).findIndex((e) => e.kind === 'peer:caughtUp');
     expect(admittedFirst).toBeLessThan(caughtUpFirst);

@@ -94,7 +94,8 @@ export type Command =
   | { readonly kind: 'admitted'; readonly device: DeviceId; readonly cert: Uint8Array }
   | { readonly kind: 'caughtUp' }
   /** Close the stream. `blame` means the peer broke the protocol: back off before accepting it again. */
-  | { readonly kind: 'close'; readonly code: string; readonly message: string; readonly blame: boolean };
+  /** `byPeer`: the peer ended the session (its goodbye); else we did. */
+  | { readonly kind: 'close'; readonly code: string; readonly message: string; readonly blame: boolean; readonly byPeer?: boolean };
 
 /** Checks a peer's certificate; returns its device or throws a FieldmeshError. Supplied by the driver. */
 export type Admit = (cert: Uint8Array) => DeviceId;
@@ -257,7 +258,7 @@ export class SyncSession {
       }
       case 'goodbye':
         this.phase = 'closed';
-        return [{ kind: 'close', code: frame.code, message: `peer said goodbye: ${frame.message}`, blame: false }];
+        return [{ kind: 'close', code: frame.code, message: `peer said goodbye: ${frame.message}`, blame: false, byPeer: true }];
       case 'query':
         // One at a time: an honest peer asks again only after our answer reached it.
         if (this.answering !== null) return this.violation('QUERY_FLOOD', 'a query before the previous one was answered');
