@@ -320,6 +320,7 @@ export class FieldNode {
 
   /** Records a change. Resolves once the signed op is durable, with its status (pending until HQ answers). */
   async mutate(input: MutationInput): Promise<MutationResult> {
+    if (typeof input !== 'object' || input === null) throw new InvalidInputError('BAD_MUTATION', `a mutation must be an object { type, domain, entity, fields }, got ${input === null ? 'null' : typeof input}`);
     if (input.type !== 'put' && !(DATA_OP_TYPES as readonly string[]).includes(input.type)) {
       throw new InvalidInputError('BAD_OP_TYPE', `mutation type must be one of ${DATA_OP_TYPES.join('|')}|put`, { found: input.type });
     }

@@ -80,6 +80,7 @@ describe('mutate validation', () => {
       ['update on missing', () => node.mutate({ type: 'update', domain: 'case', entity: 'c2', fields: { a: 1 } }), RuleViolationError, 'ENTITY_NOT_FOUND'],
       ['delete on missing', () => node.mutate({ type: 'delete', domain: 'case', entity: 'c2' }), RuleViolationError, 'ENTITY_NOT_FOUND'],
       // A limit that is not a whole number of at least 1 would silently list everything or nothing.
+      ['a null mutation', () => node.mutate(null as never), InvalidInputError, 'BAD_MUTATION'],
       ['ops with limit NaN', () => node.ops({ limit: Number.NaN }), InvalidInputError, 'BAD_LIMIT'],
       ['ops with limit 0', () => node.ops({ limit: 0 }), InvalidInputError, 'BAD_LIMIT'],
       ['queue with limit 1.5', () => node.queue(node.device, 1.5), InvalidInputError, 'BAD_LIMIT'],
