@@ -358,8 +358,9 @@ export function signOp<B extends OpBody>(body: B, signer: DeviceSigner): Op<B> {
   if (bytes.length > LIMITS.maxOpBytes) throw tooLargeError('op', LIMITS.maxOpBytes, bytes.length);
   // Decoded from its bytes, not spread from `body`: the author then applies exactly what every
   // other node decodes (-0 as 0, a Buffer as bytes), and no object of the caller's, changed later,
-  // can change the author's state behind the signature.
-  return parseOpView(bytes).op as unknown as Op<B>;
+  // can change the author's state behind the signature. (checkBody ran on `body` above.)
+  const bodyAt = bytes.length - 2 - sig.length - written;
+  return fromCbor(decodeCanonicalFast(bytes.subarray(bodyAt, bodyAt + written), 'op body'), bytes) as unknown as Op<B>;
 }
 
 export interface ParsedOp {
