@@ -151,7 +151,9 @@ describe('a static peer we refused', () => {
     const ours = await lb.team(DOMAINS);
     const theirs = await lb.team(DOMAINS, 'other-team');
     const foreignHq = await theirs.hq();
-    await foreignHq.start(LOOPBACK);
+    // Both sides refuse the session; whichever reads the other's hello first blames. The foreign
+    // HQ lets us straight back in, so our redials go on until we are the side that blamed.
+    await foreignHq.start({ ...LOOPBACK, penaltyMs: 0 });
     const [withId] = foreignHq.addresses();
     const device = await ours.node('dev');
     await device.start({ ...LOOPBACK, peers: [withId!], redialMinMs: 20, redialMaxMs: 100 });
