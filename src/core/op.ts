@@ -15,7 +15,7 @@ import { decodeError, InvalidInputError, RuleViolationError, tooLargeError } fro
 import type { Hlc } from './hlc.ts';
 import { isDeviceId, verifySignature, withContext, type DeviceId, type DeviceSigner } from './keys.ts';
 import { LIMITS } from './limits.ts';
-import { checkFields, type Fields } from './value.ts';
+import { canonicalCopy, checkFields, type Fields } from './value.ts';
 
 export const OP_FORMAT_VERSION = 1;
 const OP_SIGNING_CONTEXT = new TextEncoder().encode('fieldmesh/op/1\n');
@@ -333,8 +333,9 @@ const scratch = new Uint8Array(OP_SIGNING_CONTEXT.length + LIMITS.maxOpBytes);
 scratch.set(OP_SIGNING_CONTEXT);
 
 /** Validates, encodes and signs a body. Throws InvalidInputError on any rule of checkBody. */
-export function signOp<B extends OpBody>(body: B, signer: DeviceSigner): Op<B> {
-  if (body.device !== signer.device) bad('device', 'must be the signer', body.device);
+export function signOp<B extends OpBody>(given: B, signer: DeviceSigner): Op<B> {
+  if (given.device !== signer.device) bad('device', 'must be the signer', given.device);
+  const body = ownBody(given);
   checkBody(body);
   const cbor = toCbor(body);
   let written = encodeFastInto(cbor, scratch, OP_SIGNING_CONTEXT.length) - OP_SIGNING_CONTEXT.length;
@@ -356,11 +357,26 @@ export function signOp<B extends OpBody>(body: B, signer: DeviceSigner): Op<B> {
   if (sig.length === NO_SIGNATURE.length) bytes.set(sig, bytes.length - sig.length);
   else bytes = envelope(bytes.slice(bytes.length - 2 - NO_SIGNATURE.length - written, bytes.length - 2 - NO_SIGNATURE.length), sig);
   if (bytes.length > LIMITS.maxOpBytes) throw tooLargeError('op', LIMITS.maxOpBytes, bytes.length);
-  // Decoded from its bytes, not spread from `body`: the author then applies exactly what every
-  // other node decodes (-0 as 0, a Buffer as bytes), and no object of the caller's, changed later,
-  // can change the author's state behind the signature. (checkBody ran on `body` above.)
-  const bodyAt = bytes.length - 2 - sig.length - written;
-  return fromCbor(decodeCanonicalFast(bytes.subarray(bodyAt, bodyAt + written), 'op body'), bytes) as unknown as Op<B>;
+  // The author applies what every other node decodes from these bytes: `body` is shaped so.
+  return { ...body, id: opIdOf(bytes), bytes } as Op<B>;
+}
+
+/**
+ * The body as its bytes will decode, sharing nothing with the caller's objects (ids are strings,
+ * so only the lists and values are copied): no object changed after signing can change the
+ * author's state behind the signature, and -0 or a Buffer shows as every other node shows it.
+ */
+function ownBody<B extends OpBody>(body: B): B {
+  const hlc = typeof body.hlc === 'object' && body.hlc !== null ? { wallMs: body.hlc.wallMs, counter: body.hlc.counter } : body.hlc;
+  switch (body.type) {
+    case 'receipt':
+      // (Shapes checkBody refuses are passed on as they are, for it to name.)
+      return Array.isArray(body.verdicts) ? { ...body, hlc, verdicts: body.verdicts.map((v) => (typeof v === 'object' && v !== null ? { op: v.op, accepted: v.accepted, reason: v.reason, detail: v.detail } : v)) } : { ...body, hlc };
+    case 'revoke':
+      return { ...body, hlc };
+    default:
+      return { ...body, hlc, base: Array.isArray(body.base) ? [...body.base] : body.base, fields: canonicalCopy(body.fields) as Fields };
+  }
 }
 
 export interface ParsedOp {

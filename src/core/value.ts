@@ -19,6 +19,45 @@ const checkWellFormed = (text: string, path: string) => {
   if (LONE_SURROGATE.test(text)) throw new InvalidInputError('BAD_VALUE', `${path} holds a lone UTF-16 surrogate (not well-formed Unicode)`, { path });
 };
 
+/** CBOR's canonical map key order: shorter UTF-8 first, then bytewise (code units are bytes for ASCII). */
+function keyOrder(a: string, b: string): number {
+  const la = Buffer.byteLength(a);
+  const lb = Buffer.byteLength(b);
+  if (la !== lb) return la - lb;
+  if (la === a.length && lb === b.length) return a < b ? -1 : a > b ? 1 : 0;
+  return Buffer.compare(Buffer.from(a), Buffer.from(b));
+}
+
+/**
+ * A copy of a value shaped as decoding its canonical encoding gives: -0 as 0, byte strings as
+ * plain Uint8Array copies, map keys in canonical order, nothing shared with the input. Each
+ * member is read once, so what is checked, signed and kept is the same however the input's
+ * getters behave. Shapes it does not know (and anything nested past the depth limit) are passed
+ * as they are, for checkValue to refuse.
+ */
+export function canonicalCopy(value: unknown, depth = 0): unknown {
+  if (depth > LIMITS.maxValueDepth) return value;
+  if (typeof value === 'number') return value === 0 ? 0 : value;
+  if (value instanceof Uint8Array) return new Uint8Array(value);
+  if (Array.isArray(value)) {
+    const out: unknown[] = new Array(value.length);
+    for (let i = 0; i < value.length; i++) if (i in value) out[i] = canonicalCopy(value[i], depth + 1);
+    return out;
+  }
+  if (typeof value === 'object' && value !== null && Object.getPrototypeOf(value) === Object.prototype) {
+    const entries = Object.entries(value);
+    entries.sort((x, y) => keyOrder(x[0], y[0]));
+    const out: Record<string, unknown> = {};
+    for (const [key, item] of entries) {
+      // An own '__proto__' (from JSON.parse) stays an own member, for the checks to see.
+      if (key === '__proto__') Object.defineProperty(out, key, { value: canonicalCopy(item, depth + 1), enumerable: true, writable: true, configurable: true });
+      else out[key] = canonicalCopy(item, depth + 1);
+    }
+    return out;
+  }
+  return value;
+}
+
 export function checkFieldName(name: string): void {
   // '__proto__' is the one name a plain object cannot hold by assignment (it sets the prototype),
   // so the materializer could not keep a register or a view field under it.

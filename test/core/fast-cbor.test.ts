@@ -8,6 +8,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { decodeCanonical, encodeCanonical } from '../../src/core/cbor.ts';
 import { DECLINED, decodeFast, encodeFastInto } from '../../src/core/fast-cbor.ts';
+import { canonicalCopy, checkValue } from '../../src/core/value.ts';
 import { flipBit, runs, thrownBy } from './helpers.ts';
 
 /** Values of every shape cborg can encode, keys and strings beyond ASCII included. */
@@ -148,5 +149,33 @@ describe('decodeFast', () => {
     const input = Uint8Array.from([0xa1, 0x69, ...new TextEncoder().encode('__proto__'), 0x01]);
     expect(decodeFast(input)).toBe(DECLINED);
     expect(Object.hasOwn(decodeCanonical(input, 'value') as object, '__proto__')).toBe(true);
+  });
+});
+
+describe('canonicalCopy', () => {
+  /** A value's shape, key order, byte strings and -0 included, as comparable text. */
+  const shape = (value: unknown): string =>
+    JSON.stringify(value, (_key, v: unknown) => (v instanceof Uint8Array ? { $bytes: [...v], plain: Object.getPrototypeOf(v) === Uint8Array.prototype } : Object.is(v, -0) ? '-0' : v));
+
+  it('gives what decoding the canonical encoding gives, for every field value, sharing nothing with its input', () => {
+    fc.assert(
+      fc.property(valueArb, (value) => {
+        try {
+          checkValue(value, 'v');
+        } catch {
+          return; // only values an op may carry
+        }
+        const copy = canonicalCopy(value);
+        expect(shape(copy)).toBe(shape(decodeCanonical(canonical(value), 'value')));
+        if (value !== null && typeof value === 'object') expect(copy).not.toBe(value);
+      }),
+      { numRuns: runs(2000) },
+    );
+    // Byte strings of a Buffer come out as plain, separate Uint8Arrays; -0 as 0; keys in canonical order.
+    const bytes = Buffer.from([1, 2, 3]);
+    const copied = canonicalCopy({ zz: -0, b: [bytes], aaa: { é: 1, z: 2 } }) as { zz: number; b: Uint8Array[] };
+    expect(shape(copied)).toBe(shape({ b: [new Uint8Array([1, 2, 3])], zz: 0, aaa: { z: 2, é: 1 } }));
+    bytes[0] = 9;
+    expect(copied.b[0]![0]).toBe(1);
   });
 });
