@@ -19,13 +19,14 @@ const checkWellFormed = (text: string, path: string) => {
   if (LONE_SURROGATE.test(text)) throw new InvalidInputError('BAD_VALUE', `${path} holds a lone UTF-16 surrogate (not well-formed Unicode)`, { path });
 };
 
+/** A map member with its key's UTF-8 length, for sorting in CBOR's canonical key order. */
+type Member = { readonly key: string; readonly bytes: number; readonly value: unknown };
+
 /** CBOR's canonical map key order: shorter UTF-8 first, then bytewise (code units are bytes for ASCII). */
-function keyOrder(a: string, b: string): number {
-  const la = Buffer.byteLength(a);
-  const lb = Buffer.byteLength(b);
-  if (la !== lb) return la - lb;
-  if (la === a.length && lb === b.length) return a < b ? -1 : a > b ? 1 : 0;
-  return Buffer.compare(Buffer.from(a), Buffer.from(b));
+function keyOrder(a: Member, b: Member): number {
+  if (a.bytes !== b.bytes) return a.bytes - b.bytes;
+  if (a.bytes === a.key.length && b.bytes === b.key.length) return a.key < b.key ? -1 : a.key > b.key ? 1 : 0;
+  return Buffer.compare(Buffer.from(a.key), Buffer.from(b.key));
 }
 
 /**
@@ -45,10 +46,11 @@ export function canonicalCopy(value: unknown, depth = 0): unknown {
     return out;
   }
   if (typeof value === 'object' && value !== null && Object.getPrototypeOf(value) === Object.prototype) {
-    const entries = Object.entries(value);
-    entries.sort((x, y) => keyOrder(x[0], y[0]));
+    const members: Member[] = [];
+    for (const [key, item] of Object.entries(value)) members.push({ key, bytes: Buffer.byteLength(key), value: item });
+    members.sort(keyOrder);
     const out: Record<string, unknown> = {};
-    for (const [key, item] of entries) {
+    for (const { key, value: item } of members) {
       // An own '__proto__' (from JSON.parse) stays an own member, for the checks to see.
       if (key === '__proto__') Object.defineProperty(out, key, { value: canonicalCopy(item, depth + 1), enumerable: true, writable: true, configurable: true });
       else out[key] = canonicalCopy(item, depth + 1);
