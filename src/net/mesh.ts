@@ -68,7 +68,7 @@ export interface LinkInfo {
   /** Dials since a session last came up (any peer's admission resets the back-off). */
   readonly attempts: number;
   readonly lastError: string | null;
-  /** When the next dial is due (ms since epoch); null while connected or before the first. */
+  /** When the next dial is due (ms since epoch); null while connected, before the first, or never (the peer is revoked). */
   readonly nextAttemptMs: number | null;
 }
 
@@ -260,7 +260,8 @@ export class Mesh {
       const id = this.peerOf(link);
       const connected = id !== undefined && this.drivers.has(id);
       const state = this.redial.get(link.address);
-      return { address: link.address, connected, attempts: state?.attempt ?? 0, lastError: state?.lastError ?? null, nextAttemptMs: connected ? null : (state?.nextMs ?? null) };
+      const never = connected || (id !== undefined && this.node.isRevoked(id));
+      return { address: link.address, connected, attempts: state?.attempt ?? 0, lastError: state?.lastError ?? null, nextAttemptMs: never ? null : (state?.nextMs ?? null) };
     });
   }
 
@@ -433,6 +434,11 @@ export class Mesh {
       const id = this.peerOf(link);
       if ((id !== undefined && this.syncingWith(id)) || this.dialing.has(address)) continue;
       const state = this.redial.get(address) ?? { attempt: 0, nextMs: 0, lastError: null };
+      if (id !== undefined && this.node.isRevoked(id)) {
+        // Our gater refuses it for good: no dial, and the link says why.
+        this.redial.set(address, { ...state, nextMs: 0, lastError: 'revoked by HQ: not dialled' });
+        continue;
+      }
       const penalty = id === undefined ? undefined : this.penalties.get(id);
       if (penalty !== undefined && penalty.untilMs > now) {
         // Our own gater would refuse the dial (with libp2p's words): wait the penalty out, and say why.

@@ -196,3 +196,23 @@ describe('links to several static peers', () => {
     expect(after.lastError).not.toBeNull();
   });
 });
+
+describe('a static peer HQ revoked', () => {
+  it('is not dialled, and its link says so rather than our own gater\'s words', async () => {
+    const team = await lb.team(DOMAINS);
+    const hq = await team.hq();
+    const lost = await team.node('lost');
+    const device = await team.node('dev');
+    await lost.start(LOOPBACK);
+    await hq.revoke(lost.device, { reason: 'lost in the river' });
+    // The device learns of the revocation from a bundle of HQ's log.
+    await device.importBundle(await hq.exportBundle());
+    expect(device.isRevoked(lost.device)).toBe(true);
+    await device.start({ ...LOOPBACK, peers: [lost.addresses()[0]!], redialMinMs: 20, redialMaxMs: 100 });
+    const link = await waitFor('the link to the revoked peer to say why', () => (device.links()[0]?.lastError !== null ? device.links()[0] : undefined));
+    expect(link).toEqual({ address: lost.addresses()[0], connected: false, attempts: 0, lastError: 'revoked by HQ: not dialled', nextAttemptMs: null });
+    await sleep(200);
+    expect(device.links()[0]).toEqual(link);
+    expect(device.peers()).toEqual([]);
+  });
+});
