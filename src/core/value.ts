@@ -19,6 +19,10 @@ const checkWellFormed = (text: string, path: string) => {
   if (LONE_SURROGATE.test(text)) throw new InvalidInputError('BAD_VALUE', `${path} holds a lone UTF-16 surrogate (not well-formed Unicode)`, { path });
 };
 
+/** A plain object (what a map value or the fields of an op must be): not null, an array, a class instance or a null-prototype object. */
+export const isPlainObject = (value: unknown): value is Record<string, unknown> =>
+  typeof value === 'object' && value !== null && Object.getPrototypeOf(value) === Object.prototype;
+
 /** A map member with its key's UTF-8 length, for sorting in CBOR's canonical key order. */
 type Member = { readonly key: string; readonly bytes: number; readonly value: unknown };
 
@@ -45,7 +49,7 @@ export function canonicalCopy(value: unknown, depth = 0): unknown {
     for (let i = 0; i < value.length; i++) if (i in value) out[i] = canonicalCopy(value[i], depth + 1);
     return out;
   }
-  if (typeof value === 'object' && value !== null && Object.getPrototypeOf(value) === Object.prototype) {
+  if (isPlainObject(value)) {
     const members: Member[] = [];
     for (const [key, item] of Object.entries(value)) members.push({ key, bytes: Buffer.byteLength(key), value: item });
     members.sort(keyOrder);
@@ -117,7 +121,7 @@ export function checkValue(value: unknown, path: string, depth = 0): asserts val
     }
     return;
   }
-  if (typeof value === 'object' && Object.getPrototypeOf(value) === Object.prototype) {
+  if (isPlainObject(value)) {
     for (const [key, item] of Object.entries(value)) {
       checkWellFormed(key, `${path}.${key}`);
       checkValue(item, `${path}.${key}`, depth + 1);
@@ -128,7 +132,7 @@ export function checkValue(value: unknown, path: string, depth = 0): asserts val
 }
 
 export function checkFields(fields: unknown, what: string): asserts fields is Fields {
-  if (typeof fields !== 'object' || fields === null || Array.isArray(fields) || Object.getPrototypeOf(fields) !== Object.prototype) {
+  if (!isPlainObject(fields)) {
     throw new InvalidInputError('BAD_FIELDS', `${what}: fields must be a plain object`);
   }
   const names = Object.keys(fields);

@@ -65,7 +65,7 @@ export interface LinkInfo {
   readonly address: string;
   /** Whether a session with the peer is up. */
   readonly connected: boolean;
-  /** Dials since a session last came up (any peer's admission resets the back-off). */
+  /** Dials since a session with this link's peer last came up (its admission resets the back-off). */
   readonly attempts: number;
   readonly lastError: string | null;
   /** When the next dial is due (ms since epoch); null while connected, before the first, or never (the peer is revoked). */
@@ -436,7 +436,7 @@ export class Mesh {
       const state = this.redial.get(address) ?? { attempt: 0, nextMs: 0, lastError: null };
       if (id !== undefined && this.node.isRevoked(id)) {
         // Our gater refuses it for good: no dial, and the link says why.
-        this.redial.set(address, { ...state, nextMs: 0, lastError: 'revoked by HQ: not dialled' });
+        this.redial.set(address, { ...state, lastError: 'revoked by HQ: not dialled' });
         continue;
       }
       const penalty = id === undefined ? undefined : this.penalties.get(id);

@@ -18,7 +18,7 @@ import { decodeBundle, encodeBundle } from '../core/bundle.ts';
 import { missingRanges, type VersionVector } from '../core/version-vector.ts';
 import { STATUSES, type OpStatus, type StatusName } from '../core/status.ts';
 import { policyOf, type DomainPolicy, type ResolutionConfig, type Strategy } from '../core/strategies.ts';
-import { checkFields, checkValue, type Fields, type Value } from '../core/value.ts';
+import { checkFields, checkValue, isPlainObject, type Fields, type Value } from '../core/value.ts';
 import { existsIn, viewOf, type Conflict, type EntityView } from '../core/view.ts';
 import type { EntityState } from '../core/entity.ts';
 import type { OpMeta } from '../store/apply.ts';
@@ -169,7 +169,7 @@ const MAX_REVOCATIONS_SCANNED = 100_000;
 export function checkVersionVector(value: unknown): asserts value is VersionVector {
   const bad = (why: string, details: Record<string, unknown> = {}) =>
     new InvalidInputError('BAD_VERSION_VECTOR', `a version vector is a plain object {"<device id>": seq, ...}: ${why}`, { ...details, why });
-  if (typeof value !== 'object' || value === null || Array.isArray(value) || Object.getPrototypeOf(value) !== Object.prototype) {
+  if (!isPlainObject(value)) {
     throw bad(Array.isArray(value) ? 'got an array' : value === null ? 'got null' : `got ${typeof value === 'object' ? (value as object).constructor?.name ?? 'an object' : typeof value}`);
   }
   for (const [device, seq] of Object.entries(value)) {
@@ -183,9 +183,6 @@ export function checkVersionVector(value: unknown): asserts value is VersionVect
     }
   }
 }
-
-const isPlainObject = (value: unknown): value is Record<string, unknown> =>
-  typeof value === 'object' && value !== null && Object.getPrototypeOf(value) === Object.prototype;
 
 const ZERO_COUNTS = (): Record<StatusName, number> => ({ pending: 0, synced: 0, failed: 0, conflict: 0 });
 
@@ -655,7 +652,7 @@ export class FieldNode {
   async query(domain: string, options: QueryOptions = {}): Promise<EntityView[]> {
     const limit = listLimit(options.limit);
     const given: unknown = options.where ?? {};
-    if (typeof given !== 'object' || given === null || Array.isArray(given) || Object.getPrototypeOf(given) !== Object.prototype) {
+    if (!isPlainObject(given)) {
       throw new InvalidInputError('BAD_FIELDS', `query of ${domain}: where must be a plain object of field values`);
     }
     // Before the comparison below walks them (recursively): a value nested thousands deep would overflow the stack.
