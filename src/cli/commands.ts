@@ -4,7 +4,7 @@
  * through its control socket (control.ts), so both give identical answers.
  */
 import { readFile, writeFile } from 'node:fs/promises';
-import { InvalidInputError, RuleViolationError } from '../core/errors.ts';
+import { InvalidInputError } from '../core/errors.ts';
 import type { DeviceId } from '../core/keys.ts';
 import { STATUSES, type StatusName } from '../core/status.ts';
 import type { Fields } from '../core/value.ts';
@@ -77,22 +77,6 @@ async function standing(node: FieldNode): Promise<{ forkedAt: Map<DeviceId, numb
   return { forkedAt, revokedAfter };
 }
 
-/**
- * A forked device, or one revoked before its next seq, would sign ops that count nowhere on any
- * node: it is refused before anything is signed, saying what to do instead.
- */
-async function refuseVoidWrites(node: FieldNode): Promise<void> {
-  const { forkedAt, revokedAfter } = await standing(node);
-  const fork = forkedAt.get(node.device);
-  if (fork !== undefined) {
-    throw new RuleViolationError('DEVICE_FORKED', `this device forked its log at seq ${fork} (its data dir was restored from an old copy, or copied): nothing it writes counts any more; set up a new data dir and enroll it with HQ`, { device: node.device, seq: fork });
-  }
-  const after = revokedAfter.get(node.device);
-  if (after !== undefined && (node.versionVector()[node.device] ?? 0) >= after) {
-    throw new RuleViolationError('DEVICE_REVOKED', `HQ revoked this device after seq ${after}: nothing it writes counts any more`, { device: node.device, afterSeq: after });
-  }
-}
-
 /** Why ops of a bundle were refused: per device, those at or past its fork point or past its revocation. */
 async function refusalsOf(node: FieldNode, bytes: Uint8Array): Promise<Refusal[]> {
   const [{ decodeBundle }, { parseOp }] = await Promise.all([import('../core/bundle.ts'), import('../core/op.ts')]);
@@ -115,13 +99,11 @@ export const COMMANDS = {
     const domain = str(p, 'domain');
     const entity = str(p, 'entity');
     const fields = (p.fields ?? {}) as Fields;
-    await refuseVoidWrites(node);
     // put = create when missing, else update (decided atomically with the write): what a user typing a command means.
     const r = await node.mutate({ type: optStr(p, 'type') === 'create' ? 'create' : 'put', domain, entity, fields });
     return { id: r.id, seq: r.op.seq, type: r.op.type, status: r.status };
   },
   delete: async (node: FieldNode, p: Params) => {
-    await refuseVoidWrites(node);
     const r = await node.mutate({ type: 'delete', domain: str(p, 'domain'), entity: str(p, 'entity') });
     return { id: r.id, seq: r.op.seq, status: r.status };
   },
@@ -164,7 +146,6 @@ export const COMMANDS = {
   conflicts: async (node: FieldNode) => node.conflicts(),
   resolve: async (node: FieldNode, p: Params) => {
     const choice = p.delete === true ? ({ delete: true } as const) : { fields: (p.fields ?? {}) as Fields };
-    await refuseVoidWrites(node);
     const r = await node.resolve(str(p, 'conflict'), choice);
     return { id: r.id, seq: r.op.seq, status: r.status };
   },

@@ -21,7 +21,7 @@ import { policyOf, type DomainPolicy, type ResolutionConfig, type Strategy } fro
 import { checkFields, checkValue, isPlainObject, type Fields, type Value } from '../core/value.ts';
 import { existsIn, viewOf, type Conflict, type EntityView } from '../core/view.ts';
 import type { EntityState } from '../core/entity.ts';
-import type { OpMeta } from '../store/apply.ts';
+import type { ApplyContext, OpMeta } from '../store/apply.ts';
 import { ingest, ingestVoids, type IngestResult } from '../store/ingest.ts';
 import { entityKeyOf, logKey, parseSeq, split, under } from '../store/keys.ts';
 import { StoreClosedError } from '../store/errors.ts';
@@ -160,6 +160,22 @@ export interface Revocation {
 
 /** Most revocations HQ's log is searched for the one that names a device. */
 const MAX_REVOCATIONS_SCANNED = 100_000;
+
+/**
+ * A device whose log forked, or that HQ revoked before its next seq, would sign ops that count
+ * nowhere on any node: refused before anything is signed, saying what to do instead. Checked
+ * inside the write, against the proofs and revocations the store holds at that moment.
+ */
+function refuseVoidAuthoring(ctx: ApplyContext, device: DeviceId, tip: LogTip): void {
+  const fork = ctx.forkedAt.get(device);
+  if (fork !== undefined) {
+    throw new RuleViolationError('DEVICE_FORKED', `this device forked its log at seq ${fork} (its data dir was restored from an old copy, or copied): nothing it writes counts any more; set up a new data dir and enroll it with HQ`, { device, seq: fork });
+  }
+  const after = ctx.revokedAfter.get(device);
+  if (after !== undefined && tip.seq >= after) {
+    throw new RuleViolationError('DEVICE_REVOKED', `HQ revoked this device after seq ${after}: nothing it writes counts any more`, { device, afterSeq: after });
+  }
+}
 
 /**
  * Checks a version vector from elsewhere (an API, a `--since` file): a plain object mapping
@@ -362,6 +378,7 @@ export class FieldNode {
       const draft = draftFor(await ctx.entityState(domain, entity));
       this.checkChange?.(draft);
       const tip = (await ctx.txn.get<LogTip>(TABLES.tip, this.device)) ?? EMPTY_TIP;
+      refuseVoidAuthoring(ctx, this.device, tip);
       const { op, state } = authorOp({ signer: this.key.signer, team: this.team, user: this.user }, { tip, clock: ctx.clock }, this.now(), draft);
       ctx.clock = state.clock;
       await ctx.addOp(op);
@@ -379,6 +396,7 @@ export class FieldNode {
     if (draft.type === 'revoke' && draft.target === this.hqDevice) throw new RuleViolationError('CANNOT_REVOKE_HQ', 'HQ cannot revoke itself: it would void every receipt and edit to come');
     return this.store.write(async (ctx) => {
       const tip = (await ctx.txn.get<LogTip>(TABLES.tip, this.device)) ?? EMPTY_TIP;
+      refuseVoidAuthoring(ctx, this.device, tip);
       const { op, state } = authorOp({ signer: this.key.signer, team: this.team, user: this.user }, { tip, clock: ctx.clock }, this.now(), draft);
       ctx.clock = state.clock;
       await ctx.addOp(op);

@@ -300,6 +300,8 @@ export class SimNode {
    * Writes one op to the node's own log, as FieldNode.author does: for an entity op the draft is
    * made from the entity's view inside the batch, so it sees every op stored before it; returning
    * null writes nothing. `onDurable` runs once the op is durable (never, if the node crashes first).
+   * Unlike FieldNode, it keeps writing after its own fork or revocation is known: every other node
+   * must refuse those ops, as it would from a device not running fieldmesh's own write path.
    */
   author(target: { readonly domain: string; readonly entity: string } | null, draftFor: (view: EntityView | null) => OpDraft | null, onDurable: (op: Op) => void): void {
     const store = this.store;

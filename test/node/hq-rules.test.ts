@@ -2,14 +2,16 @@
  * Rules FieldNode applies itself, so that code embedding a node is held to them as HQ's API and
  * the CLI are: HQ does not enroll its own device id, revocations are idempotent and only of
  * enrolled devices, and input from callers (`query`'s `where`, `exportBundle`'s version vector) is
- * checked before it is used. Real nodes on LevelDB in temp dirs.
+ * checked before it is used, and a device whose ops would count nowhere (forked, or revoked
+ * before its next seq) signs nothing. Real nodes on LevelDB in temp dirs.
  */
+import { cp } from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
 import { InvalidInputError, RuleViolationError } from '../../src/core/errors.ts';
 import { decodeBundle } from '../../src/core/bundle.ts';
 import { parseOp } from '../../src/core/op.ts';
 import { FieldNode } from '../../src/node/field-node.ts';
-import { DOMAINS, expectRejects, signerOf, TEAM, useTemp } from './helpers.ts';
+import { DOMAINS, expectRejects, HQ, signerOf, TEAM, TestAuthor, useTemp } from './helpers.ts';
 
 const temp = useTemp();
 const YEAR_MS = 365 * 24 * 3600 * 1000;
@@ -117,5 +119,40 @@ describe('exportBundle', () => {
     expect(await seqs({ [node.device]: 0 })).toEqual([1, 2, 3]);
     expect(await seqs({ [node.device]: 1, [signerOf('elsewhere').device]: 9 })).toEqual([2, 3]);
     expect(await seqs({ [node.device]: 3 })).toEqual([]);
+  });
+});
+
+describe('writes that would count nowhere', () => {
+  it('a device that knows its log forked signs nothing more (DEVICE_FORKED): mutate, put and resolve are refused, the log stays as it was', async () => {
+    const dir = await temp.dir();
+    const first = await temp.open(dir);
+    await first.mutate({ type: 'create', domain: 'evidence', entity: 'ev-1', fields: { n: 1 } });
+    await first.close();
+    // A copy of the data dir (a restored backup) writes another op at seq 2.
+    const copy = await temp.dir();
+    await cp(dir, copy, { recursive: true });
+    const node = await temp.open(dir);
+    await node.mutate({ type: 'update', domain: 'evidence', entity: 'ev-1', fields: { n: 2 } });
+    const twin = await temp.open(copy);
+    const other = await twin.mutate({ type: 'update', domain: 'evidence', entity: 'ev-1', fields: { n: 20 } });
+    expect(other.op.seq).toBe(2);
+    expect((await node.ingest([other.op.bytes])).forks).toEqual([{ device: node.device, seq: 2 }]);
+
+    const err = await expectRejects(node.mutate({ type: 'update', domain: 'evidence', entity: 'ev-1', fields: { n: 3 } }), RuleViolationError, 'DEVICE_FORKED');
+    expect(err.details).toEqual({ device: node.device, seq: 2 });
+    await expectRejects(node.mutate({ type: 'put', domain: 'evidence', entity: 'ev-2', fields: { n: 1 } }), RuleViolationError, 'DEVICE_FORKED');
+    expect(node.versionVector()[node.device]).toBe(2);
+  });
+
+  it('a device HQ revoked writes up to the revocation\'s seq, then signs nothing more (DEVICE_REVOKED)', async () => {
+    const node = await temp.open(await temp.dir());
+    await node.mutate({ type: 'create', domain: 'evidence', entity: 'ev-1', fields: { n: 1 } });
+    const hq = new TestAuthor(HQ, { user: 'hq', startMs: Date.now() });
+    await node.ingest([hq.write({ type: 'revoke', target: node.device, afterSeq: 2, reason: 'lost' }).bytes]);
+
+    expect((await node.mutate({ type: 'update', domain: 'evidence', entity: 'ev-1', fields: { n: 2 } })).status).toBe('pending'); // seq 2: still valid
+    const err = await expectRejects(node.mutate({ type: 'update', domain: 'evidence', entity: 'ev-1', fields: { n: 3 } }), RuleViolationError, 'DEVICE_REVOKED');
+    expect(err.details).toEqual({ device: node.device, afterSeq: 2 });
+    expect(node.versionVector()[node.device]).toBe(2);
   });
 });
