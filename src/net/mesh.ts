@@ -43,6 +43,8 @@ export interface MeshOptions {
   readonly limits?: Partial<DriverLimits>;
   /** Random source for jitter. @default Math.random */
   readonly random?: () => number;
+  /** How often the certificates of the peers we sync with are checked for expiry. @default 60000 */
+  readonly certCheckMs?: number;
 }
 
 export const DEFAULT_DRIVER_LIMITS: DriverLimits = { ...DEFAULT_SYNC_LIMITS, handshakeTimeoutMs: 10_000, writeTimeoutMs: 30_000, answerTimeoutMs: 30_000 };
@@ -147,6 +149,7 @@ export class Mesh {
   /** Peers found by discovery that we are dialling. */
   private readonly discoveryDials = new Set<string>();
   private timer: NodeJS.Timeout | null = null;
+  private certTimer: NodeJS.Timeout | null = null;
   private unsubscribe: (() => void) | null = null;
   private stopping = false;
   private readonly random: () => number;
@@ -235,11 +238,27 @@ export class Mesh {
     };
     await this.libp2p.start();
     this.scheduleRedial(0);
+    this.certTimer = setInterval(() => this.dropExpired(), this.options.certCheckMs ?? 60_000);
+    this.certTimer.unref();
+  }
+
+  /**
+   * A session lasts only as long as the peer's certificate: the newest we hold for it (the one
+   * that admitted it, or a renewal learned since). Past its expiry the session ends, CERT_EXPIRED,
+   * as admission would refuse it now.
+   */
+  private dropExpired(): void {
+    const now = this.node.admissionNowMs();
+    for (const [device, driver] of this.drivers) {
+      const cert = this.node.certificateOf(device);
+      if (cert !== null && now >= cert.expiresMs) driver.stop('CERT_EXPIRED', `certificate of ${device} expired at ${new Date(cert.expiresMs).toISOString()}`);
+    }
   }
 
   async stop(): Promise<void> {
     this.stopping = true;
     if (this.timer !== null) clearTimeout(this.timer);
+    if (this.certTimer !== null) clearInterval(this.certTimer);
     this.unsubscribe?.();
     for (const driver of [...this.drivers.values(), ...this.pending]) driver.stop('SHUTDOWN', 'node stopping');
     await this.libp2p?.stop();

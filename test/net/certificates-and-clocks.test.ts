@@ -1,10 +1,12 @@
 /**
  * Certificates learned outside a session (a bundle) reach live peers before the ops that need
  * them, and a device whose clock was set back still admits honest peers. Either mistake makes a
- * node refuse, and blame, an honest peer (both found by the simulator, src/sim).
+ * node refuse, and blame, an honest peer (both found by the simulator, src/sim). A session lasts
+ * only as long as the peer's certificate.
  */
 import { describe, expect, it } from 'vitest';
-import { blames, converge, startMesh, useLoopback } from './helpers.ts';
+import type { MeshEvent } from '../../src/net/mesh.ts';
+import { blames, converge, startMesh, useLoopback, waitFor } from './helpers.ts';
 
 const lb = useLoopback();
 const DOMAINS = { note: 'merge' } as const;
@@ -44,5 +46,28 @@ describe('certificates outside sessions, clocks set back', () => {
     await converge([b, late], 'bob and the device with an old clock');
     expect(late.peers().map((p) => p.device)).toEqual([b.device]);
     expect([...blamedByB, ...blamedByLate]).toEqual([]);
+  });
+
+  it('a peer whose certificate expires while we sync is dropped at expiry (CERT_EXPIRED) and not admitted again', async () => {
+    const team = await lb.team(DOMAINS);
+    let aheadMs = 0;
+    const b = await team.node('bob', { node: { now: () => Date.now() + aheadMs } });
+    const c = await team.node('carol');
+    await c.mutate({ type: 'create', domain: 'note', entity: 'c1', fields: { text: 'before expiry' } });
+    await startMesh(b, [], { certCheckMs: 50 });
+    const closedOnB: MeshEvent[] = [];
+    void (async () => {
+      for await (const event of b.subscribe({ kinds: ['peer'] })) if (event.kind === 'peer' && event.event.kind === 'peer:closed') closedOnB.push(event.event);
+    })();
+    await startMesh(c, [b]);
+    await converge([b, c], 'bob and carol');
+    expect(b.peers().map((p) => p.device)).toEqual([c.device]);
+
+    // Bob's clock passes the end of carol's certificate (and of bob's own, which bob does not judge).
+    aheadMs = c.certificate!.expiresMs - Date.now() + DAY;
+    await waitFor('bob drops carol', () => closedOnB.some((e) => e.kind === 'peer:closed' && e.device === c.device && e.code === 'CERT_EXPIRED'));
+    // Carol keeps redialling; bob refuses her certificate at hello each time.
+    await waitFor('carol refused at admission', () => c.links()[0]!.lastError?.includes('CERT_EXPIRED'));
+    expect(b.peers()).toEqual([]);
   });
 });
