@@ -130,6 +130,10 @@ function listenError(err: unknown, listen: readonly string[]): unknown {
   return new FieldmeshError(code, `cannot listen on ${address}: ${LISTEN_REASONS[code] ?? code}`, { address, listen: [...listen] });
 }
 
+const SESSION_CLOSED = 'session closed: ';
+const REFUSED_BEFORE_SESSION = 'the peer closed the connection before any session: it refuses us (HQ revoked us, or it holds a back-off after refusing us)';
+const REFUSED_THEN_LAST = `${REFUSED_BEFORE_SESSION}; last `;
+
 export class Mesh {
   readonly events = new EventEmitter();
   private readonly node: MeshHost;
@@ -148,6 +152,8 @@ export class Mesh {
   private readonly opening = new Set<string>();
   /** Peers found by discovery that we are dialling. */
   private readonly discoveryDials = new Set<string>();
+  /** Connections a session ran on (its end says why it ended): those without one closed before any session. */
+  private readonly sessionConnections = new WeakSet<Connection>();
   private timer: NodeJS.Timeout | null = null;
   private certTimer: NodeJS.Timeout | null = null;
   private unsubscribe: (() => void) | null = null;
@@ -216,6 +222,7 @@ export class Mesh {
     this.libp2p.addEventListener('peer:discovery', (event) => this.discovered(event.detail.id, event.detail.multiaddrs));
     // One session per pair of peers: the side with the smaller PeerId opens it, on any connection.
     this.libp2p.addEventListener('connection:open', (event) => void this.openSession(event.detail.remotePeer).catch(() => undefined));
+    this.libp2p.addEventListener('connection:close', (event) => this.closedBeforeSession(event.detail));
     const offAdvanced = this.node.onAdvanced((tips) => {
       for (const [device, driver] of this.drivers) {
         // A revocation may have arrived with these ops: drop the revoked peer at once.
@@ -355,6 +362,23 @@ export class Mesh {
     }
   }
 
+  /**
+   * A static peer that closes our connection before any session ran (its gater refuses us: HQ
+   * revoked us, or it holds a back-off after refusing us) leaves its link saying so, not blank.
+   */
+  private closedBeforeSession(connection: Connection): void {
+    if (this.stopping || this.sessionConnections.has(connection)) return;
+    const remote = connection.remotePeer.toString();
+    for (const link of this.statics) {
+      const state = this.redial.get(link.address);
+      if (this.peerOf(link) !== remote || state === undefined || this.drivers.has(remote)) continue;
+      // The last session's end (CERT_REVOKED, say) is the best clue to why: it is kept.
+      const previous = state.lastError ?? '';
+      const lastSession = previous.startsWith(SESSION_CLOSED) ? previous : previous.startsWith(REFUSED_THEN_LAST) ? previous.slice(REFUSED_THEN_LAST.length) : null;
+      this.redial.set(link.address, { ...state, lastError: lastSession === null ? REFUSED_BEFORE_SESSION : REFUSED_THEN_LAST + lastSession });
+    }
+  }
+
   /** Whether a session with the peer is running or being set up. */
   private syncingWith(peer: string): boolean {
     return this.drivers.has(peer) || [...this.pending].some((d) => d.connection.remotePeer.toString() === peer);
@@ -384,6 +408,7 @@ export class Mesh {
     };
     const session = new SyncSession(local, admit, this.limits);
     const driver = new SessionDriver(stream, connection, session, node, this.hooks, this.limits, Date.now);
+    this.sessionConnections.add(connection);
     this.pending.add(driver);
     const ended = driver.run().finally(() => this.pending.delete(driver));
     if (!untilAdmitted) return ended;
@@ -424,7 +449,7 @@ export class Mesh {
       for (const link of this.statics) {
         if (this.peerOf(link) !== remote || this.drivers.has(remote)) continue;
         const state = this.redial.get(link.address) ?? { attempt: 0, nextMs: 0, lastError: null };
-        this.redial.set(link.address, { ...state, lastError: `session closed: ${code}` });
+        this.redial.set(link.address, { ...state, lastError: `${SESSION_CLOSED}${code}` });
       }
       if (!this.stopping) this.scheduleRedial(this.options.redialMinMs ?? 500);
     },
@@ -461,7 +486,7 @@ export class Mesh {
       const penalty = id === undefined ? undefined : this.penalties.get(id);
       if (penalty !== undefined && penalty.untilMs > now) {
         // Our own gater would refuse the dial (with libp2p's words): wait the penalty out, and say why.
-        const lastError = `session closed: ${penalty.code}; not dialled again before ${new Date(penalty.untilMs).toISOString()}`;
+        const lastError = `${SESSION_CLOSED}${penalty.code}; not dialled again before ${new Date(penalty.untilMs).toISOString()}`;
         this.redial.set(address, { ...state, nextMs: penalty.untilMs, lastError });
         soonest = Math.min(soonest, penalty.untilMs);
         continue;

@@ -207,10 +207,15 @@ export class SessionDriver {
           this.hooks.caughtUp(this);
           break;
         case 'close':
-          // Let queued writes (the goodbye frame) go out before closing.
+          // The peer said goodbye: what we still had queued for it is moot, and its code is why the session ended.
+          if (cmd.byPeer === true) {
+            this.finish(cmd.code, cmd.message, cmd.blame, true);
+            return;
+          }
+          // Let queued writes (our goodbye frame) go out before closing.
           void this.writes.then(
-            () => this.finish(cmd.code, cmd.message, cmd.blame, cmd.byPeer === true),
-            () => this.finish(cmd.code, cmd.message, cmd.blame, cmd.byPeer === true),
+            () => this.finish(cmd.code, cmd.message, cmd.blame),
+            () => this.finish(cmd.code, cmd.message, cmd.blame),
           );
           return;
       }

@@ -84,30 +84,30 @@ describe('addresses given to start', () => {
   });
 });
 
-describe('a static peer given without /p2p/<id>', () => {
-  /**
-   * Two field devices, one with a PeerId below HQ's and one above (so each side opens the session
-   * once). Their keys are drawn beforehand and placed in their data dirs, where enrollment finds them.
-   */
-  async function bothSides(team: Awaited<ReturnType<typeof lb.team>>): Promise<FieldNode[]> {
-    const keys: { below?: Ed25519PrivateKey; above?: Ed25519PrivateKey } = {};
-    for (let i = 0; i < 100_000 && (keys.below === undefined || keys.above === undefined); i++) {
-      const key = await generateKeyPair('Ed25519');
-      if (deviceIdFromPublicKey(key.publicKey.raw) < team.hqDevice) keys.below ??= key;
-      else keys.above ??= key;
-    }
-    if (keys.below === undefined || keys.above === undefined) throw new Error('no key on one side of HQ in 100,000 draws');
-    const nodes: FieldNode[] = [];
-    for (const [id, key] of [['below', keys.below], ['above', keys.above]] as const) {
-      await mkdir(join(team.root, id));
-      await writeFile(join(team.root, id, DEVICE_KEY_FILE), privateKeyToProtobuf(key), { mode: 0o600 });
-      nodes.push(await team.node(id));
-    }
-    const [below, above] = nodes as [FieldNode, FieldNode];
-    expect(below.device < team.hqDevice && above.device > team.hqDevice).toBe(true);
-    return [below, above];
+/**
+ * Two field devices, one with a PeerId below HQ's and one above (so each side opens the session
+ * once). Their keys are drawn beforehand and placed in their data dirs, where enrollment finds them.
+ */
+async function bothSides(team: Awaited<ReturnType<typeof lb.team>>): Promise<FieldNode[]> {
+  const keys: { below?: Ed25519PrivateKey; above?: Ed25519PrivateKey } = {};
+  for (let i = 0; i < 100_000 && (keys.below === undefined || keys.above === undefined); i++) {
+    const key = await generateKeyPair('Ed25519');
+    if (deviceIdFromPublicKey(key.publicKey.raw) < team.hqDevice) keys.below ??= key;
+    else keys.above ??= key;
   }
+  if (keys.below === undefined || keys.above === undefined) throw new Error('no key on one side of HQ in 100,000 draws');
+  const nodes: FieldNode[] = [];
+  for (const [id, key] of [['below', keys.below], ['above', keys.above]] as const) {
+    await mkdir(join(team.root, id));
+    await writeFile(join(team.root, id, DEVICE_KEY_FILE), privateKeyToProtobuf(key), { mode: 0o600 });
+    nodes.push(await team.node(id));
+  }
+  const [below, above] = nodes as [FieldNode, FieldNode];
+  expect(below.device < team.hqDevice && above.device > team.hqDevice).toBe(true);
+  return [below, above];
+}
 
+describe('a static peer given without /p2p/<id>', () => {
   it('shows as connected once the session is up, is not dialled again while up, and shows the error once down', async () => {
     const team = await lb.team(DOMAINS);
     const hq = await team.hq();
@@ -214,5 +214,42 @@ describe('a static peer HQ revoked', () => {
     await sleep(200);
     expect(device.links()[0]).toEqual(link);
     expect(device.peers()).toEqual([]);
+  });
+});
+
+describe('a device HQ revoked, dialling its peers', () => {
+  it('is told why, whichever side opens the sessions: its link says CERT_REVOKED, from the live session and from later dials alike', async () => {
+    const team = await lb.team(DOMAINS);
+    const hq = await team.hq();
+    await hq.start(LOOPBACK);
+    const devices = await bothSides(team);
+    for (const device of devices) {
+      await device.start({ ...LOOPBACK, peers: [hq.addresses()[0]!], redialMinMs: 20, redialMaxMs: 100 });
+      await waitFor(`${device.user} to sync with HQ`, () => device.peers().length === 1);
+    }
+    for (const device of devices) await hq.revoke(device.device, { reason: 'lost in the river' });
+    for (const device of devices) {
+      await waitFor(`${device.user}'s live session to end, saying why`, () => device.links()[0]?.lastError?.includes('CERT_REVOKED'), 5000);
+      // Later dials (refused by HQ's gater, or at hello on a connection left open) keep saying why rather than a bare "stream ended".
+      const attempts = device.links()[0]!.attempts;
+      await waitFor(`more dials by ${device.user}`, () => device.links()[0]!.attempts >= attempts + 2, 5000);
+      expect(device.links()[0]!.lastError, device.user).toMatch(/^(the peer closed the connection before any session: it refuses us \(HQ revoked us, or it holds a back-off after refusing us\); last )?session closed: CERT_REVOKED$/);
+      expect(device.peers()).toEqual([]);
+    }
+  });
+
+  it('revoked before it ever dials (HQ\'s gater refuses its connections), its link says the peer refuses it, not nothing', async () => {
+    const team = await lb.team(DOMAINS);
+    const hq = await team.hq();
+    await hq.start(LOOPBACK);
+    const devices = await bothSides(team);
+    for (const device of devices) await hq.revoke(device.device, { reason: 'lost in the river' });
+    for (const device of devices) {
+      await device.start({ ...LOOPBACK, peers: [hq.addresses()[0]!], redialMinMs: 20, redialMaxMs: 100 });
+      const link = await waitFor(`${device.user}'s link to say why`, () => (device.links()[0]?.lastError !== null ? device.links()[0] : undefined), 5000);
+      expect(link.lastError, device.user).toBe('the peer closed the connection before any session: it refuses us (HQ revoked us, or it holds a back-off after refusing us)');
+      expect(link.connected).toBe(false);
+      expect(device.peers()).toEqual([]);
+    }
   });
 });
