@@ -172,6 +172,13 @@ export const COMMANDS = {
     const { op, created } = await node.revoke(str(p, 'device'), { ...(afterSeq !== undefined ? { afterSeq } : {}), reason: optStr(p, 'reason') ?? '' });
     return { id: op.id, seq: op.seq, target: op.target, afterSeq: op.afterSeq, created };
   },
+  enrollDevice: async (node: FieldNode, p: Params) => {
+    // HQ's node signs and keeps the certificate (as HQ's API does), so HQ knows the device before it ever connects.
+    const role = str(p, 'role');
+    if (role !== 'field' && role !== 'gateway') throw new InvalidInputError('BAD_ARGUMENT', `role must be field or gateway, got ${JSON.stringify(role)}`, { param: 'role' });
+    const cert = await node.enrollDevice(str(p, 'device'), str(p, 'user'), role, optInt(p, 'validDays', 1, 3650)! * 86_400_000);
+    return { device: cert.device, user: cert.user, role: cert.role, expiresMs: cert.expiresMs, certificate: Buffer.from(cert.bytes).toString('base64') };
+  },
 } as const;
 
 export type CommandName = keyof typeof COMMANDS;

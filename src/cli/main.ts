@@ -129,7 +129,11 @@ async function openNode(dir: string, options: { config?: NodeConfig; checkChange
 
 /** Runs a command on the node of --data: through the running node if there is one. */
 async function onNode(method: CommandName, params: Record<string, unknown>): Promise<unknown> {
-  const dir = await dataDir();
+  return onNodeAt(await dataDir(), method, params);
+}
+
+/** Runs a command on the node of `dir`: through the running node if there is one. */
+async function onNodeAt(dir: string, method: CommandName, params: Record<string, unknown>): Promise<unknown> {
   const running = await callRunning(dir, method, params);
   if (running !== undefined) return running.result;
   const node = await openNode(dir, { checkChanges: CHANGES.has(method) });
@@ -232,7 +236,7 @@ program
   .action(async (opts: { hq: string; user: string; role: Role; validDays: number; force?: boolean }) => {
     const dir = await dataDir();
     const hqDir = await directory(opts.hq, 'HQ data dir');
-    const [{ readConfig, writeConfig }, { enroll }] = await Promise.all([import('./config.ts'), import('../node/enroll.ts')]);
+    const [{ readConfig, writeConfig }, { prepareDeviceDir, readDeviceCertificate, saveCertificate }, { decodeCertificate }] = await Promise.all([import('./config.ts'), import('../node/enroll.ts'), import('../core/cert.ts')]);
     const hqConfig = await readConfig(hqDir).catch((err: unknown) => {
       if ((err as FieldmeshError).code === 'NO_CONFIG') throw new InvalidInputError('NOT_HQ', `--hq ${hqDir} is not an HQ data dir: it is not set up (fieldmesh init --role server)`, { path: hqDir });
       throw err;
@@ -241,7 +245,13 @@ program
     const mine = await readConfig(dir).catch(() => null);
     if (mine?.role === 'server') throw new InvalidInputError('IS_HQ', `${dir} is an HQ data dir (team ${mine.team}): it cannot be enrolled`, { path: dir });
     if (await isRunning(dir)) throw new InvalidInputError('NODE_RUNNING', `a node is running on ${dir}: stop it before enrolling it`, { path: dir });
-    const cert = await enroll({ hqDataDir: hqDir, dataDir: dir, team: hqConfig.team, user: opts.user, role: opts.role, validForMs: opts.validDays * 86_400_000, force: opts.force === true });
+    const hqCert = await readDeviceCertificate(hqDir);
+    if (hqCert === null) throw new InvalidInputError('NOT_HQ', `--hq ${hqDir} is not an HQ data dir: it holds no certificate (fieldmesh init --role server)`, { path: hqDir });
+    const { key } = await prepareDeviceDir({ dataDir: dir, hqDataDir: hqDir, team: hqConfig.team, hqDevice: hqCert.device, force: opts.force === true });
+    // HQ's node signs (running or not): it refuses a revoked device, and knows the device from now on.
+    const issued = (await onNodeAt(hqDir, 'enrollDevice', { device: key.signer.device, user: opts.user, role: opts.role, validDays: opts.validDays })) as { certificate: string };
+    const cert = decodeCertificate(Buffer.from(issued.certificate, 'base64'));
+    await saveCertificate(dir, cert);
     await writeConfig(dir, { team: hqConfig.team, user: opts.user, role: opts.role, domains: hqConfig.domains });
     print({ device: cert.device, team: cert.team, user: cert.user, role: cert.role, expires: new Date(cert.expiresMs).toISOString() }, (v: { device: string; team: string; role: string; expires: string }) => `enrolled ${v.device} in team ${v.team} as ${v.role} (until ${v.expires})`);
   });

@@ -400,12 +400,6 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
       },
     },
     async (request, reply) => {
-      const { device } = request.body;
-      if (!isDeviceId(device)) throw new InvalidInputError('BAD_DEVICE_ID', 'device must be an Ed25519 PeerId');
-      // HQ's own certificate (role server) would be replaced by a field one, and shared with every peer.
-      if (device === node.hqDevice) throw new RuleViolationError('CANNOT_ENROLL_HQ', 'the device id is HQ\'s own: HQ holds its team root certificate', { device });
-      // A new certificate would not lift the revocation: the device could still not sync.
-      if (node.isRevoked(device)) throw new RuleViolationError('DEVICE_REVOKED', `device ${device} is revoked`, { device });
       const cert = await node.enrollDevice(request.body.device, request.body.user, request.body.role, request.body.validDays * 86_400_000);
       return reply.code(201).send({ device: cert.device, role: cert.role, user: cert.user, expiresMs: cert.expiresMs, certificate: Buffer.from(cert.bytes).toString('base64') });
     },

@@ -8,6 +8,7 @@ import { access, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { decodeCertificate, issueCertificate, type Certificate, type Role } from '../core/cert.ts';
 import { FieldmeshError, RuleViolationError } from '../core/errors.ts';
+import type { DeviceId } from '../core/keys.ts';
 import { DEVICE_KEY_FILE, loadOrCreateDeviceKey, type DeviceKey } from './device-key.ts';
 
 export const DEVICE_CERT_FILE = 'device.cert';
@@ -57,26 +58,42 @@ export async function loadHqKey(hqDataDir: string, team: string): Promise<Device
 
 /**
  * Signs and writes the device's certificate. Refuses (and writes nothing) when the HQ dir is not
- * HQ's (`NOT_HQ`), when the target is an HQ data dir or HQ's own dir (`IS_HQ`), when the target
- * already holds a certificate and `force` is not set (`ALREADY_ENROLLED`), and when it holds one
- * of another team or HQ (`OTHER_TEAM`: its log and database belong to that team).
+ * HQ's (`NOT_HQ`) and in every case `prepareDeviceDir` refuses.
  */
 export async function enroll(options: EnrollOptions): Promise<Certificate> {
+  const hq = await loadHqKey(options.hqDataDir, options.team);
+  const device = await prepareDeviceDir({ dataDir: options.dataDir, hqDataDir: options.hqDataDir, team: options.team, hqDevice: hq.signer.device, force: options.force === true });
+  const issuedMs = options.nowMs ?? Date.now();
+  const cert = issueCertificate(
+    { team: options.team, device: device.key.signer.device, user: options.user, role: options.role, issuedMs, expiresMs: issuedMs + (options.validForMs ?? DEFAULT_CERT_VALIDITY_MS) },
+    hq.signer,
+  );
+  await saveCertificate(options.dataDir, cert);
+  await recordIssued(options.hqDataDir, cert);
+  return cert;
+}
+
+/**
+ * Checks a device's data dir before HQ signs its certificate, then returns its key (created if
+ * missing). Refuses, writing nothing, when the target is an HQ data dir or HQ's own dir
+ * (`IS_HQ`), when it already holds a certificate and `force` is not set (`ALREADY_ENROLLED`), and
+ * when it holds one of another team or HQ (`OTHER_TEAM`: its log and database belong to that team).
+ */
+export async function prepareDeviceDir(options: { dataDir: string; hqDataDir: string; team: string; hqDevice: DeviceId; force: boolean }): Promise<{ key: DeviceKey }> {
   const dataDir = resolve(options.dataDir);
   if (dataDir === resolve(options.hqDataDir)) throw new RuleViolationError('IS_HQ', `${dataDir} is HQ's own data dir: HQ cannot enroll itself`, { path: dataDir });
-  const hq = await loadHqKey(options.hqDataDir, options.team);
   const existing = await readDeviceCertificate(dataDir);
   if (existing !== null) {
     const holder = `device ${existing.device}, user ${existing.user}, role ${existing.role} in team ${existing.team}`;
     if (isHqCertificate(existing)) throw new RuleViolationError('IS_HQ', `${dataDir} is an HQ data dir (${holder}): it cannot be enrolled`, { path: dataDir });
-    if (existing.team !== options.team || existing.issuer !== hq.signer.device) {
+    if (existing.team !== options.team || existing.issuer !== options.hqDevice) {
       throw new RuleViolationError('OTHER_TEAM', `${dataDir} is enrolled in team ${existing.team} by HQ ${existing.issuer} (${holder}); its data cannot move to team ${options.team}: use a new data dir`, {
         path: dataDir,
         team: existing.team,
         issuer: existing.issuer,
       });
     }
-    if (options.force !== true) {
+    if (!options.force) {
       throw new RuleViolationError('ALREADY_ENROLLED', `${dataDir} is already enrolled (${holder}, until ${new Date(existing.expiresMs).toISOString()}); re-enroll with force (\`fieldmesh enroll --force\`) to replace its certificate`, {
         path: dataDir,
         device: existing.device,
@@ -87,15 +104,8 @@ export async function enroll(options: EnrollOptions): Promise<Certificate> {
   }
   await mkdir(dataDir, { recursive: true, mode: 0o700 });
   const device = await loadOrCreateDeviceKey(dataDir);
-  if (device.key.signer.device === hq.signer.device) throw new RuleViolationError('IS_HQ', `${dataDir} holds HQ's key: HQ cannot enroll itself`, { path: dataDir });
-  const issuedMs = options.nowMs ?? Date.now();
-  const cert = issueCertificate(
-    { team: options.team, device: device.key.signer.device, user: options.user, role: options.role, issuedMs, expiresMs: issuedMs + (options.validForMs ?? DEFAULT_CERT_VALIDITY_MS) },
-    hq.signer,
-  );
-  await saveCertificate(dataDir, cert);
-  await recordIssued(options.hqDataDir, cert);
-  return cert;
+  if (device.key.signer.device === options.hqDevice) throw new RuleViolationError('IS_HQ', `${dataDir} holds HQ's key: HQ cannot enroll itself`, { path: dataDir });
+  return device;
 }
 
 /** Where HQ's data dir keeps the certificates signed for it outside a running node. */

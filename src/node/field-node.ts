@@ -534,11 +534,17 @@ export class FieldNode {
     return { ...result, certificates, forkProofs };
   }
 
-  /** HQ only: signs a certificate for a device (whose key was made on the device) and keeps it. */
+  /**
+   * HQ only: signs a certificate for a device (whose key was made on the device), keeps it and
+   * passes it on to the peers. Refuses HQ's own id (CANNOT_ENROLL_HQ) and a revoked device
+   * (DEVICE_REVOKED: a new certificate would not lift the revocation, the device could still not sync).
+   */
   async enrollDevice(device: DeviceId, user: string, role: Role, validForMs: number): Promise<Certificate> {
     if (this.role !== 'server' || this.device !== this.hqDevice) throw new RuleViolationError('NOT_HQ', 'only the team\'s HQ node enrolls devices');
+    if (!isDeviceId(device)) throw new InvalidInputError('BAD_DEVICE_ID', 'device must be an Ed25519 PeerId', { device: String(device).slice(0, 80) });
     // HQ's own certificate (role server, the team root) would be replaced by this one, and shared with every peer.
     if (device === this.hqDevice) throw new RuleViolationError('CANNOT_ENROLL_HQ', 'the device id is HQ\'s own: HQ holds its team root certificate', { device });
+    if (this.isRevoked(device)) throw new RuleViolationError('DEVICE_REVOKED', `device ${device} is revoked: enroll its replacement under a new key`, { device });
     const now = this.now();
     const cert = issueCertificate({ team: this.team, device, user, role, issuedMs: now, expiresMs: now + validForMs }, this.key.signer);
     this.share(await this.addCertificates([cert.bytes]));

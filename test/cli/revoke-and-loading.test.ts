@@ -52,6 +52,19 @@ describe('revoke', () => {
     expect(revocations.map((o) => o.id)).toEqual([first.id]);
   });
 
+  it('enroll --force of a revoked device is refused (DEVICE_REVOKED) and changes nothing: a new certificate would not lift the revocation', async () => {
+    const { hq, tablet, tabletDevice } = await team(await cli.dir());
+    await cli.ok(['-d', hq, 'revoke', tabletDevice, '--reason', 'lost in the river']);
+    const before = await readFile(join(tablet, 'device.cert'));
+    const refused = await cli.run(['-d', tablet, 'enroll', '--hq', hq, '--user', 'erin', '--force']);
+    expect([refused.code, refused.stdout, refused.stderr.trim()]).toEqual([1, '', `fieldmesh: device ${tabletDevice} is revoked: enroll its replacement under a new key [DEVICE_REVOKED]`]);
+    expect(await readFile(join(tablet, 'device.cert'))).toEqual(before);
+    // A device enrolled through the CLI is known to HQ at once, before it ever syncs.
+    const replacement = join(await cli.dir(), 'replacement');
+    const enrolled = await cli.json(['-d', replacement, 'enroll', '--hq', hq, '--user', 'erin']);
+    expect(await withNode(hq, async (n) => n.certificateOf(enrolled.device)?.user)).toBe('erin');
+  });
+
   it('a device that learned of its revocation (a bundle from HQ) says so in status and refuses writes that would count nowhere', async () => {
     const root = await cli.dir();
     const { hq, tablet, tabletDevice } = await team(root);
