@@ -80,7 +80,9 @@ async function readJsonFile(flag: string, path: string): Promise<unknown> {
     text = await readFile(path, 'utf8');
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code ?? 'ERROR';
-    throw new FieldmeshError(code, `cannot read ${flag} ${path}: ${code === 'ENOENT' ? 'no such file' : (err as Error).message}`, { path });
+    // A path that names no file is a mistake in the command (exit 2); a file that fails to read is not.
+    if (code === 'ENOENT' || code === 'EISDIR' || code === 'ENOTDIR') throw new UsageError(code, `cannot read ${flag} ${path}: ${code === 'EISDIR' ? 'it is a directory' : 'no such file'}`, { path });
+    throw new FieldmeshError(code, `cannot read ${flag} ${path}: ${(err as Error).message}`, { path });
   }
   try {
     return JSON.parse(text) as unknown;

@@ -61,6 +61,8 @@ const usageErrors = (root: string, hqDevice: string): [string[], number, RegExp]
   [['bundle', 'export', '--out', 'o', '--since', join(root, 'vv-array.json')], 2, /got an array \[BAD_VERSION_VECTOR\]$/],
   [['bundle', 'export', '--out', 'o', '--since', join(root, 'vv-negative.json')], 2, /must be a non-negative integer, got -1 \[BAD_VERSION_VECTOR\]$/],
   [['bundle', 'export', '--out', 'o', '--since', join(root, 'vv-broken.json')], 2, /vv-broken\.json is not valid JSON: .* \[BAD_JSON\]$/],
+  [['bundle', 'export', '--out', 'o', '--since', join(root, 'no-such.vv')], 2, /^fieldmesh: cannot read --since \S+no-such\.vv: no such file \[ENOENT\]$/],
+  [['init', '--team', 'x', '--user', 'u', '--domains', root], 2, /^fieldmesh: cannot read --domains \S+: it is a directory \[EISDIR\]$/],
   [['start', '--peer', 'garbage'], 2, /^fieldmesh: --peer "garbage" is not a multiaddr .* \[BAD_MULTIADDR\]$/],
   [['start', '--listen', '/ip4/127.0.0.1/udp/4001'], 2, /^fieldmesh: --listen \/ip4\/127\.0\.0\.1\/udp\/4001 names no TCP port.* \[BAD_MULTIADDR\]$/],
   [['start', '--hq', '/ip4/127.0.0.1/tcp/99999'], 2, /^fieldmesh: --hq "\/ip4\/127\.0\.0\.1\/tcp\/99999" is not a multiaddr .* \[BAD_MULTIADDR\]$/],
