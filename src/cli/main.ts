@@ -39,6 +39,8 @@ const program = new Command('fieldmesh')
   .description('Offline-first sync for field teams: signed op logs gossiped over libp2p, forwarded to HQ.')
   .option('-d, --data <dir>', 'the node\'s data dir', process.env.FIELDMESH_DATA ?? './fieldmesh-data')
   .option('--json', 'print JSON instead of text')
+  // Every command's --help lists -d and --json too: they go before or after the command.
+  .configureHelp({ showGlobalOptions: true })
   .showHelpAfterError()
   .exitOverride();
 
@@ -336,6 +338,8 @@ program
       const { buildApi } = await import('../hq/api.ts');
       const [host, port] = apiAt;
       const server = await buildApi(node, { token: await apiToken(dir), receipts: receipts! });
+      // Where the token was taken from: the variable wins over the file.
+      const tokenFrom = process.env.FIELDMESH_API_TOKEN !== undefined ? 'from $FIELDMESH_API_TOKEN' : `in ${join(dir, 'api.token')}`;
       api = server;
       try {
         await server.listen({ host, port });
@@ -345,7 +349,7 @@ program
         throw err;
       }
       const address = server.server.address();
-      print({ event: 'api', url: typeof address === 'object' && address !== null ? `http://${address.address}:${address.port}` : String(address) }, (v: { url: string }) => `HTTP API on ${v.url} (bearer token in ${join(dir, 'api.token')} or $FIELDMESH_API_TOKEN)`);
+      print({ event: 'api', url: typeof address === 'object' && address !== null ? `http://${address.address}:${address.port}` : String(address) }, (v: { url: string }) => `HTTP API on ${v.url} (bearer token ${tokenFrom})`);
     }
     const events = node.subscribe({ kinds: ['peer'] });
     print({ event: 'started', device: node.device, role: node.role, addresses: node.addresses() }, (v: { device: string; addresses: string[] }) => `fieldmesh ${v.device} listening on\n  ${v.addresses.join('\n  ')}`);

@@ -122,9 +122,13 @@ function clientError(err: Error & { code?: string }, socket: Socket): void {
 export async function buildApi(node: FieldNode, options: ApiOptions): Promise<FastifyInstance> {
   // No request can send an empty token (nor one with spaces around it): it would lock everyone out.
   if (options.token.trim() === '' || options.token !== options.token.trim()) throw new InvalidInputError('BAD_TOKEN', 'the API token must be non-empty, without spaces around it');
-  const expected = Buffer.from(`Bearer ${options.token}`);
+  const expected = Buffer.from(options.token);
   const authorized = (request: FastifyRequest) => {
-    const given = Buffer.from(request.headers.authorization ?? '');
+    // The scheme is case-insensitive (RFC 9110 §11.1); the token is compared in constant time.
+    const header = request.headers.authorization ?? '';
+    const space = header.indexOf(' ');
+    if (space < 0 || header.slice(0, space).toLowerCase() !== 'bearer') return false;
+    const given = Buffer.from(header.slice(space + 1));
     return given.length === expected.length && timingSafeEqual(given, expected);
   };
   const unauthorized = (reply: FastifyReply) => reply.code(401).header('www-authenticate', 'Bearer').send({ error: { code: 'UNAUTHORIZED', message: 'missing or wrong bearer token' } });

@@ -506,9 +506,12 @@ describe('bad requests', () => {
         expectError(reply, 401, 'UNAUTHORIZED');
         expect(reply.headers.get('www-authenticate')).toBe('Bearer');
       }
-      const basic = await call(method, path, { token: null, body, headers: { authorization: `Basic ${TOKEN}` } });
-      expect(basic.status).toBe(401);
+      for (const authorization of [`Basic ${TOKEN}`, `Bearer${TOKEN}`, `Bearer  ${TOKEN}`, TOKEN]) {
+        expect((await call(method, path, { token: null, body, headers: { authorization } })).status, authorization).toBe(401);
+      }
     }
+    // The scheme is case-insensitive (RFC 9110), the token is not.
+    for (const scheme of ['bearer', 'BEARER']) expect((await call('GET', '/v1/devices', { token: null, headers: { authorization: `${scheme} ${TOKEN}` } })).status).toBe(200);
     // Nothing was written by the refused requests.
     expect((await call('GET', '/v1/entities/case/x')).status).toBe(404);
   });
