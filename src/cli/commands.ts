@@ -156,7 +156,8 @@ export const COMMANDS = {
   bundleExport: async (node: FieldNode, p: Params) => {
     const bytes = await node.exportBundle(await parseVersionVector(p.since ?? {}));
     await writeFile(str(p, 'out'), bytes);
-    return { file: str(p, 'out'), bytes: bytes.length };
+    const { decodeBundle } = await import('../core/bundle.ts');
+    return { file: str(p, 'out'), ops: decodeBundle(bytes).runs.reduce((n, run) => n + run.ops.length, 0), bytes: bytes.length };
   },
   bundleImport: async (node: FieldNode, p: Params) => {
     const bytes = await readFile(str(p, 'file'));

@@ -17,8 +17,9 @@ import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { Role } from '../core/cert.ts';
 import type { OpType } from '../core/op.ts';
+import type { Conflict } from '../core/view.ts';
 import { FieldmeshError, InvalidInputError } from '../core/errors.ts';
-import type { LinkInfo } from '../net/mesh.ts';
+import type { LinkInfo, PeerInfo } from '../net/mesh.ts';
 import type { FieldNode } from '../node/field-node.ts';
 import { COMMANDS, MAX_LIST_LIMIT, parseVersionVector, toJson, type CommandName, type Refusal } from './commands.ts';
 import type { NodeConfig } from './config.ts';
@@ -136,11 +137,28 @@ async function onNode(method: CommandName, params: Record<string, unknown>): Pro
   return onNodeAt(await dataDir(), method, params);
 }
 
-/** Runs a command on the node of `dir`: through the running node if there is one. */
+/** How long a command waits for another command that holds a stopped data dir (STORE_LOCKED) to finish. */
+const LOCK_WAIT_MS = 15_000;
+
+/**
+ * Runs a command on the node of `dir`: through the running node if there is one, else on the
+ * data dir itself, waiting a while for another command that has it open (two enrollments at once
+ * both open HQ's dir, say).
+ */
 async function onNodeAt(dir: string, method: CommandName, params: Record<string, unknown>): Promise<unknown> {
-  const running = await callRunning(dir, method, params);
-  if (running !== undefined) return running.result;
-  const node = await openNode(dir, { checkChanges: CHANGES.has(method) });
+  const deadline = Date.now() + LOCK_WAIT_MS;
+  let node: FieldNode;
+  for (;;) {
+    const running = await callRunning(dir, method, params);
+    if (running !== undefined) return running.result;
+    try {
+      node = await openNode(dir, { checkChanges: CHANGES.has(method) });
+      break;
+    } catch (err) {
+      if ((err as FieldmeshError).code !== 'STORE_LOCKED' || Date.now() >= deadline) throw err;
+      await new Promise((resolve) => setTimeout(resolve, 50 + Math.random() * 150));
+    }
+  }
   try {
     return await COMMANDS[method](node, params);
   } finally {
@@ -454,7 +472,7 @@ nodeCommand('ops', 'list ops, filtered')
   .option('--limit <n>', `most ops (1 to ${MAX_LIST_LIMIT})`, integer('--limit', 1, MAX_LIST_LIMIT), 1000)
   .action(async (opts: Record<string, unknown>) => {
     print(await onNode('ops', opts), (v: { device: string; seq: number; type: string; domain: string | null; entity: string | null; status: string; reason?: string }[]) =>
-      v.map((o) => `${o.device.slice(-8)} #${o.seq} ${o.type} ${o.domain ?? ''}/${o.entity ?? ''} ${o.status}${o.reason ? ` (${o.reason})` : ''}`).join('\n'),
+      v.length === 0 ? 'no ops' : v.map((o) => `${o.device.slice(-8)} #${o.seq} ${o.type}${o.domain !== null ? ` ${o.domain}/${o.entity}` : ''} ${o.status}${o.reason ? ` (${o.reason})` : ''}`).join('\n'),
     );
   });
 
@@ -482,7 +500,20 @@ nodeCommand('status', 'per-status counts, per-device queues and the state hash')
   );
 });
 
-nodeCommand('conflicts', 'open manual conflicts').action(async () => print(await onNode('conflicts', {})));
+nodeCommand('conflicts', 'open manual conflicts').action(async () =>
+  print(await onNode('conflicts', {}), (v: Conflict[]) =>
+    v.length === 0
+      ? 'no open conflicts'
+      : v
+          .map((c) =>
+            [
+              `conflict ${c.id} on ${c.domain}/${c.entity} (resolve ${c.id.slice(0, 12)}... field=value, or --delete):`,
+              ...c.fields.map((f) => `  ${f.field}: ${f.candidates.map((w) => `${w.deleted ? '(deleted)' : toJson(w.value)} by ${w.user} (${w.device.slice(-8)})`).join(' | ')}`),
+            ].join('\n'),
+          )
+          .join('\n'),
+  ),
+);
 
 nodeCommand('resolve', 'resolve a conflict: resolve <conflict-id> field=value... | --delete')
   .argument('<conflict>')
@@ -497,7 +528,9 @@ nodeCommand('revoke', 'HQ only: revoke a device (its ops after what HQ holds are
   .option('--after-seq <n>', 'keep its ops up to this seq (default: all HQ holds)', integer('--after-seq', 0, Number.MAX_SAFE_INTEGER))
   .option('--reason <text>', 'why')
   .action(async (device: string, opts: { afterSeq?: number; reason?: string }) => {
-    print(await onNode('revoke', { device, ...(opts.afterSeq !== undefined ? { afterSeq: opts.afterSeq } : {}), reason: opts.reason ?? '' }), (v: { target: string; afterSeq: number }) => `revoked ${v.target} after seq ${v.afterSeq}`);
+    print(await onNode('revoke', { device, ...(opts.afterSeq !== undefined ? { afterSeq: opts.afterSeq } : {}), reason: opts.reason ?? '' }), (v: { target: string; afterSeq: number; created: boolean }) =>
+      v.created ? `revoked ${v.target} after seq ${v.afterSeq}` : `${v.target} was revoked already, after seq ${v.afterSeq}: nothing appended`,
+    );
   });
 
 const bundle = program.command('bundle').description('move ops by file (USB stick): export and import');
@@ -517,7 +550,7 @@ bundle
         throw new UsageError(e.code, `--since ${opts.since}: ${e.message}`, e.details);
       }
     }
-    print(await onNode('bundleExport', { out: resolve(opts.out), since }), (v: { file: string; bytes: number }) => `wrote ${v.file} (${v.bytes} bytes)`);
+    print(await onNode('bundleExport', { out: resolve(opts.out), since }), (v: { file: string; ops: number; bytes: number }) => `wrote ${v.ops} ops to ${v.file} (${v.bytes} bytes)`);
   });
 bundle
   .command('import')
@@ -534,7 +567,20 @@ bundle
 
 nodeCommand('vv', 'this node\'s version vector (what to pass to bundle export --since)').action(async () => print(await onNode('vv', {})));
 
-nodeCommand('peers', 'peers the running node syncs with').action(async () => print(await onNode('peers', {})));
+nodeCommand('peers', 'peers the running node syncs with').action(async () => {
+  const running = await callRunning(await dataDir(), 'peers', {});
+  if (running === undefined && !globals().json) {
+    console.log('the node is not running (fieldmesh start): it syncs with no one');
+    return;
+  }
+  print(running?.result ?? [], (v: PeerInfo[]) =>
+    v.length === 0
+      ? 'no peers yet'
+      : v
+          .map((p) => `${p.device} ${p.user ?? '?'} (${p.role ?? '?'}) at ${p.address}: ${p.caughtUp ? 'caught up' : `it lacks ${p.theyLack} of our ops, we lack ${p.weLack} of its`}, connected since ${new Date(p.connectedSinceMs).toISOString()}`)
+          .join('\n'),
+  );
+});
 
 nodeCommand('verify', 're-check every chain and signature in the data dir').action(async () => {
   const report = (await onNode('verify', {})) as { devices: number; ops: number; problems: unknown[] };

@@ -151,14 +151,16 @@ describe('commands on data dirs no node holds', () => {
     expect(await readdir(root)).not.toContain('tablet2');
     expect(JSON.parse(await readFile(join(fa, 'config.json'), 'utf8'))).toMatchObject({ team: TEAM, user: 'alice', role: 'field' });
 
+    // Re-enrolled on purpose (--force: another expiry; HQ's node signs it, so HQ's dir is busy meanwhile).
+    const reEnrolled = await cli.json(['-d', fa, 'enroll', '--hq', hq, '--user', 'alice', '--valid-days', '10', '--force']);
+    expect(reEnrolled).toMatchObject({ device: fieldInit.device, team: TEAM, user: 'alice', role: 'field' });
+    expect((Date.parse(reEnrolled.expires) - Date.now()) / 86_400_000).toBeLessThanOrEqual(10);
+
     // Three lanes side by side, one data dir each (a process that opens a data dir locks it).
     const f1 = join(root, 'alice.bundle');
     const f2 = join(root, 'gateway.bundle');
     const aliceLane = async () => {
-      // Re-enrolled on purpose (--force: another expiry), then init again with the same values: both fine.
-      const reEnrolled = await cli.json(['-d', fa, 'enroll', '--hq', hq, '--user', 'alice', '--valid-days', '10', '--force']);
-      expect(reEnrolled).toMatchObject({ device: fieldInit.device, team: TEAM, user: 'alice', role: 'field' });
-      expect((Date.parse(reEnrolled.expires) - Date.now()) / 86_400_000).toBeLessThanOrEqual(10);
+      // Init again with the same values: fine.
       expect(await cli.json(['-d', fa, 'init', '--team', TEAM, '--user', 'alice', '--role', 'field'])).toEqual({ device: fieldInit.device, dataDir: fa, enrolled: true });
       const put = await cli.ok(['-d', fa, 'put', 'case', 'case-7', 'title=Warehouse fire', 'status=open', 'floors=3', 'tags=["roof"]']);
       expect(put.stdout.trim()).toMatch(/^create #1 [0-9a-f]{64} pending$/);
@@ -167,7 +169,7 @@ describe('commands on data dirs no node holds', () => {
       // Values parse as JSON where they can (numbers, arrays), else stay text.
       expect(JSON.parse(got.stdout)).toMatchObject({ domain: 'case', entity: 'case-7', exists: true, fields: { title: 'Warehouse fire', status: 'open', floors: 3, tags: ['roof'] }, conflict: null });
       const exported = await cli.ok(['-d', fa, 'bundle', 'export', '--out', f1]);
-      expect(exported.stdout.trim()).toBe(`wrote ${f1} (${(await stat(f1)).size} bytes)`);
+      expect(exported.stdout.trim()).toMatch(new RegExp(`^wrote \\d+ ops to ${f1} \\(${(await stat(f1)).size} bytes\\)$`));
     };
     const gatewayLane = async () => {
       expect(await cli.json(['-d', gw, 'delete', 'evidence', 'ev-9'])).toEqual({ id: expect.stringMatching(HEX64), seq: 3, status: 'pending' });
@@ -177,7 +179,7 @@ describe('commands on data dirs no node holds', () => {
       const vv = await cli.ok(['-d', gw, 'vv']);
       expect(JSON.parse(vv.stdout)).toEqual({ [gwEnroll.device]: 3 });
       const exported = await cli.json(['-d', gw, 'bundle', 'export', '--out', f2]);
-      expect(exported).toEqual({ file: f2, bytes: (await stat(f2)).size });
+      expect(exported).toEqual({ file: f2, ops: 3, bytes: (await stat(f2)).size });
     };
     const hqLane = async () => {
       const queried = await cli.json(['-d', hq, 'query', 'case', 'status=escalated', '--limit', '5']);
@@ -206,6 +208,14 @@ describe('commands on data dirs no node holds', () => {
     expect(conflicts[0].fields[0].candidates.map((c: { value: string }) => c.value).sort()).toEqual(['escalated', 'open']);
     const resolved = await cli.ok(['-d', hq, 'resolve', conflicts[0].id, 'status=escalated']);
     expect(resolved.stdout.trim()).toMatch(/^resolve #3 [0-9a-f]{64}$/);
+    // Nothing to show is said in words; a stopped node says it syncs with no one.
+    const [noConflicts, noOps, notRunning, notRunningJson] = await Promise.all([
+      cli.ok(['-d', hq, 'conflicts']),
+      cli.ok(['-d', hq, 'ops', '--entity', 'no-such-entity']),
+      cli.ok(['-d', hq, 'peers']),
+      cli.json(['-d', hq, 'peers']),
+    ]);
+    expect([noConflicts.stdout, noOps.stdout, notRunning.stdout, notRunningJson]).toEqual(['no open conflicts\n', 'no ops\n', 'the node is not running (fieldmesh start): it syncs with no one\n', []]);
 
     // Back to alice by bundle: what she lacks (imported in-process).
     await vvWritten;
@@ -349,9 +359,12 @@ describe('running nodes', () => {
       () => cli.ok(['-d', alice.dataDir, 'verify']),
       () => cli.ok(['-d', hq.dataDir, 'status']),
     ]);
-    expect(JSON.parse((conflictsText as Result).stdout).map((c: { id: string }) => c.id)).toEqual([conflictId]);
+    // Text for people: each conflict, its fields and every candidate with who wrote it.
+    expect((conflictsText as Result).stdout).toMatch(new RegExp(`^conflict ${conflictId} on case/case-7 \\(resolve ${conflictId.slice(0, 12)}\\.\\.\\. field=value, or --delete\\):\\n  \\w+: .+ by \\S+ \\(\\w{8}\\) \\| .+ by \\S+ \\(\\w{8}\\)`, 'm'));
     expect((peersJson as { device: string; role: string }[]).map((p) => [p.device, p.role])).toEqual([[gw.device, 'gateway']]);
-    expect(JSON.parse((peersText as Result).stdout).map((p: { device: string }) => p.device).sort()).toEqual([alice.device, hq.device].sort());
+    const peerLines = (peersText as Result).stdout.trim().split('\n');
+    expect(peerLines.map((l) => l.split(' ')[0]).sort()).toEqual([alice.device, hq.device].sort());
+    for (const line of peerLines) expect(line).toMatch(/^\S+ \S+ \((field|server)\) at \/ip4\/127\.0\.0\.1\/tcp\/\d+.*: (caught up|it lacks \d+ of our ops, we lack \d+ of its), connected since \d{4}-/);
     expect((caseJson as { conflict: { id: string } | null }).conflict?.id).toBe(conflictId);
     expect(failedJson as unknown[]).toEqual([expect.objectContaining({ entity: 'case-11', status: 'failed', reason: 'REJECTED:SCHEMA', detail: expect.stringMatching(/title/) })]);
     expect((verifyText as Result).stdout.trim()).toMatch(/^\d+ ops of 2 devices checked: all valid$/); // alice's and HQ's logs

@@ -39,7 +39,7 @@ describe('revoke', () => {
     const again = await cli.json(['-d', hq, 'revoke', tabletDevice, '--after-seq', '5', '--reason', 'again']);
     expect(again).toEqual({ ...first, created: false });
     const text = await cli.ok(['-d', hq, 'revoke', tabletDevice]);
-    expect(text.stdout.trim()).toBe(`revoked ${tabletDevice} after seq 0`);
+    expect(text.stdout.trim()).toBe(`${tabletDevice} was revoked already, after seq 0: nothing appended`);
 
     const stranger = signerFromSeed(new Uint8Array(32).fill(7)).device;
     const refused = await cli.run(['-d', hq, 'revoke', stranger]);
