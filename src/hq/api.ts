@@ -223,6 +223,9 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
 
   const params = (...names: string[]) => ({ type: 'object', properties: Object.fromEntries(names.map((n) => [n, { type: 'string', minLength: 1, maxLength: MAX_PARAM_CHARS }])), required: names });
   const errors = (...statuses: number[]) => Object.fromEntries(statuses.map((status) => [status, error]));
+  // Success answers as documented in docs/api.md, passed through whole (no field is filtered out).
+  const anObject = (description: string) => ({ description, type: 'object', additionalProperties: true });
+  const aList = (description: string) => ({ description, type: 'array', items: { type: 'object', additionalProperties: true } });
 
   /** UNKNOWN_DOMAIN (400), as a write to an undeclared domain gives. */
   const checkDomain = (domain: string) => {
@@ -240,7 +243,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
     if (!node.isEnrolled(device)) throw new RuleViolationError('DEVICE_NOT_FOUND', `device ${device} is not enrolled in team ${node.team}`, { device });
   };
 
-  app.get('/v1/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+  app.get('/v1/openapi.json', { schema: { summary: 'This OpenAPI document', response: { 200: anObject('the OpenAPI 3 document of every route') } } }, async () => app.swagger());
 
   app.get('/v1/status', { schema: { summary: 'Counts per status, the state hash, this node', querystring: noQuery } }, async () => ({
     device: node.device,
@@ -257,7 +260,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
         summary: 'Entities of a domain (where: JSON object of field equalities); 400 UNKNOWN_DOMAIN for an undeclared domain',
         params: params('domain'),
         querystring: { type: 'object', additionalProperties: false, properties: { limit: limitQuery, where: { type: 'string', maxLength: 4096 } } },
-        response: errors(400),
+        response: { 200: aList('the entities that match, as views'), ...errors(400) },
       },
     },
     async (request) => {
@@ -278,7 +281,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
     },
   );
 
-  app.get<{ Params: { domain: string; entity: string } }>('/v1/entities/:domain/:entity', { schema: { summary: 'One entity', params: params('domain', 'entity'), querystring: noQuery, response: errors(400, 404) } }, async (request, reply) => {
+  app.get<{ Params: { domain: string; entity: string } }>('/v1/entities/:domain/:entity', { schema: { summary: 'One entity', params: params('domain', 'entity'), querystring: noQuery, response: { 200: anObject('the entity as a view, with its open conflict'), ...errors(400, 404) } } }, async (request, reply) => {
     checkDomain(request.params.domain);
     const view = await node.get(request.params.domain, request.params.entity);
     if (view === null) return reply.code(404).send({ error: { code: 'ENTITY_NOT_FOUND', message: `${request.params.domain}/${request.params.entity} does not exist` } });
@@ -292,7 +295,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
         summary: 'The ops of one entity (a deleted entity keeps its history); 404 ENTITY_NOT_FOUND when no op ever named it',
         params: params('domain', 'entity'),
         querystring: limitOnly,
-        response: errors(400, 404),
+        response: { 200: aList('the ops that name the entity, oldest first'), ...errors(400, 404) },
       },
     },
     async (request) => {
@@ -323,7 +326,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
     },
   );
 
-  app.delete<{ Params: { domain: string; entity: string } }>('/v1/entities/:domain/:entity', { schema: { summary: 'HQ staff delete', params: params('domain', 'entity'), querystring: noQuery, response: errors(400, 404) } }, async (request) => {
+  app.delete<{ Params: { domain: string; entity: string } }>('/v1/entities/:domain/:entity', { schema: { summary: 'HQ staff delete', params: params('domain', 'entity'), querystring: noQuery, response: { 200: anObject('the delete op written: id, seq, status'), ...errors(400, 404) } } }, async (request) => {
     const r = await node.mutate({ type: 'delete', domain: request.params.domain, entity: request.params.entity });
     return { id: r.id, seq: r.op.seq, status: r.status };
   });
@@ -338,7 +341,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
           additionalProperties: false,
           properties: { type: { enum: [...OP_TYPES] }, domain: filterText, entity: filterText, device: filterText, status: { enum: [...STATUSES] }, limit: limitQuery },
         },
-        response: errors(400),
+        response: { 200: aList('ops, filtered, in (device, seq) order'), ...errors(400) },
       },
     },
     async (request) => {
@@ -378,7 +381,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
         summary: 'A device\'s ops HQ has not acknowledged, in seq order ([] when none); 404 DEVICE_NOT_FOUND for a device HQ never enrolled',
         params: params('device'),
         querystring: limitOnly,
-        response: errors(400, 404),
+        response: { 200: aList('the device\'s pending ops in seq order'), ...errors(400, 404) },
       },
       preValidation: deviceParam,
     },
@@ -400,7 +403,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
           required: ['device', 'user', 'role'],
           properties: { device: { type: 'string' }, user: { type: 'string', minLength: 1, maxLength: 128 }, role: { enum: ROLES.filter((r) => r !== 'server') }, validDays: { type: 'integer', minimum: 1, maximum: 3650, default: 365 } },
         },
-        response: errors(400, 409, 415),
+        response: { 201: anObject('the certificate issued: device, role, user, expiresMs, certificate (base64)'), ...errors(400, 409, 415) },
       },
     },
     async (request, reply) => {
@@ -417,7 +420,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
         params: params('device'),
         querystring: noQuery,
         body: { type: 'object', additionalProperties: false, properties: { reason: { type: 'string', maxLength: 512 }, afterSeq: { type: 'integer', minimum: 0 } } },
-        response: errors(400, 404, 409, 415),
+        response: { 200: anObject('the revoke op: id, seq, target, afterSeq, created'), ...errors(400, 404, 409, 415) },
       },
       preValidation: [
         async (request) => {
@@ -446,7 +449,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
         params: params('id'),
         querystring: noQuery,
         body: { type: 'object', additionalProperties: false, properties: { fields: anyObject, delete: { type: 'boolean' } } },
-        response: errors(400, 404, 409, 415),
+        response: { 200: anObject('the resolve op written: id, seq, status'), ...errors(400, 404, 409, 415) },
       },
     },
     async (request) => {
@@ -474,7 +477,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
   let eventClients = 0;
   app.get(
     '/v1/events',
-    { schema: { summary: 'Server-Sent Events: op status changes, entity changes and peer events as they happen; the stream ends when HQ\'s API closes', querystring: noQuery, response: errors(503) } },
+    { schema: { summary: 'Server-Sent Events: op status changes, entity changes and peer events as they happen; the stream ends when HQ\'s API closes', querystring: noQuery, response: { 200: { description: 'a text/event-stream of status, entity and peer events', type: 'string' }, ...errors(503) } } },
     async (request: FastifyRequest, reply: FastifyReply) => {
       // HEAD (Fastify answers it with this handler) has no body to stream: it would stay open forever.
       if (request.method === 'HEAD') return reply.code(200).header('cache-control', 'no-cache').type('text/event-stream').send();

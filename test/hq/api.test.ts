@@ -462,10 +462,13 @@ describe('OpenAPI', () => {
       '/v1/forks': ['get'],
       '/v1/retries': ['get'],
       '/v1/events': ['get'],
+      '/v1/openapi.json': ['get'],
     };
     for (const [path, methods] of Object.entries(expected)) {
       expect(Object.keys(doc.paths), path).toContain(path);
       expect(Object.keys(doc.paths[path]).sort(), path).toEqual(expect.arrayContaining(methods));
+      // Every operation documents its success answer, not only its errors.
+      for (const method of methods) expect(Object.keys(doc.paths[path][method].responses).filter((s) => s.startsWith('2')), `${method} ${path}`).not.toEqual([]);
       // Every {param} of the template is declared as a required path parameter, and no other.
       const templated = [...path.matchAll(/\{([^}]+)\}/g)].map((m) => m[1]).sort();
       for (const method of methods) {
