@@ -35,14 +35,13 @@ export function compareStamped(a: Hlc, aDevice: string, b: Hlc, bDevice: string)
   return aDevice < bDevice ? -1 : aDevice > bDevice ? 1 : 0;
 }
 
+/**
+ * A counter past its 16 bits carries into the next millisecond: the clock runs a little ahead of
+ * physical time rather than failing (a bundle of 100,000 ops, or a burst of writes after a
+ * peer's clock dragged ours ahead, ticks the counter once per op within one millisecond).
+ */
 function checked(wallMs: number, counter: number): Hlc {
-  if (counter > LIMITS.maxHlcCounter) {
-    throw new RuleViolationError('HLC_COUNTER_OVERFLOW', `HLC counter overflow at wall ${wallMs}`, {
-      wallMs,
-      counter,
-      limit: LIMITS.maxHlcCounter,
-    });
-  }
+  if (counter > LIMITS.maxHlcCounter) return checked(wallMs + 1, 0);
   if (wallMs > LIMITS.maxHlcWallMs) {
     throw new RuleViolationError('HLC_WALL_OVERFLOW', `HLC wall time ${wallMs} beyond 48 bits`, { wallMs });
   }

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { authorOp, type Author, type AuthorState } from '../../src/core/author.ts';
 import { EMPTY_TIP, verifyRange } from '../../src/core/chain.ts';
-import { InvalidInputError, RuleViolationError } from '../../src/core/errors.ts';
+import { InvalidInputError } from '../../src/core/errors.ts';
 import { compareHlc, HLC_ZERO } from '../../src/core/hlc.ts';
 import { LIMITS } from '../../src/core/limits.ts';
 import { decodeOp, type Op } from '../../src/core/op.ts';
@@ -50,8 +50,8 @@ describe('authorOp', () => {
     expect(state).toEqual({ tip: EMPTY_TIP, clock: HLC_ZERO });
   });
 
-  it('fails with HLC_COUNTER_OVERFLOW rather than writing a wrapped clock', () => {
+  it('carries a full HLC counter into the next millisecond rather than writing a wrapped clock', () => {
     const state: AuthorState = { tip: EMPTY_TIP, clock: { wallMs: T0, counter: LIMITS.maxHlcCounter } };
-    expectCoreError(() => authorOp(author, state, T0, draft), RuleViolationError, 'HLC_COUNTER_OVERFLOW');
+    expect(authorOp(author, state, T0, draft).op.hlc).toEqual({ wallMs: T0 + 1, counter: 0 });
   });
 });

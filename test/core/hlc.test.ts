@@ -43,15 +43,19 @@ describe('hlcNow', () => {
     expect(hlcNow({ wallMs: 1500, counter: 0 }, 1500.9)).toEqual({ wallMs: 1500, counter: 1 });
   });
 
-  it('reaches the last counter value, and overflowing it is an error, never a wrap', () => {
+  it('reaches the last counter value, and past it carries into the next millisecond, never a wrap', () => {
     expect(hlcNow({ wallMs: 1000, counter: MAX_COUNTER - 1 }, 1000)).toEqual({ wallMs: 1000, counter: MAX_COUNTER });
-    expectCoreError(() => hlcNow({ wallMs: 1000, counter: MAX_COUNTER }, 1000), RuleViolationError, 'HLC_COUNTER_OVERFLOW', {
-      wallMs: 1000,
-      counter: MAX_COUNTER + 1,
-      limit: MAX_COUNTER,
-    });
-    // Physical time moving on clears the counter again.
-    expect(hlcNow({ wallMs: 1000, counter: MAX_COUNTER }, 1001)).toEqual({ wallMs: 1001, counter: 0 });
+    expect(hlcNow({ wallMs: 1000, counter: MAX_COUNTER }, 1000)).toEqual({ wallMs: 1001, counter: 0 });
+    // Physical time moving on clears the counter as before.
+    expect(hlcNow({ wallMs: 1000, counter: MAX_COUNTER }, 1005)).toEqual({ wallMs: 1005, counter: 0 });
+    // 200,000 events in one millisecond: strictly increasing, never past the 16 bits.
+    let clock = { wallMs: 1000, counter: 0 };
+    for (let i = 0; i < 200_000; i++) {
+      const next = hlcNow(clock, 1000);
+      expect(compareHlc(next, clock)).toBeGreaterThan(0);
+      clock = next;
+    }
+    expect(clock).toEqual({ wallMs: 1003, counter: 200_000 - 3 * (MAX_COUNTER + 1) });
   });
 
   it('refuses wall times beyond 48 bits', () => {
@@ -118,10 +122,10 @@ describe('hlcReceive', () => {
     expect(r.clock).toEqual({ wallMs: week + 10, counter: 1 });
   });
 
-  it('makes counter overflow an error', () => {
-    expectCoreError(() => hlcReceive({ wallMs: 5000, counter: 0 }, { wallMs: 5000, counter: MAX_COUNTER }, 5000, drift), RuleViolationError, 'HLC_COUNTER_OVERFLOW');
-    expectCoreError(() => hlcReceive({ wallMs: 5000, counter: MAX_COUNTER }, { wallMs: 10, counter: 0 }, 5000, drift), RuleViolationError, 'HLC_COUNTER_OVERFLOW');
-    expectCoreError(() => hlcReceive(HLC_ZERO, { wallMs: 6000, counter: MAX_COUNTER }, 5000, drift), RuleViolationError, 'HLC_COUNTER_OVERFLOW');
+  it('carries a full counter into the next millisecond', () => {
+    expect(hlcReceive({ wallMs: 5000, counter: 0 }, { wallMs: 5000, counter: MAX_COUNTER }, 5000, drift).clock).toEqual({ wallMs: 5001, counter: 0 });
+    expect(hlcReceive({ wallMs: 5000, counter: MAX_COUNTER }, { wallMs: 10, counter: 0 }, 5000, drift).clock).toEqual({ wallMs: 5001, counter: 0 });
+    expect(hlcReceive(HLC_ZERO, { wallMs: 6000, counter: MAX_COUNTER }, 5000, drift).clock).toEqual({ wallMs: 6001, counter: 0 });
   });
 });
 

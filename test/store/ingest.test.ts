@@ -225,3 +225,22 @@ describe('ingest of hostile input', () => {
     expect((await node.ops({ device: d1.device }))[0]).toMatchObject({ status: 'failed', reason: 'REJECTED:REAL' });
   });
 });
+
+describe('ingest and the HLC counter', () => {
+  it('a batch that ticks our clock past its 16-bit counter carries into the next millisecond, and the node writes on', async () => {
+    const nowMs = Date.UTC(2026, 5, 1);
+    const node = await temp.open(await temp.dir(), { now: () => nowMs });
+    // A peer's op near the end of a millisecond's counter, a minute ahead (within the drift bound)...
+    const ahead = new TestAuthor(signerOf('hlc-ahead'), { user: 'ahead' });
+    ahead.state = { ...ahead.state, clock: { wallMs: nowMs + 60_000, counter: 65_530 } };
+    const late = ahead.create('note', 'n-ahead', { n: 1 });
+    // ...then ops stamped earlier, each ticking our clock's counter once in the same batch.
+    const behind = new TestAuthor(signerOf('hlc-behind'), { user: 'behind', startMs: nowMs - 10_000 });
+    const earlier = Array.from({ length: 20 }, (_, i) => behind.create('note', `n-${i}`, { n: i }));
+    await introduce(node);
+    expect(await node.ingest([late, ...earlier].map((o) => o.bytes))).toMatchObject({ added: 21, refused: 0 });
+    const own = await node.mutate({ type: 'create', domain: 'note', entity: 'mine', fields: { n: 0 } });
+    expect(own.op.hlc.wallMs).toBe(nowMs + 60_001);
+    expect(own.op.hlc.counter).toBeLessThan(100);
+  });
+});
