@@ -9,7 +9,6 @@
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { FieldmeshError, InvalidInputError } from '../core/errors.ts';
 import { LIMITS } from '../core/limits.ts';
 import { nestsDeeperThan } from '../core/value.ts';
@@ -37,7 +36,14 @@ export async function serveControl(node: FieldNode, dataDir: string): Promise<Se
       void (async () => {
         let id: unknown = null;
         try {
-          const request = JSON.parse(line) as { id?: unknown; method?: unknown; params?: unknown };
+          let parsed: unknown;
+          try {
+            parsed = JSON.parse(line);
+          } catch {
+            throw new InvalidInputError('BAD_REQUEST', 'a request is one line of JSON: {"id", "method", "params"}');
+          }
+          if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new InvalidInputError('BAD_REQUEST', 'a request is a JSON object {"id", "method", "params"}');
+          const request = parsed as { id?: unknown; method?: unknown; params?: unknown };
           // The request as a whole (params one level down): a deep id, echoed back, would break the reply too.
           if (nestsDeeperThan(request, MAX_PARAMS_DEPTH + 1)) throw tooDeep();
           id = request.id ?? null;
@@ -90,38 +96,56 @@ function boundedLines(socket: Socket, maxBytes: number, onTooLong: () => void, o
   socket.on('data', onData);
 }
 
-/** Calls a running node; resolves undefined when no node is running on this data dir. */
-export async function callRunning(dataDir: string, method: string, params: Record<string, unknown>, timeoutMs = 30_000): Promise<{ result: unknown } | undefined> {
+/** Commands that may run for minutes on a big data dir (a whole log read or written). */
+const LONG_METHODS: ReadonlySet<string> = new Set(['bundleImport', 'bundleExport', 'verify', 'enrollDevice']);
+
+/**
+ * Calls a running node; resolves undefined when no node is running on this data dir. A node that
+ * goes away mid-request (stopped, crashed) is reported at once, saying the command may or may not
+ * have been carried out; so is one that does not answer in time.
+ */
+export async function callRunning(dataDir: string, method: string, params: Record<string, unknown>, timeoutMs = LONG_METHODS.has(method) ? 600_000 : 30_000): Promise<{ result: unknown } | undefined> {
   const path = join(dataDir, CONTROL_SOCKET);
   // Refused before connecting, with the code the node would give: JSON.stringify recurses.
   if (nestsDeeperThan(params, MAX_PARAMS_DEPTH)) throw tooDeep();
   const request = JSON.stringify({ id: 1, method, params }) + '\n';
   return new Promise((resolve, reject) => {
     const socket = createConnection(path);
-    const timer = setTimeout(() => {
-      socket.destroy();
-      reject(new FieldmeshError('TIMEOUT', `the node on ${dataDir} did not answer within ${timeoutMs} ms`));
-    }, timeoutMs);
-    socket.once('error', (err: NodeJS.ErrnoException) => {
+    let connected = false;
+    let settled = false;
+    const settle = (outcome: () => void) => {
+      if (settled) return;
+      settled = true;
       clearTimeout(timer);
-      if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') resolve(undefined);
-      else reject(err);
+      socket.destroy();
+      outcome();
+    };
+    const maybeDone = `\`${method}\` may or may not have been carried out: check before repeating it`;
+    const timer = setTimeout(() => settle(() => reject(new FieldmeshError('TIMEOUT', `the node on ${dataDir} did not answer within ${timeoutMs} ms; ${maybeDone}`))), timeoutMs);
+    socket.on('error', (err: NodeJS.ErrnoException) => {
+      if (!connected && (err.code === 'ENOENT' || err.code === 'ECONNREFUSED')) settle(() => resolve(undefined));
+      else if (!connected) settle(() => reject(new FieldmeshError(err.code ?? 'CONTROL_ERROR', `cannot reach the node on ${dataDir} (${path}): ${err.message}`, { path })));
+      else settle(() => reject(new FieldmeshError('NODE_GONE', `the node on ${dataDir} went away before answering (${err.code ?? err.message}); ${maybeDone}`)));
+    });
+    socket.on('close', () => settle(() => reject(new FieldmeshError('NODE_GONE', `the node on ${dataDir} closed the connection before answering (it stopped or crashed); ${maybeDone}`))));
+    let buffered = '';
+    socket.setEncoding('utf8');
+    socket.on('data', (chunk: string) => {
+      buffered += chunk;
+      const end = buffered.indexOf('\n');
+      if (end < 0) return;
+      const line = buffered.slice(0, end);
+      let response: { result?: unknown; error?: { code: string; message: string } };
+      try {
+        response = JSON.parse(line) as typeof response;
+      } catch {
+        settle(() => reject(new FieldmeshError('BAD_RESPONSE', `the node on ${dataDir} answered with something other than JSON`)));
+        return;
+      }
+      settle(() => (response.error !== undefined ? reject(new FieldmeshError(response.error.code, response.error.message)) : resolve({ result: response.result })));
     });
     socket.once('connect', () => {
-      const lines = createInterface({ input: socket });
-      lines.once('line', (line) => {
-        clearTimeout(timer);
-        socket.end();
-        let response: { result?: unknown; error?: { code: string; message: string } };
-        try {
-          response = JSON.parse(line) as typeof response;
-        } catch {
-          reject(new FieldmeshError('BAD_RESPONSE', `the node on ${dataDir} answered with something other than JSON`));
-          return;
-        }
-        if (response.error !== undefined) reject(new FieldmeshError(response.error.code, response.error.message));
-        else resolve({ result: response.result });
-      });
+      connected = true;
       socket.write(request);
     });
   });

@@ -40,16 +40,23 @@ describe('control socket', () => {
         const lines = buffered.split('\n');
         buffered = lines.pop()!;
         replies.push(...lines);
-        if (replies.length === 2) resolve();
+        if (replies.length === 5) resolve();
       });
     });
-    socket.write('{"id":1,"method":"get","params":{"domain":"note","entity":"n1"}}\r\n{"id":2,"method":"nope"}\n');
+    socket.write('{"id":1,"method":"get","params":{"domain":"note","entity":"n1"}}\r\n{"id":2,"method":"nope"}\nnot json\nnull\n[1]\n');
     await done;
     socket.destroy();
     // Each reply carries its request's id; a quick one may overtake a slow one.
-    const byId = replies.map((r) => JSON.parse(r) as { id: number }).sort((a, b) => a.id - b.id);
+    const parsed = replies.map((r) => JSON.parse(r) as { id: number | null });
+    const byId = parsed.filter((r) => r.id !== null).sort((a, b) => a.id! - b.id!);
     expect(byId[0]).toMatchObject({ id: 1, result: { fields: { text: 'hello' } } });
     expect(byId[1]).toMatchObject({ id: 2, error: { code: 'BAD_METHOD' } });
+    // Lines that are no request get a typed refusal, and the node's own words only.
+    expect(parsed.filter((r) => r.id === null)).toEqual([
+      { id: null, error: { code: 'BAD_REQUEST', message: 'a request is one line of JSON: {"id", "method", "params"}' } },
+      { id: null, error: { code: 'BAD_REQUEST', message: 'a request is a JSON object {"id", "method", "params"}' } },
+      { id: null, error: { code: 'BAD_REQUEST', message: 'a request is a JSON object {"id", "method", "params"}' } },
+    ]);
   });
 
   it('refuses a request line past 1 MiB before its end arrives, and keeps serving', async () => {
