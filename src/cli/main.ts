@@ -223,8 +223,9 @@ program
 
     if (config.role !== 'server') {
       // A field device is usable offline once enrolled; init only prepares its key.
-      const { loadOrCreateDeviceKey } = await import('../node/device-key.ts');
+      const [{ loadOrCreateDeviceKey }, { refuseLostKey }] = await Promise.all([import('../node/device-key.ts'), import('../node/enroll.ts')]);
       await mkdir(dir, { recursive: true, mode: 0o700 });
+      await refuseLostKey(dir);
       const { key, created } = await loadOrCreateDeviceKey(dir);
       if (existing === null) await writeConfig(dir, config);
       print({ device: key.signer.device, dataDir: dir, enrolled: cert !== null }, (v: { device: string; enrolled: boolean }) =>

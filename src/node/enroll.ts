@@ -9,7 +9,7 @@ import { join, resolve } from 'node:path';
 import { decodeCertificate, issueCertificate, type Certificate, type Role } from '../core/cert.ts';
 import { FieldmeshError, RuleViolationError } from '../core/errors.ts';
 import type { DeviceId } from '../core/keys.ts';
-import { DEVICE_KEY_FILE, loadOrCreateDeviceKey, type DeviceKey } from './device-key.ts';
+import { DEVICE_KEY_FILE, KeyFileError, loadOrCreateDeviceKey, type DeviceKey } from './device-key.ts';
 
 export const DEVICE_CERT_FILE = 'device.cert';
 /** @default 365 days */
@@ -103,9 +103,23 @@ export async function prepareDeviceDir(options: { dataDir: string; hqDataDir: st
     }
   }
   await mkdir(dataDir, { recursive: true, mode: 0o700 });
+  await refuseLostKey(dataDir);
   const device = await loadOrCreateDeviceKey(dataDir);
   if (device.key.signer.device === options.hqDevice) throw new RuleViolationError('IS_HQ', `${dataDir} holds HQ's key: HQ cannot enroll itself`, { path: dataDir });
   return device;
+}
+
+/**
+ * A data dir that holds a certificate or a database but no device key lost its key: a new one
+ * would be another device, under whose name this dir's log and certificate no longer fit (and
+ * re-enrolling it would strand the ops it holds). Refused, saying what to do, before anything is made.
+ */
+export async function refuseLostKey(dataDir: string): Promise<void> {
+  const present = async (name: string) => access(join(dataDir, name)).then(() => true, () => false);
+  if (await present(DEVICE_KEY_FILE)) return;
+  const holds = (await present(DEVICE_CERT_FILE)) ? 'a certificate' : (await present('db')) ? 'a database' : null;
+  if (holds === null) return;
+  throw new KeyFileError('KEY_MISSING', `${join(dataDir, DEVICE_KEY_FILE)} is missing, but ${dataDir} holds ${holds}: restore device.key from a backup of this dir (a new key would be another device), or set up a new data dir and enroll it`, { path: join(dataDir, DEVICE_KEY_FILE) });
 }
 
 /** Where HQ's data dir keeps the certificates signed for it outside a running node. */

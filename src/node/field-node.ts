@@ -32,7 +32,7 @@ import { createHash } from 'node:crypto';
 import { equals as equalBytes } from 'uint8arrays';
 import { encodeCanonical } from '../core/cbor.ts';
 import { loadOrCreateDeviceKey, type DeviceKey } from './device-key.ts';
-import { hqCertificate, readDeviceCertificate, readIssued, saveCertificate } from './enroll.ts';
+import { hqCertificate, readDeviceCertificate, readIssued, refuseLostKey, saveCertificate } from './enroll.ts';
 import { admissionTimeMs, checkAdmission, decodeCertificate, issueCertificate, type Certificate } from '../core/cert.ts';
 import { badChoice, badResolution, conflictNotFound, entityExists, entityNotFound, unknownDomain } from './errors.ts';
 import { Subscription } from './subscription.ts';
@@ -258,6 +258,7 @@ export class FieldNode {
 
   static async open(options: FieldNodeOptions): Promise<FieldNode> {
     await mkdir(options.dataDir, { recursive: true, mode: 0o700 });
+    await refuseLostKey(options.dataDir);
     const { key } = await loadOrCreateDeviceKey(options.dataDir);
     const now = options.now ?? Date.now;
     const hq = options.role === 'server' ? await hqCertificate(options.dataDir, options.team, options.user, now()) : null;

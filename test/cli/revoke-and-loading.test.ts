@@ -5,7 +5,7 @@
  * mesh is imported by `start` alone). Every process is stopped and every dir removed after each test.
  */
 import { spawn } from 'node:child_process';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { access, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { describe, expect, it } from 'vitest';
@@ -63,6 +63,17 @@ describe('revoke', () => {
     const replacement = join(await cli.dir(), 'replacement');
     const enrolled = await cli.json(['-d', replacement, 'enroll', '--hq', hq, '--user', 'erin']);
     expect(await withNode(hq, async (n) => n.certificateOf(enrolled.device)?.user)).toBe('erin');
+  });
+
+  it('a data dir that lost its device.key says so (KEY_MISSING) and makes no new key, whichever command is run', async () => {
+    const { hq, tablet } = await team(await cli.dir());
+    await withNode(tablet, (n) => n.mutate({ type: 'create', domain: 'note', entity: 'n-1', fields: { text: 'unsynced' } }));
+    await rm(join(tablet, 'device.key'));
+    for (const args of [['status'], ['put', 'note', 'n-2', 'text=x'], ['enroll', '--hq', hq, '--user', 'alice', '--force'], ['init', '--team', TEAM, '--user', 'alice', '--role', 'field']]) {
+      const r = await cli.run(['-d', tablet, ...args]);
+      expect([r.code, r.stderr.trim()], args.join(' ')).toEqual([1, `fieldmesh: ${join(tablet, 'device.key')} is missing, but ${tablet} holds a certificate: restore device.key from a backup of this dir (a new key would be another device), or set up a new data dir and enroll it [KEY_MISSING]`]);
+      await expect(access(join(tablet, 'device.key'))).rejects.toThrow();
+    }
   });
 
   it('a device that learned of its revocation (a bundle from HQ) says so in status and refuses writes that would count nowhere', async () => {
