@@ -117,13 +117,13 @@ const isRunning = async (dir: string) => (await callRunning(dir, 'addresses', {}
 const CHANGES: ReadonlySet<CommandName> = new Set(['put', 'delete', 'resolve']);
 
 /** Opens the data dir; with `checkChanges`, local changes are checked against the team's domain rules (HQ would refuse them anyway). */
-async function openNode(dir: string, options: { config?: NodeConfig; checkChanges: boolean }): Promise<FieldNode> {
+async function openNode(dir: string, options: { config?: NodeConfig; checkChanges: boolean; rebuildDerived?: boolean }): Promise<FieldNode> {
   const [{ readConfig, toPolicies, toRules }, { FieldNode }] = await Promise.all([import('./config.ts'), import('../node/field-node.ts')]);
   const config = options.config ?? (await readConfig(dir));
   // Compiling the rules' JSON schemas costs start-up time: only for commands that sign changes.
   const checkChange = options.checkChanges ? new (await import('../hq/policy.ts')).Policy(toRules(config.domains)).checker(config.role) : undefined;
   try {
-    return await FieldNode.open({ dataDir: dir, team: config.team, user: config.user, role: config.role, domains: toPolicies(config.domains), ...(checkChange !== undefined ? { checkChange } : {}) });
+    return await FieldNode.open({ dataDir: dir, team: config.team, user: config.user, role: config.role, domains: toPolicies(config.domains), rebuildDerived: options.rebuildDerived === true, ...(checkChange !== undefined ? { checkChange } : {}) });
   } catch (err) {
     if ((err as FieldmeshError).code === 'NOT_ENROLLED') {
       throw new InvalidInputError('NOT_ENROLLED', `${dir} is not enrolled yet: HQ signs its certificate with \`fieldmesh -d ${dir} enroll --hq <HQ's data dir> --user <name>\``, { path: dir });
@@ -583,11 +583,23 @@ nodeCommand('peers', 'peers the running node syncs with').action(async () => {
   );
 });
 
-nodeCommand('verify', 're-check every chain and signature in the data dir').action(async () => {
-  const report = (await onNode('verify', {})) as { devices: number; ops: number; problems: unknown[] };
-  print(report, (v: typeof report) => `${v.ops} ops of ${v.devices} devices checked: ${v.problems.length === 0 ? 'all valid' : `${v.problems.length} problems\n${toJson(v.problems, 2)}`}`);
-  if (report.problems.length > 0) process.exitCode = 3;
-});
+nodeCommand('verify', 're-check every chain and signature in the data dir, and every row\'s checksum')
+  .option('--repair', 'first rebuild all derived state (entity states, statuses, indexes) from the logs: the repair for damaged derived rows; the node must be stopped')
+  .action(async (opts: { repair?: boolean }) => {
+    let report: { devices: number; ops: number; problems: readonly unknown[] };
+    if (opts.repair === true) {
+      const dir = await dataDir();
+      if (await isRunning(dir)) throw new InvalidInputError('NODE_RUNNING', `a node is running on ${dir}: stop it before repairing its data dir`, { path: dir });
+      const node = await openNode(dir, { checkChanges: false, rebuildDerived: true });
+      try {
+        report = await node.verify();
+      } finally {
+        await node.close();
+      }
+    } else report = (await onNode('verify', {})) as typeof report;
+    print(report, (v: typeof report) => `${v.ops} ops of ${v.devices} devices checked: ${v.problems.length === 0 ? 'all valid' : `${v.problems.length} problems\n${toJson(v.problems, 2)}`}`);
+    if (report.problems.length > 0) process.exitCode = 3;
+  });
 
 try {
   await program.parseAsync(process.argv);

@@ -110,16 +110,14 @@ export async function prepareDeviceDir(options: { dataDir: string; hqDataDir: st
 }
 
 /**
- * A data dir that holds a certificate or a database but no device key lost its key: a new one
- * would be another device, under whose name this dir's log and certificate no longer fit (and
- * re-enrolling it would strand the ops it holds). Refused, saying what to do, before anything is made.
+ * A data dir that holds a certificate but no device key lost its key: a new one would be another
+ * device, under whose name this dir's certificate and log no longer fit (and re-enrolling it would
+ * strand the ops it holds). Refused, saying what to do, before anything is made.
  */
 export async function refuseLostKey(dataDir: string): Promise<void> {
   const present = async (name: string) => access(join(dataDir, name)).then(() => true, () => false);
-  if (await present(DEVICE_KEY_FILE)) return;
-  const holds = (await present(DEVICE_CERT_FILE)) ? 'a certificate' : (await present('db')) ? 'a database' : null;
-  if (holds === null) return;
-  throw new KeyFileError('KEY_MISSING', `${join(dataDir, DEVICE_KEY_FILE)} is missing, but ${dataDir} holds ${holds}: restore device.key from a backup of this dir (a new key would be another device), or set up a new data dir and enroll it`, { path: join(dataDir, DEVICE_KEY_FILE) });
+  if ((await present(DEVICE_KEY_FILE)) || !(await present(DEVICE_CERT_FILE))) return;
+  throw new KeyFileError('KEY_MISSING', `${join(dataDir, DEVICE_KEY_FILE)} is missing, but ${dataDir} holds a certificate: restore device.key from a backup of this dir (a new key would be another device), or set up a new data dir and enroll it`, { path: join(dataDir, DEVICE_KEY_FILE) });
 }
 
 /** Where HQ's data dir keeps the certificates signed for it outside a running node. */

@@ -61,6 +61,12 @@ export interface FieldNodeOptions {
   readonly maxSubscriberBacklog?: number;
   readonly storeLimits?: Partial<StoreLimits>;
   /**
+   * Rebuild every derived table (entity states, statuses, indexes) from the logs while opening,
+   * before anything can read or write them: the repair for damaged derived rows that `verify`
+   * reports (`fieldmesh verify --repair`). @default false
+   */
+  readonly rebuildDerived?: boolean;
+  /**
    * Checks each local change before it is signed, e.g. against the team's domain rules (see
    * `hq/policy.ts` `Policy.checker`), so that a change HQ would refuse fails now, with a clear
    * error, instead of weeks later with a receipt. Throws an InvalidInputError to refuse it.
@@ -278,6 +284,7 @@ export class FieldNode {
       identity: { team: options.team, device: key.signer.device, hqDevice },
       resolution,
       limits: options.storeLimits,
+      rebuild: options.rebuildDerived === true,
     });
     if (hq?.fresh === true) await saveCertificate(options.dataDir, hq.cert);
     if (cert !== null) await store.addCertificates([cert]);

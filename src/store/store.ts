@@ -20,7 +20,7 @@ import { ParkedIndex } from './parked.ts';
 import { StoreClosedError, StoreCorruptError, StoreLockedError, StoreMismatchError } from './errors.ts';
 import { FieldmeshError } from '../core/errors.ts';
 import { logKey, split } from './keys.ts';
-import { TABLES, tableKey } from './tables.ts';
+import { stripTable, TABLES, tableKey } from './tables.ts';
 import { RowCache, scan, scanRecords, Txn, type Db } from './txn.ts';
 
 /** Version of the on-disk layout of primary data (logs, fork proofs, settings). */
@@ -60,6 +60,8 @@ export interface OpenStoreOptions {
    * simulator, kept across a simulated crash). It must use utf8 keys and Uint8Array values.
    */
   readonly database?: Db;
+  /** Rebuild the derived tables from the logs while opening, whatever their format says (a repair). @default false */
+  readonly rebuild?: boolean;
 }
 
 /** In-memory state as of the newest batch built (durable or not yet). */
@@ -110,8 +112,12 @@ export class Store {
   /** Set by the first close(): every later call waits for the same close. */
   private closing: Promise<void> | null = null;
 
+  /** Whether open() rebuilds the derived tables whatever their format (OpenStoreOptions.rebuild). */
+  private readonly forceRebuild: boolean;
+
   private constructor(dir: string, db: Db, options: OpenStoreOptions) {
     this.dir = dir;
+    this.forceRebuild = options.rebuild === true;
     this.db = db;
     this.identity = options.identity;
     this.resolution = options.resolution;
@@ -178,15 +184,17 @@ export class Store {
       }
     }
     for (let f = format; f < STORAGE_FORMAT; f++) await MIGRATIONS[f]!(this.db);
-    for await (const [device, tip] of scan<LogTip>(this.db, this.dir, TABLES.tip)) this.tips.set(device, tip);
+    const derived = await reader.get<number>(TABLES.meta, 'derived');
+    const rebuild = this.forceRebuild || derived !== DERIVED_FORMAT || format !== STORAGE_FORMAT;
+    // Derived rows are read only when they are kept: a repair must not trip over the damage it repairs.
+    if (!rebuild) for await (const [device, tip] of scan<LogTip>(this.db, this.dir, TABLES.tip)) this.tips.set(device, tip);
     for await (const [device, cert] of scan<Uint8Array>(this.db, this.dir, TABLES.cert)) this.certs.set(device, cert);
     for await (const [device, proof] of scan<{ seq: number }>(this.db, this.dir, TABLES.fork)) this.forkedAt.set(device, proof.seq);
-    for await (const [device, after] of scan<number>(this.db, this.dir, TABLES.revoked)) this.revokedAfter.set(device, after);
-    this.orphanVerdicts = (await reader.get<number>(TABLES.meta, 'orphanVerdicts')) ?? 0;
+    if (!rebuild) for await (const [device, after] of scan<number>(this.db, this.dir, TABLES.revoked)) this.revokedAfter.set(device, after);
+    this.orphanVerdicts = rebuild ? 0 : ((await reader.get<number>(TABLES.meta, 'orphanVerdicts')) ?? 0);
     this.clockState = (await reader.get<Hlc>(TABLES.meta, 'hlc')) ?? HLC_ZERO;
-    const derived = await reader.get<number>(TABLES.meta, 'derived');
     this.head = this.committed();
-    if (derived !== DERIVED_FORMAT || format !== STORAGE_FORMAT) await this.rebuildDerived();
+    if (rebuild) await this.rebuildDerived();
   }
 
   /** Drops every derived table and replays all logs through the same apply path as live ops. */
@@ -200,8 +208,7 @@ export class Store {
     this.parked = null;
     this.orphanVerdicts = 0;
     this.clockState = (await new Txn(this.db, this.dir, this.cache).get<Hlc>(TABLES.meta, 'hlc')) ?? HLC_ZERO;
-    const devices: DeviceId[] = [];
-    for await (const [device] of scan(this.db, this.dir, TABLES.tip)) devices.push(device);
+    const devices = await this.loggedDevices();
     await this.db.clear({ gte: tableKey(TABLES.tip, ''), lt: tableKey(TABLES.tip, '\uffff') });
     this.tips.clear();
     this.head = this.committed();
@@ -222,6 +229,22 @@ export class Store {
     }
     await this.write(async (ctx) => ctx.txn.put(TABLES.meta, 'derived', DERIVED_FORMAT));
     this.rebuilt = true;
+  }
+
+  /** Devices with a log, read from the log table's keys (a repair cannot trust the tips it rebuilds). */
+  private async loggedDevices(): Promise<DeviceId[]> {
+    const devices: DeviceId[] = [];
+    const iterator = this.db.keys({ gte: tableKey(TABLES.log, ''), lt: tableKey(TABLES.log, '\uffff') });
+    try {
+      for (let key = await iterator.next(); key !== undefined; key = await iterator.next()) {
+        const device = split(stripTable(key))[0]!;
+        devices.push(device);
+        iterator.seek(tableKey(TABLES.log, device + '\u0001')); // past every (device, seq) key: parts end at \u0000
+      }
+    } finally {
+      await iterator.close();
+    }
+    return devices;
   }
 
   get clock(): Hlc {

@@ -8,10 +8,13 @@ import { spawn } from 'node:child_process';
 import { access, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { Level } from 'level';
 import { describe, expect, it } from 'vitest';
 import { DEFAULT_DOMAINS, writeConfig } from '../../src/cli/config.ts';
 import { signerFromSeed } from '../../src/core/keys.ts';
 import { enroll } from '../../src/node/enroll.ts';
+import { entityKeyOf } from '../../src/store/keys.ts';
+import { TABLES, tableKey } from '../../src/store/tables.ts';
 import { CLI, stopChild, useCli, withNode } from './helpers.ts';
 
 const cli = useCli();
@@ -74,6 +77,26 @@ describe('revoke', () => {
       expect([r.code, r.stderr.trim()], args.join(' ')).toEqual([1, `fieldmesh: ${join(tablet, 'device.key')} is missing, but ${tablet} holds a certificate: restore device.key from a backup of this dir (a new key would be another device), or set up a new data dir and enroll it [KEY_MISSING]`]);
       await expect(access(join(tablet, 'device.key'))).rejects.toThrow();
     }
+  });
+
+  it('verify finds a damaged entity row (exit 3) that status trips over, and verify --repair rebuilds it from the logs (exit 0)', async () => {
+    const { tablet } = await team(await cli.dir());
+    await withNode(tablet, (n) => n.mutate({ type: 'create', domain: 'note', entity: 'n-1', fields: { text: 'kept' } }));
+    const db = new Level<string, Uint8Array>(join(tablet, 'db'), { keyEncoding: 'utf8', valueEncoding: 'view' });
+    await db.open();
+    const key = tableKey(TABLES.entity, entityKeyOf('note', 'n-1'));
+    const row = Uint8Array.from((await db.get(key))!);
+    row[10]! ^= 0x01;
+    await db.put(key, row);
+    await db.close();
+    expect((await cli.run(['-d', tablet, 'get', 'note', 'n-1'])).stderr).toMatch(/checksum mismatch .*\[STORE_CORRUPT\]$/m);
+    const found = await cli.run(['-d', tablet, 'verify']);
+    expect(found.code).toBe(3);
+    expect(found.stdout).toMatch(/^1 ops of 1 devices checked: 1 problems$/m);
+    expect(found.stdout).toContain('"code": "BAD_ROW"');
+    const repaired = await cli.run(['-d', tablet, 'verify', '--repair']);
+    expect([repaired.code, repaired.stdout.trim()]).toEqual([0, '1 ops of 1 devices checked: all valid']);
+    expect(JSON.parse((await cli.ok(['-d', tablet, 'get', 'note', 'n-1'])).stdout).fields).toEqual({ text: 'kept' });
   });
 
   it('a device that learned of its revocation (a bundle from HQ) says so in status and refuses writes that would count nowhere', async () => {

@@ -396,6 +396,33 @@ describe('a damaged record inside an intact LevelDB', () => {
     }
   });
 
+  it('verify() reports damaged derived rows (entity state, tip, status counter), and a reopen that rebuilds the derived tables repairs them', async () => {
+    const { node, dbPath, device } = await damaged((db) => flip(db, tableKey(TABLES.entity, entityKeyOf('evidence', 'e2')), 20));
+    await node.close();
+    const db = new Level<string, Uint8Array>(dbPath, { keyEncoding: 'utf8', valueEncoding: 'view' });
+    await db.open();
+    await flip(db, tableKey(TABLES.tip, device), 2);
+    await db.close();
+    // The tip is read on open: the damaged one keeps the node from opening at all, with a typed error.
+    await expectRejects(openAt(join(dbPath, '..')), StoreCorruptError, 'STORE_CORRUPT');
+    const repaired = await openAt(join(dbPath, '..'), { rebuildDerived: true });
+    try {
+      expect((await repaired.get('evidence', 'e2'))!.fields).toEqual({ i: 2 });
+      expect(repaired.versionVector()[device]).toBe(5);
+      expect((await repaired.verify()).problems).toEqual([]);
+    } finally {
+      await repaired.close();
+    }
+    // A damaged entity row alone: the node opens, and verify() names the row.
+    const { node: again } = await damaged((db) => flip(db, tableKey(TABLES.entity, entityKeyOf('evidence', 'e3')), 20));
+    try {
+      const report = await again.verify();
+      expect(report.problems).toEqual([expect.objectContaining({ code: 'BAD_ROW', message: expect.stringContaining('e\\u0001evidence\\u0000e3') })]);
+    } finally {
+      await again.close();
+    }
+  });
+
   it('refuses a record served under another key (the checksum covers the key)', async () => {
     const { node } = await damaged(async (db) => {
       const e3 = (await db.get(tableKey(TABLES.entity, entityKeyOf('evidence', 'e3'))))!;
