@@ -68,8 +68,9 @@ export async function readConfig(dataDir: string): Promise<NodeConfig> {
   try {
     text = await readFile(path, 'utf8');
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new InvalidInputError('NO_CONFIG', `${dataDir} is not set up: run \`fieldmesh init\` or \`fieldmesh enroll\` first`, { path });
-    throw err;
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') throw new InvalidInputError('NO_CONFIG', `${dataDir} is not set up: run \`fieldmesh init\` or \`fieldmesh enroll\` first`, { path });
+    throw new InvalidInputError('BAD_CONFIG', `cannot read ${path}: ${code === 'EISDIR' ? 'it is a directory' : (err as Error).message}`, { path });
   }
   let config: NodeConfig;
   try {
@@ -77,10 +78,15 @@ export async function readConfig(dataDir: string): Promise<NodeConfig> {
   } catch (err) {
     throw new InvalidInputError('BAD_CONFIG', `${path} is not valid JSON: ${(err as Error).message}`, { path });
   }
-  if (typeof config.team !== 'string' || typeof config.user !== 'string' || typeof config.role !== 'string' || typeof config.domains !== 'object') {
-    throw new InvalidInputError('BAD_CONFIG', `${path} must hold team, user, role and domains`, { path });
+  const isObject = (v: unknown) => typeof v === 'object' && v !== null && !Array.isArray(v);
+  if (!isObject(config) || typeof config.team !== 'string' || typeof config.user !== 'string' || typeof config.role !== 'string' || !isObject(config.domains)) {
+    throw new InvalidInputError('BAD_CONFIG', `${path} must hold an object with team, user and role (strings) and domains (an object of domain: strategy)`, { path });
   }
-  toPolicies(config.domains);
+  try {
+    toPolicies(config.domains);
+  } catch (err) {
+    throw new InvalidInputError('BAD_CONFIG', `${path}: ${(err as Error).message}`, { path });
+  }
   return config;
 }
 

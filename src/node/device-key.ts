@@ -29,7 +29,8 @@ export async function loadOrCreateDeviceKey(dataDir: string): Promise<{ key: Dev
   try {
     bytes = await readFile(path);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== 'ENOENT') throw new KeyFileError('KEY_CORRUPT', `device key ${path} is unreadable: ${code === 'EISDIR' ? 'it is a directory' : (err as Error).message}`, { path });
     const privateKey = await generateKeyPair('Ed25519');
     const handle = await open(path, 'wx', 0o600);
     try {

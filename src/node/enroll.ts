@@ -151,8 +151,9 @@ export async function readDeviceCertificate(dataDir: string): Promise<Certificat
   try {
     bytes = await readFile(path);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
-    throw err;
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return null;
+    throw new FieldmeshError('CERT_CORRUPT', `certificate ${path} is unreadable: ${code === 'EISDIR' ? 'it is a directory' : (err as Error).message}`, { path });
   }
   try {
     return decodeCertificate(bytes);

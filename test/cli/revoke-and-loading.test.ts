@@ -99,6 +99,30 @@ describe('revoke', () => {
     expect(JSON.parse((await cli.ok(['-d', tablet, 'get', 'note', 'n-1'])).stdout).fields).toEqual({ text: 'kept' });
   });
 
+  it('damaged set-up files give one line naming the file and a code: a config without domains object, a config, key or certificate that is a directory', async () => {
+    const root = await cli.dir();
+    const { tablet } = await team(root);
+    const config = join(tablet, 'config.json');
+    const original = await readFile(config, 'utf8');
+    for (const domains of [null, ['manual']]) {
+      await writeFile(config, JSON.stringify({ ...JSON.parse(original), domains }));
+      const r = await cli.run(['-d', tablet, 'status']);
+      expect([r.code, r.stderr.trim()], JSON.stringify(domains)).toEqual([1, `fieldmesh: ${config} must hold an object with team, user and role (strings) and domains (an object of domain: strategy) [BAD_CONFIG]`]);
+    }
+    await writeFile(config, original);
+    for (const [file, code] of [['config.json', 'BAD_CONFIG'], ['device.key', 'KEY_CORRUPT'], ['device.cert', 'CERT_CORRUPT']] as const) {
+      const path = join(tablet, file);
+      const saved = await readFile(path);
+      await rm(path);
+      await mkdir(path);
+      const r = await cli.run(['-d', tablet, 'status']);
+      expect([r.code, r.stderr.trim()], file).toEqual([1, expect.stringMatching(new RegExp(`^fieldmesh: .*${path.replace(/[.]/g, '\\.')}.*it is a directory \\[${code}\\]$`))]);
+      await rm(path, { recursive: true });
+      await writeFile(path, saved, { mode: 0o600 });
+    }
+    expect((await cli.run(['-d', tablet, 'status'])).code).toBe(0);
+  });
+
   it('a device that learned of its revocation (a bundle from HQ) says so in status and refuses writes that would count nowhere', async () => {
     const root = await cli.dir();
     const { hq, tablet, tabletDevice } = await team(root);
