@@ -7,8 +7,10 @@
  *   response := {"id": n, "result": ...} | {"id": n, "error": {"code", "message"}}
  */
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
-import { rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { chmod, rm } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
 import { FieldmeshError, InvalidInputError } from '../core/errors.ts';
 import { LIMITS } from '../core/limits.ts';
 import { nestsDeeperThan } from '../core/value.ts';
@@ -16,6 +18,19 @@ import type { FieldNode } from '../node/field-node.ts';
 import { COMMANDS, isCommand, toJson } from './commands.ts';
 
 export const CONTROL_SOCKET = 'control.sock';
+
+/** Longest Unix socket path we use (Linux allows 107 bytes). */
+const MAX_SOCKET_PATH_BYTES = 100;
+
+/**
+ * Where the node of `dataDir` listens: `<dataDir>/control.sock`, or, for a data dir too deep for
+ * a Unix socket path, a socket in the temp dir named by the data dir's absolute path (mode 0600).
+ */
+export function controlSocketPath(dataDir: string): string {
+  const inDir = join(dataDir, CONTROL_SOCKET);
+  if (Buffer.byteLength(inDir) <= MAX_SOCKET_PATH_BYTES) return inDir;
+  return join(tmpdir(), `fieldmesh-${createHash('sha256').update(resolve(dataDir)).digest('hex').slice(0, 32)}.sock`);
+}
 const MAX_REQUEST_BYTES = 1024 * 1024;
 /**
  * Deepest nesting of a request's params: field values (at most LIMITS.maxValueDepth deep) sit
@@ -27,7 +42,7 @@ const MAX_PARAMS_DEPTH = LIMITS.maxValueDepth + 2;
 const tooDeep = () => new InvalidInputError('VALUE_TOO_DEEP', `request params nest deeper than ${MAX_PARAMS_DEPTH}`, { limit: MAX_PARAMS_DEPTH });
 
 export async function serveControl(node: FieldNode, dataDir: string): Promise<Server> {
-  const path = join(dataDir, CONTROL_SOCKET);
+  const path = controlSocketPath(dataDir);
   await rm(path, { force: true }); // a stale socket of a node that crashed
   const server = createServer((socket) => {
     // The reply is flushed before the socket goes; nothing more of the request is read.
@@ -58,10 +73,11 @@ export async function serveControl(node: FieldNode, dataDir: string): Promise<Se
     });
     socket.on('error', () => socket.destroy());
   });
-  await new Promise<void>((resolve, reject) => {
+  await new Promise<void>((done, reject) => {
     server.once('error', reject);
-    server.listen(path, () => resolve());
+    server.listen(path, () => done());
   });
+  await chmod(path, 0o600); // only this user's commands (it may sit in the shared temp dir)
   return server;
 }
 
@@ -105,7 +121,7 @@ const LONG_METHODS: ReadonlySet<string> = new Set(['bundleImport', 'bundleExport
  * have been carried out; so is one that does not answer in time.
  */
 export async function callRunning(dataDir: string, method: string, params: Record<string, unknown>, timeoutMs = LONG_METHODS.has(method) ? 600_000 : 30_000): Promise<{ result: unknown } | undefined> {
-  const path = join(dataDir, CONTROL_SOCKET);
+  const path = controlSocketPath(dataDir);
   // Refused before connecting, with the code the node would give: JSON.stringify recurses.
   if (nestsDeeperThan(params, MAX_PARAMS_DEPTH)) throw tooDeep();
   const request = JSON.stringify({ id: 1, method, params }) + '\n';

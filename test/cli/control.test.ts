@@ -3,12 +3,12 @@
  * dir: a request line longer than the 1 MiB limit is refused as soon as it grows past it (not
  * read whole first), and the node keeps answering other connections.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, stat } from 'node:fs/promises';
 import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { callRunning, CONTROL_SOCKET, serveControl } from '../../src/cli/control.ts';
+import { callRunning, CONTROL_SOCKET, controlSocketPath, serveControl } from '../../src/cli/control.ts';
 import { FieldNode } from '../../src/node/field-node.ts';
 
 const cleanup: (() => Promise<void>)[] = [];
@@ -16,8 +16,9 @@ afterEach(async () => {
   for (const step of cleanup.splice(0).reverse()) await step();
 });
 
-async function running(): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'fm-control-'));
+async function running(subdir = ''): Promise<string> {
+  const dir = join(await mkdtemp(join(tmpdir(), 'fm-control-')), subdir);
+  await mkdir(dir, { recursive: true });
   cleanup.push(() => rm(dir, { recursive: true, force: true }));
   const node = await FieldNode.open({ dataDir: dir, team: 'control-t', user: 'alice', role: 'server', domains: { note: 'merge' } });
   cleanup.push(() => node.close());
@@ -86,5 +87,16 @@ describe('control socket', () => {
     await expect(callRunning(dir, 'ops', { status: 'done' })).rejects.toMatchObject({ code: 'BAD_ARGUMENT' });
     const { result: [op] } = (await callRunning(dir, 'ops', { type: 'create', domain: 'note', status: 'synced' })) as { result: { device: string }[] };
     expect((await callRunning(dir, 'ops', { device: op!.device, type: 'create', domain: 'note', status: 'synced' }))!.result).toHaveLength(1);
+  });
+
+  it('serves a data dir too deep for a Unix socket path from a socket in the temp dir, named by the dir, only for this user', async () => {
+    const dir = await running('d'.repeat(110));
+    const path = controlSocketPath(dir);
+    expect(path.startsWith(tmpdir())).toBe(true);
+    expect(Buffer.byteLength(path)).toBeLessThanOrEqual(100);
+    expect(controlSocketPath(dir + '/')).toBe(path); // the same dir, however it is written
+    expect((await stat(path)).mode & 0o777).toBe(0o600);
+    expect(await callRunning(dir, 'get', { domain: 'note', entity: 'missing' })).toEqual({ result: null });
+    expect(controlSocketPath(join(tmpdir(), 'short'))).toBe(join(tmpdir(), 'short', CONTROL_SOCKET));
   });
 });
