@@ -141,7 +141,7 @@ export const COMMANDS = {
     const { forkedAt, revokedAfter } = await standing(node);
     const forks = [...forkedAt].map(([device, seq]) => ({ device, seq }));
     const revoked = [...revokedAfter].map(([device, afterSeq]) => ({ device, afterSeq }));
-    return { device: node.device, team: node.team, role: node.role, counts, devices, forks, revoked, links: node.links(), stateHash: await node.stateHash() };
+    return { device: node.device, team: node.team, role: node.role, counts, devices, forks, revoked, clockSkews: await node.clockSkews(), links: node.links(), stateHash: await node.stateHash() };
   },
   conflicts: async (node: FieldNode) => node.conflicts(),
   resolve: async (node: FieldNode, p: Params) => {

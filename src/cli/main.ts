@@ -20,7 +20,7 @@ import type { OpType } from '../core/op.ts';
 import type { Conflict } from '../core/view.ts';
 import { FieldmeshError, InvalidInputError } from '../core/errors.ts';
 import type { LinkInfo, PeerInfo } from '../net/mesh.ts';
-import type { FieldNode } from '../node/field-node.ts';
+import type { ClockSkew, FieldNode } from '../node/field-node.ts';
 import { COMMANDS, MAX_LIST_LIMIT, parseVersionVector, toJson, type CommandName, type Refusal } from './commands.ts';
 import type { NodeConfig } from './config.ts';
 import { callRunning } from './control.ts';
@@ -484,7 +484,7 @@ function describeLink(link: LinkInfo): string {
 }
 
 nodeCommand('status', 'per-status counts, per-device queues and the state hash').action(async () => {
-  type Status = { device: string; counts: Record<string, number>; devices: { device: string; lastSeq: number; lastSyncedSeq: number; counts: Record<string, number> }[]; forks: { device: string; seq: number }[]; revoked: { device: string; afterSeq: number }[]; links: LinkInfo[]; stateHash: string };
+  type Status = { device: string; counts: Record<string, number>; devices: { device: string; lastSeq: number; lastSyncedSeq: number; counts: Record<string, number> }[]; forks: { device: string; seq: number }[]; revoked: { device: string; afterSeq: number }[]; clockSkews: ClockSkew[]; links: LinkInfo[]; stateHash: string };
   print(await onNode('status', {}), (v: Status) =>
     [
       `device ${v.device}`,
@@ -495,6 +495,7 @@ nodeCommand('status', 'per-status counts, per-device queues and the state hash')
           `forked ${f.device}${f.device === v.device ? ' (this device)' : ''} at seq ${f.seq}: signed two different ops there (a data dir restored from an old copy, or copied); its ops from seq ${f.seq} on count nowhere${f.device === v.device ? ': set up a new data dir and enroll it to keep writing' : ''}`,
       ),
       ...v.revoked.map((r) => `revoked ${r.device}${r.device === v.device ? ' (this device)' : ''} by HQ: its ops after seq ${r.afterSeq} count nowhere`),
+      ...v.clockSkews.map((k) => `clock ahead: ${k.device}'s op #${k.seq} came ${Math.round(k.aheadMs / 1000)} s ahead of this node's clock (${new Date(k.atMs).toISOString()}); kept, but check that device's clock`),
       ...v.links.map(describeLink),
       `state ${v.stateHash}`,
     ].join('\n'),

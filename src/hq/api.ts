@@ -251,6 +251,7 @@ export async function buildApi(node: FieldNode, options: ApiOptions): Promise<Fa
     counts: await node.counts(),
     stateHash: await node.stateHash(),
     receipts: options.receipts?.stats ?? null,
+    clockSkews: await node.clockSkews(),
   }));
 
   app.get<{ Params: { domain: string }; Querystring: { limit: number; where?: string } }>(

@@ -157,6 +157,16 @@ export interface RevokeOptions {
   readonly reason?: string;
 }
 
+/** A device's latest op that arrived with its HLC too far ahead of our clock (kept, flagged). */
+export interface ClockSkew {
+  readonly device: DeviceId;
+  readonly seq: number;
+  /** How far ahead of our clock its HLC was, in ms. */
+  readonly aheadMs: number;
+  /** When it arrived (our clock). */
+  readonly atMs: number;
+}
+
 export interface Revocation {
   /** HQ's revoke op: the one appended, or the one that revoked the device before. */
   readonly op: Op<RevokeBody>;
@@ -772,6 +782,16 @@ export class FieldNode {
   }
 
   /** Per device: its last seq and its ops per status. */
+  /**
+   * Devices whose clock ran ahead of ours: per device, the latest op whose HLC was more than
+   * `maxDriftMs` ahead when it arrived (the op was kept; our clock followed it only that far).
+   */
+  async clockSkews(): Promise<ClockSkew[]> {
+    const out: ClockSkew[] = [];
+    for await (const [device, flag] of this.store.scan<{ seq: number; aheadMs: number; atMs: number }>(TABLES.skew)) out.push({ device, seq: flag.seq, aheadMs: flag.aheadMs, atMs: flag.atMs });
+    return out;
+  }
+
   async devices(): Promise<DeviceStatus[]> {
     const byDevice = new Map<DeviceId, Record<StatusName, number>>();
     for await (const [key, n] of this.store.scan<number>(TABLES.count)) {

@@ -103,6 +103,7 @@ describe('entities and status', () => {
     expect(status0.status).toBe(200);
     expect(status0.body).toMatchObject({ device: server.device, team: server.team, counts: { pending: 0, synced: 0, failed: 0, conflict: 0 }, stateHash: await server.stateHash() });
     expect(status0.body.receipts).toMatchObject({ receipts: 0, accepted: 0, rejected: 0, transient: 0 });
+    expect(status0.body.clockSkews).toEqual([]);
 
     const created = await call('PUT', '/v1/entities/case/c-1', { body: { fields: { title: 'Fire', status: 'open' } } });
     expect(created.status).toBe(201);

@@ -243,4 +243,15 @@ describe('ingest and the HLC counter', () => {
     expect(own.op.hlc.wallMs).toBe(nowMs + 60_001);
     expect(own.op.hlc.counter).toBeLessThan(100);
   });
+
+  it('an op from a clock a day ahead is kept, flagged, and listed by clockSkews() (our clock follows it only to the drift bound)', async () => {
+    const nowMs = Date.UTC(2026, 5, 1);
+    const node = await temp.open(await temp.dir(), { now: () => nowMs });
+    const ahead = new TestAuthor(signerOf('hlc-day-ahead'), { user: 'ahead', startMs: nowMs + 86_400_000 });
+    await introduce(node);
+    const op = ahead.create('note', 'n-day', { n: 1 });
+    expect(await node.ingest([op.bytes])).toMatchObject({ added: 1, skewed: [{ device: ahead.device, seq: 1, aheadMs: 86_400_001 }] });
+    expect(await node.clockSkews()).toEqual([{ device: ahead.device, seq: 1, aheadMs: 86_400_001, atMs: nowMs }]);
+    expect((await node.mutate({ type: 'create', domain: 'note', entity: 'mine', fields: { n: 0 } })).op.hlc.wallMs).toBe(nowMs + 300_000);
+  });
 });
