@@ -301,9 +301,9 @@ export class FieldNode {
     return new FieldNode({ ...options, role: cert?.role ?? options.role }, key, store, resolution, cert);
   }
 
-  /** The time peers' certificates are judged at: our clock, never before our HLC or our own enrollment. */
+  /** The time peers' certificates are judged at: our clock, never before HQ's latest op we hold or our own enrollment. */
   admissionNowMs(): number {
-    return admissionTimeMs(this.now(), this.store.clock.wallMs, this.cert?.issuedMs ?? 0);
+    return admissionTimeMs(this.now(), this.store.hqWallMs, this.cert?.issuedMs ?? 0);
   }
 
   /** This device's enrollment certificate (null when unenrolled: it cannot sync). */

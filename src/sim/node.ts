@@ -243,7 +243,7 @@ export class SimNode {
   /** The admission check a session applies to the peer's certificate (as the mesh does). */
   admit(bytes: Uint8Array): DeviceId {
     const cert = decodeCertificate(bytes);
-    checkAdmission(cert, { team: SIM_TEAM, hqDevice: this.team.resolution.hqDevice }, admissionTimeMs(this.physicalNow(), this.store.clock.wallMs, decodeCertificate(this.member.cert).issuedMs), (d) => this.store.revocations.has(d));
+    checkAdmission(cert, { team: SIM_TEAM, hqDevice: this.team.resolution.hqDevice }, admissionTimeMs(this.physicalNow(), this.store.hqWallMs, decodeCertificate(this.member.cert).issuedMs), (d) => this.store.revocations.has(d));
     return cert.device;
   }
 

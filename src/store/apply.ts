@@ -68,6 +68,8 @@ export class ApplyContext {
   readonly newVoids: Uint8Array[] = [];
   /** Log tips this transaction moved. */
   readonly tips = new Map<DeviceId, LogTip>();
+  /** The latest wall clock of HQ's ops this transaction added (HQ's own clock: see Store.hqWallMs). */
+  hqWallMs = 0;
   private readonly afterViews: EntityView[] = [];
 
   constructor(txn: Txn, resolution: ResolutionConfig, revokedAfter: ReadonlyMap<DeviceId, number>, forkedAt: ReadonlyMap<DeviceId, number>, parked: ParkedIndex, orphanVerdictsCommitted: number) {
@@ -157,6 +159,7 @@ export class ApplyContext {
     const tip = { seq: op.seq, id: op.id };
     this.txn.put(TABLES.tip, op.device, tip);
     this.tips.set(op.device, tip);
+    if (op.device === this.hqDevice && op.hlc.wallMs > this.hqWallMs) this.hqWallMs = op.hlc.wallMs;
     if (!isEntityOp(op)) {
       await this.putNewMeta(op, this.metaOf(op, null, false, 0));
       if (op.device === this.hqDevice) await this.recordHqOp(op);

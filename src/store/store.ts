@@ -15,7 +15,7 @@ import type { DeviceId } from '../core/keys.ts';
 import { parseOp, type OpId } from '../core/op.ts';
 import type { ResolutionConfig } from '../core/strategies.ts';
 import type { VersionVector } from '../core/version-vector.ts';
-import { ApplyContext, voidEnvelope, type StoreEvent } from './apply.ts';
+import { ApplyContext, voidEnvelope, type OpMeta, type StoreEvent } from './apply.ts';
 import { ParkedIndex } from './parked.ts';
 import { StoreClosedError, StoreCorruptError, StoreLockedError, StoreMismatchError } from './errors.ts';
 import { FieldmeshError } from '../core/errors.ts';
@@ -106,6 +106,7 @@ export class Store {
   private parked: ParkedIndex | null = null;
   private orphanVerdicts = 0;
   private clockState: Hlc = HLC_ZERO;
+  private hqWall = 0;
   private head: HeadState = { tips: new Map(), clock: HLC_ZERO, revokedAfter: new Map(), forkedAt: new Map(), orphanVerdicts: 0 };
   private queue: Job[] = [];
   private flushing: Promise<void> | null = null;
@@ -195,6 +196,10 @@ export class Store {
     this.clockState = (await reader.get<Hlc>(TABLES.meta, 'hlc')) ?? HLC_ZERO;
     this.head = this.committed();
     if (rebuild) await this.rebuildDerived();
+    else {
+      const hqTip = this.tips.get(this.identity.hqDevice);
+      if (hqTip?.id != null) this.hqWall = (await reader.get<OpMeta>(TABLES.op, hqTip.id))?.wallMs ?? 0;
+    }
   }
 
   /** Drops every derived table and replays all logs through the same apply path as live ops. */
@@ -249,6 +254,14 @@ export class Store {
 
   get clock(): Hlc {
     return this.clockState;
+  }
+
+  /**
+   * The wall clock of HQ's latest op held (0 if none): how late it is by HQ's own clock, which
+   * neither this device's clock nor any peer's can move (core/cert.ts admissionTimeMs).
+   */
+  get hqWallMs(): number {
+    return this.hqWall;
   }
 
   tipOf(device: DeviceId): LogTip {
@@ -469,6 +482,7 @@ export class Store {
     this.forkedAt = ctx.forkedAt;
     this.orphanVerdicts += ctx.orphanVerdictsDelta;
     this.clockState = ctx.clock;
+    if (ctx.hqWallMs > this.hqWall) this.hqWall = ctx.hqWallMs;
     for (const [job, value] of built.done) job.resolve(value);
     this.emit(ctx);
     if (ctx.tips.size > 0 && this.events.listenerCount('tips') > 0) this.events.emit('tips', Object.fromEntries([...ctx.tips].map(([d, t]) => [d, t.seq])));

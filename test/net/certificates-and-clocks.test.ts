@@ -48,6 +48,22 @@ describe('certificates outside sessions, clocks set back', () => {
     expect([...blamedByB, ...blamedByLate]).toEqual([]);
   });
 
+  it('a device whose clock ran a year ahead, then was set right, admits its peers and syncs (its own HLC is no floor for "now")', async () => {
+    const team = await lb.team(DOMAINS);
+    const b = await team.node('bob');
+    let aheadMs = 400 * DAY;
+    const fast = await team.node('frank', { node: { now: () => Date.now() + aheadMs } });
+    await fast.mutate({ type: 'create', domain: 'note', entity: 'f1', fields: { text: 'written with a clock a year ahead' } });
+    aheadMs = 0; // the clock is set right; the op's HLC (and our clock's high-water mark) stay a year ahead
+    await b.mutate({ type: 'create', domain: 'note', entity: 'b1', fields: { text: 'written on time' } });
+    await startMesh(b);
+    const blamedByB = blames(b);
+    const blamedByFast = blames(fast);
+    await startMesh(fast, [b]);
+    await converge([b, fast], 'bob and the device whose clock was set right');
+    expect([...blamedByB, ...blamedByFast]).toEqual([]);
+  });
+
   it('a peer whose certificate expires while we sync is dropped at expiry (CERT_EXPIRED) and not admitted again', async () => {
     const team = await lb.team(DOMAINS);
     let aheadMs = 0;
