@@ -5,7 +5,7 @@
  * durable. Reads see committed data only.
  */
 import { EventEmitter } from 'node:events';
-import { mkdir, readdir } from 'node:fs/promises';
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { Level } from 'level';
 import { decodeCertificate, newerCertificate, type Certificate } from '../core/cert.ts';
 import type { ForkProof, LogTip } from '../core/chain.ts';
@@ -22,6 +22,9 @@ import { FieldmeshError } from '../core/errors.ts';
 import { logKey, split } from './keys.ts';
 import { stripTable, TABLES, tableKey } from './tables.ts';
 import { RowCache, scan, scanRecords, Txn, type Db } from './txn.ts';
+
+/** Beside the database directory (`db.created`): when the database was first created. */
+const CREATED_MARK = '.created';
 
 /** Version of the on-disk layout of primary data (logs, fork proofs, settings). */
 export const STORAGE_FORMAT = 1;
@@ -135,6 +138,10 @@ export class Store {
       if (existing.length > 0 && !existing.includes('CURRENT')) {
         throw new StoreCorruptError('STORE_FOREIGN', `${dir} is not a fieldmesh data dir (it holds files but no LevelDB database)`, { path: dir });
       }
+      const created = await readFile(dir + CREATED_MARK, 'utf8').catch(() => null);
+      if (existing.length === 0 && created !== null) {
+        throw new StoreCorruptError('STORE_MISSING', `${dir} is empty, but this data dir had a database (created ${created.trim()}): restore it from a backup. Starting empty would sign again seqs this device signed before, a fork that voids its log from there on everywhere; to start afresh, set up a new data dir and enroll it`, { path: dir });
+      }
     }
     const db: Db = options.database ?? new Level<string, Uint8Array>(dir, { keyEncoding: 'utf8', valueEncoding: 'view' });
     try {
@@ -149,6 +156,10 @@ export class Store {
     const store = new Store(dir, db, options);
     try {
       await store.load();
+      // Marks that this data dir has a database: one that vanishes later is refused, not replaced.
+      if (options.database === undefined) await writeFile(dir + CREATED_MARK, new Date().toISOString() + '\n', { flag: 'wx' }).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== 'EEXIST') throw err;
+      });
     } catch (err) {
       await db.close();
       if (err instanceof FieldmeshError) throw err;

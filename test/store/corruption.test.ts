@@ -225,6 +225,21 @@ describe('a damaged data dir', () => {
   });
 });
 
+describe('a data dir whose database vanished', () => {
+  it('is refused (STORE_MISSING), not started empty: new ops would sign seqs the device signed before, a fork', async () => {
+    const dataDir = await temp.dir();
+    const node = await openAt(dataDir);
+    await node.mutate({ type: 'create', domain: 'evidence', entity: 'e1', fields: { i: 1 } });
+    await node.close();
+    for (const name of await readdir(join(dataDir, 'db'))) await rm(join(dataDir, 'db', name), { recursive: true });
+    const err = await expectRejects(openAt(dataDir), StoreCorruptError, 'STORE_MISSING');
+    expect(err.message).toContain('restore it from a backup');
+    expect(await readdir(join(dataDir, 'db'))).toEqual([]); // nothing was created
+    await rm(join(dataDir, 'db'), { recursive: true });
+    await expectRejects(openAt(dataDir), StoreCorruptError, 'STORE_MISSING');
+  });
+});
+
 describe('a foreign data dir', () => {
   it('refuses a dir of random files with STORE_FOREIGN (Store and FieldNode)', async () => {
     const dir = await temp.dir();
