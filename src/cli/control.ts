@@ -144,13 +144,17 @@ export async function callRunning(dataDir: string, method: string, params: Recor
       else settle(() => reject(new FieldmeshError('NODE_GONE', `the node on ${dataDir} went away before answering (${err.code ?? err.message}); ${maybeDone}`)));
     });
     socket.on('close', () => settle(() => reject(new FieldmeshError('NODE_GONE', `the node on ${dataDir} closed the connection before answering (it stopped or crashed); ${maybeDone}`))));
-    let buffered = '';
+    // The reply is one line, possibly of many megabytes: chunks are kept until the one holding its end.
+    const chunks: string[] = [];
     socket.setEncoding('utf8');
     socket.on('data', (chunk: string) => {
-      buffered += chunk;
-      const end = buffered.indexOf('\n');
-      if (end < 0) return;
-      const line = buffered.slice(0, end);
+      const end = chunk.indexOf('\n');
+      if (end < 0) {
+        chunks.push(chunk);
+        return;
+      }
+      chunks.push(chunk.slice(0, end));
+      const line = chunks.join('');
       let response: { result?: unknown; error?: { code: string; message: string } };
       try {
         response = JSON.parse(line) as typeof response;
