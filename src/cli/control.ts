@@ -7,10 +7,10 @@
  *   response := {"id": n, "result": ...} | {"id": n, "error": {"code", "message"}}
  */
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
-import { chmod, rm } from 'node:fs/promises';
+import { chmod, lstat, mkdir, rm } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { FieldmeshError, InvalidInputError } from '../core/errors.ts';
 import { LIMITS } from '../core/limits.ts';
 import { nestsDeeperThan } from '../core/value.ts';
@@ -22,14 +22,41 @@ export const CONTROL_SOCKET = 'control.sock';
 /** Longest Unix socket path we use (Linux allows 107 bytes). */
 const MAX_SOCKET_PATH_BYTES = 100;
 
+/** This user's directory for control sockets that do not fit in their data dir (mode 0700). */
+const privateSocketDir = () => join(tmpdir(), `fieldmesh-${process.getuid?.() ?? 'user'}`);
+
 /**
  * Where the node of `dataDir` listens: `<dataDir>/control.sock`, or, for a data dir too deep for
- * a Unix socket path, a socket in the temp dir named by the data dir's absolute path (mode 0600).
+ * a Unix socket path, a socket named by the data dir's absolute path in this user's private
+ * directory in the temp dir.
  */
 export function controlSocketPath(dataDir: string): string {
   const inDir = join(dataDir, CONTROL_SOCKET);
   if (Buffer.byteLength(inDir) <= MAX_SOCKET_PATH_BYTES) return inDir;
-  return join(tmpdir(), `fieldmesh-${createHash('sha256').update(resolve(dataDir)).digest('hex').slice(0, 32)}.sock`);
+  return join(privateSocketDir(), `${createHash('sha256').update(resolve(dataDir)).digest('hex').slice(0, 32)}.sock`);
+}
+
+/**
+ * The private socket directory is used only when it is a directory of this user's that nobody
+ * else can enter: in the shared temp dir, anyone could have made that path first. False when it
+ * does not exist (no node made it); `create` makes it.
+ */
+async function privateDirReady(socketPath: string, create: boolean): Promise<boolean> {
+  const dir = dirname(socketPath);
+  if (dir !== privateSocketDir()) return true;
+  if (create) await mkdir(dir, { recursive: true, mode: 0o700 });
+  let info;
+  try {
+    info = await lstat(dir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw err;
+  }
+  const uid = process.getuid?.();
+  if (!info.isDirectory() || (uid !== undefined && info.uid !== uid) || (info.mode & 0o077) !== 0) {
+    throw new FieldmeshError('CONTROL_DIR_UNSAFE', `${dir} (for control sockets of deep data dirs) is not a directory of this user's closed to others: remove it`, { path: dir });
+  }
+  return true;
 }
 const MAX_REQUEST_BYTES = 1024 * 1024;
 /**
@@ -43,6 +70,7 @@ const tooDeep = () => new InvalidInputError('VALUE_TOO_DEEP', `request params ne
 
 export async function serveControl(node: FieldNode, dataDir: string): Promise<Server> {
   const path = controlSocketPath(dataDir);
+  await privateDirReady(path, true);
   await rm(path, { force: true }); // a stale socket of a node that crashed
   const server = createServer((socket) => {
     // The reply is flushed before the socket goes; nothing more of the request is read.
@@ -77,7 +105,7 @@ export async function serveControl(node: FieldNode, dataDir: string): Promise<Se
     server.once('error', reject);
     server.listen(path, () => done());
   });
-  await chmod(path, 0o600); // only this user's commands (it may sit in the shared temp dir)
+  await chmod(path, 0o600); // only this user's commands
   return server;
 }
 
@@ -124,6 +152,7 @@ export async function callRunning(dataDir: string, method: string, params: Recor
   const path = controlSocketPath(dataDir);
   // Refused before connecting, with the code the node would give: JSON.stringify recurses.
   if (nestsDeeperThan(params, MAX_PARAMS_DEPTH)) throw tooDeep();
+  if (!(await privateDirReady(path, false))) return undefined;
   const request = JSON.stringify({ id: 1, method, params }) + '\n';
   return new Promise((resolve, reject) => {
     const socket = createConnection(path);

@@ -13,9 +13,9 @@
  */
 import { enableCompileCache } from 'node:module';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
-import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import type { Role } from '../core/cert.ts';
+import type { Certificate, Role } from '../core/cert.ts';
 import type { OpType } from '../core/op.ts';
 import type { Conflict } from '../core/view.ts';
 import { FieldmeshError, InvalidInputError } from '../core/errors.ts';
@@ -270,10 +270,18 @@ program
     if (await isRunning(dir)) throw new InvalidInputError('NODE_RUNNING', `a node is running on ${dir}: stop it before enrolling it`, { path: dir });
     const hqCert = await readDeviceCertificate(hqDir);
     if (hqCert === null) throw new InvalidInputError('NOT_HQ', `--hq ${hqDir} is not an HQ data dir: it holds no certificate (fieldmesh init --role server)`, { path: hqDir });
-    const { key } = await prepareDeviceDir({ dataDir: dir, hqDataDir: hqDir, team: hqConfig.team, hqDevice: hqCert.device, force: opts.force === true });
-    // HQ's node signs (running or not): it refuses a revoked device, and knows the device from now on.
-    const issued = (await onNodeAt(hqDir, 'enrollDevice', { device: key.signer.device, user: opts.user, role: opts.role, validDays: opts.validDays })) as { certificate: string };
-    const cert = decodeCertificate(Buffer.from(issued.certificate, 'base64'));
+    const { key, created } = await prepareDeviceDir({ dataDir: dir, hqDataDir: hqDir, team: hqConfig.team, hqDevice: hqCert.device, force: opts.force === true });
+    let cert: Certificate;
+    try {
+      // HQ's node signs (running or not): it refuses a revoked device, and knows the device from now on.
+      const issued = (await onNodeAt(hqDir, 'enrollDevice', { device: key.signer.device, user: opts.user, role: opts.role, validDays: opts.validDays })) as { certificate: string };
+      cert = decodeCertificate(Buffer.from(issued.certificate, 'base64'));
+      if (cert.device !== key.signer.device || cert.issuer !== hqCert.device || cert.team !== hqConfig.team) throw new FieldmeshError('BAD_CERTIFICATE', `the node on ${hqDir} answered with a certificate for ${cert.device} of team ${cert.team} by ${cert.issuer}, not this device's`);
+    } catch (err) {
+      // A refused enrollment leaves the device's dir as it was.
+      if (created) await rm(join(dir, 'device.key'), { force: true });
+      throw err;
+    }
     await saveCertificate(dir, cert);
     await writeConfig(dir, { team: hqConfig.team, user: opts.user, role: opts.role, domains: hqConfig.domains });
     print({ device: cert.device, team: cert.team, user: cert.user, role: cert.role, expires: new Date(cert.expiresMs).toISOString() }, (v: { device: string; team: string; role: string; expires: string }) => `enrolled ${v.device} in team ${v.team} as ${v.role} (until ${v.expires})`);
@@ -509,7 +517,7 @@ nodeCommand('conflicts', 'open manual conflicts').action(async () =>
       : v
           .map((c) =>
             [
-              `conflict ${c.id} on ${c.domain}/${c.entity} (resolve ${c.id.slice(0, 12)}... field=value, or --delete):`,
+              `conflict ${c.id} on ${c.domain}/${c.entity} (fieldmesh resolve ${c.id} field=value..., or --delete):`,
               ...c.fields.map((f) => `  ${f.field}: ${f.candidates.map((w) => `${w.deleted ? '(deleted)' : toJson(w.value)} by ${w.user} (${w.device.slice(-8)})`).join(' | ')}`),
             ].join('\n'),
           )

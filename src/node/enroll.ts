@@ -79,7 +79,7 @@ export async function enroll(options: EnrollOptions): Promise<Certificate> {
  * (`IS_HQ`), when it already holds a certificate and `force` is not set (`ALREADY_ENROLLED`), and
  * when it holds one of another team or HQ (`OTHER_TEAM`: its log and database belong to that team).
  */
-export async function prepareDeviceDir(options: { dataDir: string; hqDataDir: string; team: string; hqDevice: DeviceId; force: boolean }): Promise<{ key: DeviceKey }> {
+export async function prepareDeviceDir(options: { dataDir: string; hqDataDir: string; team: string; hqDevice: DeviceId; force: boolean }): Promise<{ key: DeviceKey; created: boolean }> {
   const dataDir = resolve(options.dataDir);
   if (dataDir === resolve(options.hqDataDir)) throw new RuleViolationError('IS_HQ', `${dataDir} is HQ's own data dir: HQ cannot enroll itself`, { path: dataDir });
   const existing = await readDeviceCertificate(dataDir);

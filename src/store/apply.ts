@@ -68,7 +68,10 @@ export class ApplyContext {
   readonly newVoids: Uint8Array[] = [];
   /** Log tips this transaction moved. */
   readonly tips = new Map<DeviceId, LogTip>();
-  /** The latest wall clock of HQ's ops this transaction added (HQ's own clock: see Store.hqWallMs). */
+  /**
+   * The latest wall clock of HQ's ops ingested by this transaction, each bounded by its arrival
+   * time plus the drift bound (HQ's clock, as far as we may believe it: see Store.hqWallMs).
+   */
   hqWallMs = 0;
   private readonly afterViews: EntityView[] = [];
 
@@ -159,7 +162,6 @@ export class ApplyContext {
     const tip = { seq: op.seq, id: op.id };
     this.txn.put(TABLES.tip, op.device, tip);
     this.tips.set(op.device, tip);
-    if (op.device === this.hqDevice && op.hlc.wallMs > this.hqWallMs) this.hqWallMs = op.hlc.wallMs;
     if (!isEntityOp(op)) {
       await this.putNewMeta(op, this.metaOf(op, null, false, 0));
       if (op.device === this.hqDevice) await this.recordHqOp(op);

@@ -136,6 +136,8 @@ export async function ingest(ctx: ApplyContext, encoded: readonly Uint8Array[], 
   for (const op of accepted) {
     const received = hlcReceive(ctx.clock, op.hlc, options.nowMs, options.maxDriftMs);
     ctx.clock = received.clock;
+    // HQ's clock vouches for "now" at admission, but only as far as we may believe it.
+    if (op.device === ctx.hqDevice) ctx.hqWallMs = Math.max(ctx.hqWallMs, Math.min(op.hlc.wallMs, options.nowMs + options.maxDriftMs));
     if (received.driftFlagged) {
       skewed.push({ device: op.device, seq: op.seq, aheadMs: received.aheadMs });
       ctx.txn.put(TABLES.skew, op.device, { seq: op.seq, aheadMs: received.aheadMs, atMs: options.nowMs });

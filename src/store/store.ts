@@ -15,7 +15,7 @@ import type { DeviceId } from '../core/keys.ts';
 import { parseOp, type OpId } from '../core/op.ts';
 import type { ResolutionConfig } from '../core/strategies.ts';
 import type { VersionVector } from '../core/version-vector.ts';
-import { ApplyContext, voidEnvelope, type OpMeta, type StoreEvent } from './apply.ts';
+import { ApplyContext, voidEnvelope, type StoreEvent } from './apply.ts';
 import { ParkedIndex } from './parked.ts';
 import { StoreClosedError, StoreCorruptError, StoreLockedError, StoreMismatchError } from './errors.ts';
 import { FieldmeshError } from '../core/errors.ts';
@@ -32,7 +32,8 @@ export const STORAGE_FORMAT = 1;
 export const DERIVED_FORMAT = 2;
 /** Migrations of primary data: MIGRATIONS[n] upgrades format n to n + 1. */
 const MIGRATIONS: Record<number, (db: Db) => Promise<void>> = {};
-const DERIVED_TABLES = [TABLES.op, TABLES.entity, TABLES.byEntity, TABLES.status, TABLES.count, TABLES.waiting, TABLES.verdict, TABLES.revoked, TABLES.conflict, TABLES.ownLast];
+/** Rebuilt from the logs; `skew` (advisory flags set on arrival, which a replay cannot see) is only cleared. */
+const DERIVED_TABLES = [TABLES.op, TABLES.entity, TABLES.byEntity, TABLES.status, TABLES.count, TABLES.waiting, TABLES.verdict, TABLES.revoked, TABLES.conflict, TABLES.ownLast, TABLES.skew];
 
 export interface StoreIdentity {
   readonly team: string;
@@ -110,6 +111,8 @@ export class Store {
   private orphanVerdicts = 0;
   private clockState: Hlc = HLC_ZERO;
   private hqWall = 0;
+  /** hqWall as of the newest batch built (durable or not yet). */
+  private hqWallBuilt = 0;
   private head: HeadState = { tips: new Map(), clock: HLC_ZERO, revokedAfter: new Map(), forkedAt: new Map(), orphanVerdicts: 0 };
   private queue: Job[] = [];
   private flushing: Promise<void> | null = null;
@@ -206,11 +209,8 @@ export class Store {
     this.orphanVerdicts = rebuild ? 0 : ((await reader.get<number>(TABLES.meta, 'orphanVerdicts')) ?? 0);
     this.clockState = (await reader.get<Hlc>(TABLES.meta, 'hlc')) ?? HLC_ZERO;
     this.head = this.committed();
+    this.hqWall = this.hqWallBuilt = (await reader.get<number>(TABLES.meta, 'hqWall')) ?? 0;
     if (rebuild) await this.rebuildDerived();
-    else {
-      const hqTip = this.tips.get(this.identity.hqDevice);
-      if (hqTip?.id != null) this.hqWall = (await reader.get<OpMeta>(TABLES.op, hqTip.id))?.wallMs ?? 0;
-    }
   }
 
   /** Drops every derived table and replays all logs through the same apply path as live ops. */
@@ -268,8 +268,10 @@ export class Store {
   }
 
   /**
-   * The wall clock of HQ's latest op held (0 if none): how late it is by HQ's own clock, which
-   * neither this device's clock nor any peer's can move (core/cert.ts admissionTimeMs).
+   * How late it is by HQ's clock (0 if unknown): the latest wall clock of HQ's ops received, each
+   * bounded by its arrival time plus the drift bound, so that neither this device's clock nor
+   * any peer's, nor an HQ clock far ahead, moves it much (core/cert.ts admissionTimeMs). Kept
+   * in `meta` (not derived: a rebuild replays no arrivals).
    */
   get hqWallMs(): number {
     return this.hqWall;
@@ -460,6 +462,7 @@ export class Store {
         await ctx.finish();
         if (ctx.orphanVerdictsDelta !== 0) txn.put(TABLES.meta, 'orphanVerdicts', h.orphanVerdicts + ctx.orphanVerdictsDelta);
         if (ctx.clock !== h.clock) txn.put(TABLES.meta, 'hlc', ctx.clock);
+        if (ctx.hqWallMs > this.hqWallBuilt) txn.put(TABLES.meta, 'hqWall', (this.hqWallBuilt = ctx.hqWallMs));
       } catch (err) {
         built.failure = err;
       }
@@ -510,6 +513,7 @@ export class Store {
   /** After a failed batch (nothing in flight): back to what is durable. */
   private rollBack(): void {
     this.head = this.committed();
+    this.hqWallBuilt = this.hqWall;
     this.parked = null;
   }
 

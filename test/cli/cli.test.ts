@@ -360,7 +360,7 @@ describe('running nodes', () => {
       () => cli.ok(['-d', hq.dataDir, 'status']),
     ]);
     // Text for people: each conflict, its fields and every candidate with who wrote it.
-    expect((conflictsText as Result).stdout).toMatch(new RegExp(`^conflict ${conflictId} on case/case-7 \\(resolve ${conflictId.slice(0, 12)}\\.\\.\\. field=value, or --delete\\):\\n  \\w+: .+ by \\S+ \\(\\w{8}\\) \\| .+ by \\S+ \\(\\w{8}\\)`, 'm'));
+    expect((conflictsText as Result).stdout).toMatch(new RegExp(`^conflict ${conflictId} on case/case-7 \\(fieldmesh resolve ${conflictId} field=value\\.\\.\\., or --delete\\):\\n  \\w+: .+ by \\S+ \\(\\w{8}\\) \\| .+ by \\S+ \\(\\w{8}\\)`, 'm'));
     expect((peersJson as { device: string; role: string }[]).map((p) => [p.device, p.role])).toEqual([[gw.device, 'gateway']]);
     const peerLines = (peersText as Result).stdout.trim().split('\n');
     expect(peerLines.map((l) => l.split(' ')[0]).sort()).toEqual([alice.device, hq.device].sort());

@@ -6,7 +6,7 @@
 import { mkdir, mkdtemp, rm, stat } from 'node:fs/promises';
 import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { callRunning, CONTROL_SOCKET, controlSocketPath, serveControl } from '../../src/cli/control.ts';
 import { FieldNode } from '../../src/node/field-node.ts';
@@ -89,10 +89,11 @@ describe('control socket', () => {
     expect((await callRunning(dir, 'ops', { device: op!.device, type: 'create', domain: 'note', status: 'synced' }))!.result).toHaveLength(1);
   });
 
-  it('serves a data dir too deep for a Unix socket path from a socket in the temp dir, named by the dir, only for this user', async () => {
+  it('serves a data dir too deep for a Unix socket path from a socket in this user\'s private dir in the temp dir, named by the dir', async () => {
     const dir = await running('d'.repeat(110));
     const path = controlSocketPath(dir);
     expect(path.startsWith(tmpdir())).toBe(true);
+    expect((await stat(dirname(path))).mode & 0o777).toBe(0o700);
     expect(Buffer.byteLength(path)).toBeLessThanOrEqual(100);
     expect(controlSocketPath(dir + '/')).toBe(path); // the same dir, however it is written
     expect((await stat(path)).mode & 0o777).toBe(0o600);

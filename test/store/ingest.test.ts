@@ -254,4 +254,21 @@ describe('ingest and the HLC counter', () => {
     expect(await node.clockSkews()).toEqual([{ device: ahead.device, seq: 1, aheadMs: 86_400_001, atMs: nowMs }]);
     expect((await node.mutate({ type: 'create', domain: 'note', entity: 'mine', fields: { n: 0 } })).op.hlc.wallMs).toBe(nowMs + 300_000);
   });
+
+  it("HQ's ops vouch for how late it is at admission, but an HQ clock far ahead counts only as far as the drift bound", async () => {
+    const nowMs = Date.UTC(2026, 5, 1);
+    const node = await temp.open(await temp.dir(), { now: () => nowMs });
+    await introduce(node);
+    const hq = new TestAuthor(HQ, { user: 'hq', startMs: nowMs + 60_000 });
+    await node.ingest([hq.create('note', 'hq-1', { n: 1 }).bytes]);
+    expect(node.admissionNowMs()).toBe(nowMs + 60_001);
+    hq.state = { ...hq.state, clock: { wallMs: nowMs + 365 * 86_400_000, counter: 0 } };
+    await node.ingest([hq.create('note', 'hq-2', { n: 2 }).bytes]);
+    expect(node.admissionNowMs()).toBe(nowMs + 300_000);
+    // Kept across a reopen (and not moved by this node's own clock or writes).
+    await node.mutate({ type: 'create', domain: 'note', entity: 'mine', fields: { n: 0 } });
+    await node.close();
+    const again = await temp.open(node.dataDir, { now: () => nowMs });
+    expect(again.admissionNowMs()).toBe(nowMs + 300_000);
+  });
 });
