@@ -92,11 +92,12 @@ function decodeAndVerify(bytes: Uint8Array): Certificate {
 }
 
 /**
- * The time a peer's certificate is judged at: the wall clock, but never before the clock of HQ's
- * latest op the node holds, nor its own enrollment (both stamped by HQ). A device whose clock was
- * set back (a dead RTC battery, a jump) knows time has passed at least that far, and so does not
- * refuse (and blame) honest peers. Its own HLC is no floor: a clock that once ran far ahead left
- * it there, and every certificate would look expired long after the clock was set right.
+ * The time a peer's certificate is judged at: the wall clock, but never before HQ's clock as HQ's
+ * ops told it (each bounded by its arrival time plus the drift bound), nor its own enrollment
+ * (both stamped by HQ). A device whose clock was set back (a dead RTC battery, a jump) knows time
+ * has passed at least that far, and so does not refuse (and blame) honest peers. Its own HLC is no
+ * floor: a clock that once ran far ahead left it there, and every certificate would look expired
+ * long after the clock was set right.
  */
 export const admissionTimeMs = (wallMs: number, hqWallMs: number, ownIssuedMs: number): number => Math.max(wallMs, hqWallMs, ownIssuedMs);
 

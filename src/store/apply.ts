@@ -69,8 +69,8 @@ export class ApplyContext {
   /** Log tips this transaction moved. */
   readonly tips = new Map<DeviceId, LogTip>();
   /**
-   * The latest wall clock of HQ's ops ingested by this transaction, each bounded by its arrival
-   * time plus the drift bound (HQ's clock, as far as we may believe it: see Store.hqWallMs).
+   * How late it is by HQ's clock as the transaction advances it: HQ's ops ingested raise it, each
+   * bounded by its arrival time plus the drift bound (see Store.hqWallMs).
    */
   hqWallMs = 0;
   private readonly afterViews: EntityView[] = [];

@@ -72,6 +72,7 @@ export interface OpenStoreOptions {
 interface HeadState {
   readonly tips: ReadonlyMap<DeviceId, LogTip>;
   readonly clock: Hlc;
+  readonly hqWallMs: number;
   readonly revokedAfter: ReadonlyMap<DeviceId, number>;
   readonly forkedAt: ReadonlyMap<DeviceId, number>;
   readonly orphanVerdicts: number;
@@ -111,9 +112,7 @@ export class Store {
   private orphanVerdicts = 0;
   private clockState: Hlc = HLC_ZERO;
   private hqWall = 0;
-  /** hqWall as of the newest batch built (durable or not yet). */
-  private hqWallBuilt = 0;
-  private head: HeadState = { tips: new Map(), clock: HLC_ZERO, revokedAfter: new Map(), forkedAt: new Map(), orphanVerdicts: 0 };
+  private head: HeadState = { tips: new Map(), clock: HLC_ZERO, hqWallMs: 0, revokedAfter: new Map(), forkedAt: new Map(), orphanVerdicts: 0 };
   private queue: Job[] = [];
   private flushing: Promise<void> | null = null;
   /** Set by the first close(): every later call waits for the same close. */
@@ -208,8 +207,8 @@ export class Store {
     if (!rebuild) for await (const [device, after] of scan<number>(this.db, this.dir, TABLES.revoked)) this.revokedAfter.set(device, after);
     this.orphanVerdicts = rebuild ? 0 : ((await reader.get<number>(TABLES.meta, 'orphanVerdicts')) ?? 0);
     this.clockState = (await reader.get<Hlc>(TABLES.meta, 'hlc')) ?? HLC_ZERO;
+    this.hqWall = (await reader.get<number>(TABLES.meta, 'hqWall')) ?? 0;
     this.head = this.committed();
-    this.hqWall = this.hqWallBuilt = (await reader.get<number>(TABLES.meta, 'hqWall')) ?? 0;
     if (rebuild) await this.rebuildDerived();
   }
 
@@ -442,6 +441,7 @@ export class Store {
     this.parked ??= await ParkedIndex.load(this.waitingPairs(), this.limits.parkedOpsInMemory);
     const ctx = new ApplyContext(txn, this.resolution, h.revokedAfter, h.forkedAt, this.parked, h.orphanVerdicts);
     ctx.clock = h.clock;
+    ctx.hqWallMs = h.hqWallMs;
     ctx.wantViews = this.events.listenerCount('entity') > 0;
     ctx.wantStatus = this.events.listenerCount('status') > 0;
     const built: Built = { jobs, txn, ctx, done: [], failure: null, write: null };
@@ -462,7 +462,7 @@ export class Store {
         await ctx.finish();
         if (ctx.orphanVerdictsDelta !== 0) txn.put(TABLES.meta, 'orphanVerdicts', h.orphanVerdicts + ctx.orphanVerdictsDelta);
         if (ctx.clock !== h.clock) txn.put(TABLES.meta, 'hlc', ctx.clock);
-        if (ctx.hqWallMs > this.hqWallBuilt) txn.put(TABLES.meta, 'hqWall', (this.hqWallBuilt = ctx.hqWallMs));
+        if (ctx.hqWallMs !== h.hqWallMs) txn.put(TABLES.meta, 'hqWall', ctx.hqWallMs);
       } catch (err) {
         built.failure = err;
       }
@@ -470,7 +470,7 @@ export class Store {
     if (built.failure === null) {
       const tips = new Map(h.tips);
       for (const [device, tip] of ctx.tips) tips.set(device, tip);
-      this.head = { tips, clock: ctx.clock, revokedAfter: ctx.revokedAfter, forkedAt: ctx.forkedAt, orphanVerdicts: h.orphanVerdicts + ctx.orphanVerdictsDelta };
+      this.head = { tips, clock: ctx.clock, hqWallMs: ctx.hqWallMs, revokedAfter: ctx.revokedAfter, forkedAt: ctx.forkedAt, orphanVerdicts: h.orphanVerdicts + ctx.orphanVerdictsDelta };
     }
     return built;
   }
@@ -496,7 +496,7 @@ export class Store {
     this.forkedAt = ctx.forkedAt;
     this.orphanVerdicts += ctx.orphanVerdictsDelta;
     this.clockState = ctx.clock;
-    if (ctx.hqWallMs > this.hqWall) this.hqWall = ctx.hqWallMs;
+    this.hqWall = ctx.hqWallMs;
     for (const [job, value] of built.done) job.resolve(value);
     this.emit(ctx);
     if (ctx.tips.size > 0 && this.events.listenerCount('tips') > 0) this.events.emit('tips', Object.fromEntries([...ctx.tips].map(([d, t]) => [d, t.seq])));
@@ -513,7 +513,6 @@ export class Store {
   /** After a failed batch (nothing in flight): back to what is durable. */
   private rollBack(): void {
     this.head = this.committed();
-    this.hqWallBuilt = this.hqWall;
     this.parked = null;
   }
 
@@ -523,7 +522,7 @@ export class Store {
 
   /** The state as of the last durable batch. */
   private committed(): HeadState {
-    return { tips: new Map(this.tips), clock: this.clockState, revokedAfter: this.revokedAfter, forkedAt: this.forkedAt, orphanVerdicts: this.orphanVerdicts };
+    return { tips: new Map(this.tips), clock: this.clockState, hqWallMs: this.hqWall, revokedAfter: this.revokedAfter, forkedAt: this.forkedAt, orphanVerdicts: this.orphanVerdicts };
   }
 
   private emit(ctx: ApplyContext): void {
