@@ -64,23 +64,10 @@ export interface Refusal {
   readonly atSeq?: number;
 }
 
-/** Devices proven to have forked (their lowest fork point) and devices HQ revoked (after which seq), as this node knows them. */
-async function standing(node: FieldNode): Promise<{ forkedAt: Map<DeviceId, number>; revokedAfter: Map<DeviceId, number> }> {
-  const forkedAt = new Map<DeviceId, number>();
-  for (const proof of await node.forkProofs()) forkedAt.set(proof.device, Math.min(proof.seq, forkedAt.get(proof.device) ?? Number.POSITIVE_INFINITY));
-  const revokedAfter = new Map<DeviceId, number>();
-  // Only HQ's revocations count, and the status index lists HQ's ops alone.
-  const revocations = await node.ops({ type: 'revoke', device: node.hqDevice, limit: MAX_LIST_LIMIT });
-  for (const op of await node.readOps(revocations.map((r) => r.id))) {
-    if (op?.type === 'revoke') revokedAfter.set(op.target, Math.min(op.afterSeq, revokedAfter.get(op.target) ?? Number.POSITIVE_INFINITY));
-  }
-  return { forkedAt, revokedAfter };
-}
-
 /** Why ops of a bundle were refused: per device, those at or past its fork point or past its revocation. */
 async function refusalsOf(node: FieldNode, bytes: Uint8Array): Promise<Refusal[]> {
   const [{ decodeBundle }, { parseOp }] = await Promise.all([import('../core/bundle.ts'), import('../core/op.ts')]);
-  const { forkedAt, revokedAfter } = await standing(node);
+  const { forkPoints: forkedAt, revocations: revokedAfter } = node;
   const out: Refusal[] = [];
   for (const run of decodeBundle(bytes).runs) {
     const seqs = run.ops.map((bytes) => parseOp(bytes).op.seq);
@@ -138,9 +125,8 @@ export const COMMANDS = {
     const devices = await node.devices();
     const counts = { pending: 0, synced: 0, failed: 0, conflict: 0 };
     for (const d of devices) for (const s of STATUSES) counts[s] += d.counts[s];
-    const { forkedAt, revokedAfter } = await standing(node);
-    const forks = [...forkedAt].map(([device, seq]) => ({ device, seq }));
-    const revoked = [...revokedAfter].map(([device, afterSeq]) => ({ device, afterSeq }));
+    const forks = [...node.forkPoints].map(([device, seq]) => ({ device, seq }));
+    const revoked = [...node.revocations].map(([device, afterSeq]) => ({ device, afterSeq }));
     return { device: node.device, team: node.team, role: node.role, counts, devices, forks, revoked, clockSkews: await node.clockSkews(), links: node.links(), stateHash: await node.stateHash() };
   },
   conflicts: async (node: FieldNode) => node.conflicts(),

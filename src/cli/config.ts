@@ -7,6 +7,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Role } from '../core/cert.ts';
 import { InvalidInputError } from '../core/errors.ts';
+import { isPlainObject } from '../core/value.ts';
 import { MERGE_FUNCTIONS, STRATEGIES, type DomainPolicy, type Strategy } from '../core/strategies.ts';
 import type { DomainRules } from '../hq/policy.ts';
 
@@ -78,8 +79,7 @@ export async function readConfig(dataDir: string): Promise<NodeConfig> {
   } catch (err) {
     throw new InvalidInputError('BAD_CONFIG', `${path} is not valid JSON: ${(err as Error).message}`, { path });
   }
-  const isObject = (v: unknown) => typeof v === 'object' && v !== null && !Array.isArray(v);
-  if (!isObject(config) || typeof config.team !== 'string' || typeof config.user !== 'string' || typeof config.role !== 'string' || !isObject(config.domains)) {
+  if (!isPlainObject(config) || typeof config.team !== 'string' || typeof config.user !== 'string' || typeof config.role !== 'string' || !isPlainObject(config.domains)) {
     throw new InvalidInputError('BAD_CONFIG', `${path} must hold an object with team, user and role (strings) and domains (an object of domain: strategy)`, { path });
   }
   try {

@@ -259,7 +259,12 @@ program
   .action(async (opts: { hq: string; user: string; role: Role; validDays: number; force?: boolean }) => {
     const dir = await dataDir();
     const hqDir = await directory(opts.hq, 'HQ data dir');
-    const [{ readConfig, writeConfig }, { prepareDeviceDir, readDeviceCertificate, saveCertificate }, { decodeCertificate }] = await Promise.all([import('./config.ts'), import('../node/enroll.ts'), import('../core/cert.ts')]);
+    const [{ readConfig, writeConfig }, { prepareDeviceDir, readDeviceCertificate, saveCertificate }, { decodeCertificate }, { DEVICE_KEY_FILE }] = await Promise.all([
+      import('./config.ts'),
+      import('../node/enroll.ts'),
+      import('../core/cert.ts'),
+      import('../node/device-key.ts'),
+    ]);
     const hqConfig = await readConfig(hqDir).catch((err: unknown) => {
       if ((err as FieldmeshError).code === 'NO_CONFIG') throw new InvalidInputError('NOT_HQ', `--hq ${hqDir} is not an HQ data dir: it is not set up (fieldmesh init --role server)`, { path: hqDir });
       throw err;
@@ -279,7 +284,7 @@ program
       if (cert.device !== key.signer.device || cert.issuer !== hqCert.device || cert.team !== hqConfig.team) throw new FieldmeshError('BAD_CERTIFICATE', `the node on ${hqDir} answered with a certificate for ${cert.device} of team ${cert.team} by ${cert.issuer}, not this device's`);
     } catch (err) {
       // A refused enrollment leaves the device's dir as it was.
-      if (created) await rm(join(dir, 'device.key'), { force: true });
+      if (created) await rm(join(dir, DEVICE_KEY_FILE), { force: true });
       throw err;
     }
     await saveCertificate(dir, cert);

@@ -630,6 +630,16 @@ export class FieldNode {
     return this.store.revocations.has(device);
   }
 
+  /** Devices proven to have forked, with their lowest fork point (their ops from that seq on count nowhere). */
+  get forkPoints(): ReadonlyMap<DeviceId, number> {
+    return this.store.forks;
+  }
+
+  /** Devices HQ revoked, with the seq after which their ops count nowhere (the lowest HQ gave). */
+  get revocations(): ReadonlyMap<DeviceId, number> {
+    return this.store.revocations;
+  }
+
   /**
    * Learns a fork proof from elsewhere: checks it on its own (two validly signed, different ops of
    * an enrolled device at one seq), records it and excludes the device's ops from that seq on.
