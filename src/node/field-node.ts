@@ -395,11 +395,7 @@ export class FieldNode {
     return this.store.write(async (ctx) => {
       const draft = draftFor(await ctx.entityState(domain, entity));
       this.checkChange?.(draft);
-      const tip = (await ctx.txn.get<LogTip>(TABLES.tip, this.device)) ?? EMPTY_TIP;
-      refuseVoidAuthoring(ctx, this.device, tip);
-      const { op, state } = authorOp({ signer: this.key.signer, team: this.team, user: this.user }, { tip, clock: ctx.clock }, this.now(), draft);
-      ctx.clock = state.clock;
-      await ctx.addOp(op);
+      const op = await this.appendOwn(ctx, draft);
       const meta = await ctx.txn.get<OpMeta>(TABLES.op, op.id);
       return { op, id: op.id, status: meta!.status.status };
     });
@@ -412,14 +408,20 @@ export class FieldNode {
   async appendHqOp(draft: Extract<OpDraft, { type: 'receipt' | 'revoke' }>): Promise<Op> {
     if (this.role !== 'server' || this.device !== this.hqDevice) throw new RuleViolationError('NOT_HQ', 'only the team\'s HQ node writes receipts and revocations');
     if (draft.type === 'revoke' && draft.target === this.hqDevice) throw new RuleViolationError('CANNOT_REVOKE_HQ', 'HQ cannot revoke itself: it would void every receipt and edit to come');
-    return this.store.write(async (ctx) => {
-      const tip = (await ctx.txn.get<LogTip>(TABLES.tip, this.device)) ?? EMPTY_TIP;
-      refuseVoidAuthoring(ctx, this.device, tip);
-      const { op, state } = authorOp({ signer: this.key.signer, team: this.team, user: this.user }, { tip, clock: ctx.clock }, this.now(), draft);
-      ctx.clock = state.clock;
-      await ctx.addOp(op);
-      return op;
-    });
+    return this.store.write((ctx) => this.appendOwn(ctx, draft));
+  }
+
+  /**
+   * Signs `draft` as this device's next op and adds it, inside a write: after the ops stored
+   * before it, and refused when it would count nowhere (forked, or revoked before its seq).
+   */
+  private async appendOwn(ctx: ApplyContext, draft: OpDraft): Promise<Op> {
+    const tip = (await ctx.txn.get<LogTip>(TABLES.tip, this.device)) ?? EMPTY_TIP;
+    refuseVoidAuthoring(ctx, this.device, tip);
+    const { op, state } = authorOp({ signer: this.key.signer, team: this.team, user: this.user }, { tip, clock: ctx.clock }, this.now(), draft);
+    ctx.clock = state.clock;
+    await ctx.addOp(op);
+    return op;
   }
 
   /**
@@ -791,7 +793,6 @@ export class FieldNode {
     return out;
   }
 
-  /** Per device: its last seq and its ops per status. */
   /**
    * Devices whose clock ran ahead of ours: per device, the latest op whose HLC was more than
    * `maxDriftMs` ahead when it arrived (the op was kept; our clock followed it only that far).
@@ -802,6 +803,7 @@ export class FieldNode {
     return out;
   }
 
+  /** Per device: its last seq and its ops per status. */
   async devices(): Promise<DeviceStatus[]> {
     const byDevice = new Map<DeviceId, Record<StatusName, number>>();
     for await (const [key, n] of this.store.scan<number>(TABLES.count)) {
